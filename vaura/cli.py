@@ -1,0 +1,48 @@
+"""The ``vaura`` command: one sub-command per pipeline stage plus user tools.
+
+Sub-command modules are imported lazily so ``vaura --help`` stays fast. Each module defines
+``add_arguments(parser)`` and ``run(args) -> int`` and a docstring whose first line is the help text.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name -> (module, one-line help shown by `vaura --help`)
+    "acquire": ("vaura.stages.acquire", "fetch raw videos: synthetic benchmark, local folder, s3:// or https list"),
+    "preprocess": ("vaura.stages.preprocess", "re-encode videos to the paper format; bad files go to rejected.csv"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Full parser; only ``command``'s module is imported (to add its arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="vaura",
+        description="V-AURA video-to-audio: pipeline stages (run by `dvc repro`) and user tools.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name == command:
+            mod = importlib.import_module(module)
+            p.description = (mod.__doc__ or help_text).strip()
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            mod.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

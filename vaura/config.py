@@ -1,0 +1,163 @@
+"""Typed configuration read from ``params.yaml``.
+
+Every section is a dataclass; loading rejects unknown keys, missing keys and wrong types, so a typo in
+``params.yaml`` (or a key a refactor stopped reading) fails loudly instead of silently doing nothing.
+Sections are owned by the module that reads them; this file only composes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the typed schema."""
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} matches none of {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp) or (Any, Any)
+        return {k: _check_type(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported schema type {tp}")
+
+
+def from_dict(cls: type, data: Any, where: str = "params") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly: unknown, missing or mistyped keys raise."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing key '{name}'")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """Plain-dict view of a config (for MLflow params and the resolved-config artifact)."""
+    return dataclasses.asdict(obj)
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: MLflow params and DVC ``-S`` overrides use dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_section(cls: type, name: str, params: str | Path | Mapping = "params.yaml") -> Any:
+    """Load one section (e.g. ``load_section(ModelConfig, "model")``) strictly.
+
+    Stages call this for the sections they own; :func:`validate_params` checks the whole file at once.
+    """
+    data = params if isinstance(params, Mapping) else load_yaml(params)
+    if name not in data:
+        raise ConfigError(f"params: missing section '{name}'")
+    return from_dict(cls, data[name], f"params.{name}")
+
+
+@dataclass
+class PathsConfig:
+    """Where pipeline outputs and user-supplied pretrained weights live (relative to the repo root)."""
+
+    data: str = "data"
+    weights: str = "weights"
+    reports: str = "reports"
+
+
+SECTIONS: dict[str, str] = {
+    # section name -> "module:DataclassName"; each module owns its section's schema.
+    "paths": "vaura.config:PathsConfig",
+}
+
+
+def _resolve(spec: str) -> type:
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def validate_params(params: str | Path | Mapping = "params.yaml") -> dict[str, Any]:
+    """Strictly load every section of a params file; unknown top-level sections are errors."""
+    data = params if isinstance(params, Mapping) else load_yaml(params)
+    top_scalars = {"profile", "seed"}
+    unknown = sorted(set(data) - set(SECTIONS) - top_scalars)
+    if unknown:
+        raise ConfigError(f"params: unknown section(s) {unknown}; allowed: {sorted(set(SECTIONS) | top_scalars)}")
+    out: dict[str, Any] = {k: data[k] for k in top_scalars if k in data}
+    for name, spec in SECTIONS.items():
+        out[name] = load_section(_resolve(spec), name, data)
+    return out
