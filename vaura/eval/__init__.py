@@ -1,0 +1,1 @@
+"""Evaluation: metrics over generated audio, CFG sweeps and paper-shaped tables."""
