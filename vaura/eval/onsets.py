@@ -57,7 +57,7 @@ def detect_onsets(
     audio: np.ndarray,
     sample_rate: int,
     *,
-    delta: float = 0.25,
+    delta: float = 0.5,
     min_gap_s: float = 0.08,
     window_s: float = 0.5,
 ) -> np.ndarray:
