@@ -1,0 +1,136 @@
+"""Metrics of vaura.eval: onset-sync, FAD (log-mel and VGGish), KLD, IB-score, Sync/DeSync, skipped results."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vaura.eval.fad import LogMelEmbedding, fad, frechet_distance
+from vaura.eval.onset_sync import onset_sync
+from vaura.eval.results import MetricResult, MissingWeightsError
+
+SR = 16000
+
+
+def _clicks(times: list[float], duration: float = 2.56, sr: int = SR, seed: int = 0) -> np.ndarray:
+    """Decaying noise bursts starting at ``times`` over faint noise: an unambiguous onset at each time."""
+    rng = np.random.default_rng(seed)
+    audio = 0.002 * rng.standard_normal(int(duration * sr))
+    burst_len = int(0.05 * sr)
+    env = np.exp(-np.arange(burst_len) / (0.008 * sr))
+    for t in times:
+        i = int(round(t * sr))
+        seg = audio[i : i + burst_len]
+        seg += 0.8 * env[: seg.size] * rng.standard_normal(seg.size)
+    return audio.astype(np.float32)
+
+
+def test_onset_sync_recovers_known_offsets() -> None:
+    truth = [np.array([0.40, 1.00, 1.60, 2.20]), np.array([0.50, 1.50])]
+    offsets_s = [0.04, 0.06]  # every hit of clip i is late by offsets_s[i]
+    gen = [_clicks(list(t + o), seed=i) for i, (t, o) in enumerate(zip(truth, offsets_s))]
+    res = onset_sync(gen, SR, truth, tol=0.1)
+    assert res.status == "ok"
+    # 4 hits at +40 ms and 2 at +60 ms → mean |offset| 46.7 ms; the detector's 10 ms frames bound the error.
+    assert res.values["offset_ms"] == pytest.approx((4 * 40 + 2 * 60) / 6, abs=12)
+    assert res.values["signed_offset_ms"] > 0  # late, not early
+    assert res.values["f1"] == pytest.approx(1.0)
+    assert res.values["missed"] == 0 and res.values["extra"] == 0
+
+
+def test_onset_sync_counts_missed_and_extra_hits() -> None:
+    truth = [np.array([0.40, 1.00, 1.60, 2.20])]
+    # 1.00 is missed, 1.30 is an extra hit; 0.40 lands 0.25 s late: outside ±100 ms → one miss + one extra.
+    gen = [_clicks([0.65, 1.30, 1.60, 2.20])]
+    res = onset_sync(gen, SR, truth, tol=0.1)
+    assert res.values["matched"] == 2
+    assert res.values["missed"] == 2
+    assert res.values["extra"] == 2
+    assert res.values["precision"] == pytest.approx(0.5)
+    assert res.values["recall"] == pytest.approx(0.5)
+    assert res.values["offset_ms"] < 15  # the two matched hits are on time
+
+
+def test_onset_sync_rejects_mismatched_batch() -> None:
+    with pytest.raises(ValueError, match="ground-truth"):
+        onset_sync([np.zeros(SR, np.float32)], SR, [])
+
+
+def test_frechet_distance_matches_closed_form_for_gaussians() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, 3))
+    y = rng.standard_normal((4000, 3)) * 2.0 + np.array([1.0, 0.0, 0.0])
+    # N(0, I) vs N(m, 4I): |m|² + tr(I + 4I − 2·2I) = 1 + 3·(1 + 4 − 4) = 4
+    assert frechet_distance(x, y) == pytest.approx(4.0, rel=0.08)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_logmel_fad_is_zero_on_itself_and_grows_with_shift() -> None:
+    rng = np.random.default_rng(1)
+    base = [_clicks(sorted(rng.uniform(0.1, 2.3, 4)), seed=s) for s in range(12)]
+    res_self = fad(base, base, SR, backbone="logmel")
+    assert res_self.status == "ok" and res_self.backbone == "log-mel, weight-free"
+    assert res_self.values["fad"] == pytest.approx(0.0, abs=1e-6)
+    t = np.arange(int(2.56 * SR)) / SR
+    tone = [b + 0.05 * np.sin(2 * np.pi * 440 * t).astype(np.float32) for b in base]
+    loud_tone = [b + 0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32) for b in base]
+    d1 = fad(tone, base, SR).values["fad"]
+    d2 = fad(loud_tone, base, SR).values["fad"]
+    assert 0.0 < d1 < d2
+
+
+def test_logmel_embedding_shape_and_rate_independence() -> None:
+    emb = LogMelEmbedding()
+    a = _clicks([0.5, 1.5])
+    e16 = emb([a], SR)
+    assert e16.shape == (14, 128)  # 2.56 s → 1 + (40960 − 400) // 160 = 254 frames → 1 + (254 − 32) // 16 windows
+    import torchaudio
+
+    a44 = torchaudio.functional.resample(torch.from_numpy(a), SR, 44100).numpy()
+    e44 = emb([a44], 44100)
+    assert e44.shape == e16.shape
+    assert np.abs(e44 - e16).mean() < 0.2 * np.abs(e16).mean()
+
+
+def test_vggish_missing_weights_is_skipped_with_reason(tmp_path) -> None:
+    res = fad([np.zeros(SR, np.float32)] * 2, [np.zeros(SR, np.float32)] * 2, SR, backbone="vggish",
+              vggish_weights=tmp_path / "vggish.pth")
+    assert res.status == "skipped"
+    assert "vggish-10086976.pth" in res.reason and str(tmp_path / "vggish.pth") in res.reason
+    assert res.to_dict()["status"] == "skipped" and "fad" not in res.to_dict()
+
+
+def test_vggish_strict_loader_and_shapes(tmp_path) -> None:
+    from vaura.eval.vggish import VGGish, examples_from_log_mel, load_vggish
+
+    expected = {
+        "features.0.weight": (64, 1, 3, 3), "features.3.weight": (128, 64, 3, 3),
+        "features.6.weight": (256, 128, 3, 3), "features.8.weight": (256, 256, 3, 3),
+        "features.11.weight": (512, 256, 3, 3), "features.13.weight": (512, 512, 3, 3),
+        "embeddings.0.weight": (4096, 12288), "embeddings.2.weight": (4096, 4096), "embeddings.4.weight": (128, 4096),
+    }
+    state = {k: torch.randn(s) * 0.01 for k, s in expected.items()}
+    state.update({k.replace("weight", "bias"): torch.zeros(s[0]) for k, s in expected.items()})
+    path = tmp_path / "vggish-10086976.pth"
+    torch.save(state, path)
+    model = load_vggish(path)
+    assert torch.equal(model.embeddings[4].weight, state["embeddings.4.weight"])
+    ex = examples_from_log_mel(torch.randn(250, 64))
+    assert ex.shape == (2, 1, 96, 64)
+    assert model(ex).shape == (2, 128)
+    bad = dict(state)
+    bad["embeddings.4.weight"] = torch.zeros(127, 4096)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth"):
+        load_vggish(tmp_path / "bad.pth")
+    del bad["embeddings.4.weight"]
+    torch.save(bad, tmp_path / "bad2.pth")
+    with pytest.raises(ValueError, match="bad2.pth"):
+        load_vggish(tmp_path / "bad2.pth")
+    assert isinstance(VGGish(), torch.nn.Module)
+
+
+def test_skipped_result_needs_reason() -> None:
+    with pytest.raises(ValueError):
+        MetricResult.skipped("kld", "")
+    assert issubclass(MissingWeightsError, FileNotFoundError)

@@ -1,0 +1,47 @@
+"""Metric results that can say "skipped" instead of silently vanishing or turning into a zero.
+
+Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whose pretrained weights are absent
+(or whose network is not available) returns ``status="skipped"`` with the reason; ``evaluate`` writes it into
+``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights needed by a metric are not on disk; the message says what to download and where."""
+
+
+@dataclass
+class MetricResult:
+    """One metric over one (test set, variant, γ) batch.
+
+    ``values`` holds the numbers (e.g. ``{"f1": 0.7, "offset_ms": 40.0}``); ``backbone`` names the embedding or
+    classifier so tables never mix e.g. VGGish FAD with the weight-free log-mel FAD.
+    """
+
+    name: str
+    status: Literal["ok", "skipped"]
+    values: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    backbone: str = ""
+
+    @classmethod
+    def ok(cls, name: str, values: dict[str, float], backbone: str = "") -> "MetricResult":
+        return cls(name=name, status="ok", values={k: float(v) for k, v in values.items()}, backbone=backbone)
+
+    @classmethod
+    def skipped(cls, name: str, reason: str, backbone: str = "") -> "MetricResult":
+        if not reason:
+            raise ValueError(f"metric {name!r}: a skipped metric needs a reason")
+        return cls(name=name, status="skipped", reason=reason, backbone=backbone)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "backbone": self.backbone}
+        if self.status == "ok":
+            out.update(self.values)
+        else:
+            out["reason"] = self.reason
+        return out
