@@ -140,6 +140,8 @@ class PathsConfig:
 SECTIONS: dict[str, str] = {
     # section name -> "module:DataclassName"; each module owns its section's schema.
     "paths": "vaura.config:PathsConfig",
+    "train": "vaura.train.config:TrainConfig",
+    "tracking": "vaura.tracking:TrackingConfig",
 }
 
 

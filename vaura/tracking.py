@@ -1,0 +1,313 @@
+"""MLflow tracking shared by every pipeline stage.
+
+``stage_run(stage, params)`` opens one MLflow run per stage execution, nested under one *parent* run per
+pipeline run, so that the MLflow UI shows a pipeline (``dvc repro`` / ``dvc exp run`` / a Prefect flow) as
+one row with its stages beneath it.
+
+Pipeline id (tag ``vaura.pipeline_id``, used to find or create the parent run):
+``$VAURA_PIPELINE_ID`` if set (Prefect flows set it so that all their stages share a parent), otherwise
+``<git commit[:12]>[-dirty]-<md5(params.yaml)[:8]>`` — the same code and the same parameters are the same
+pipeline run, so re-running one stage after a failure lands under the same parent.
+
+Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else ``params.yaml`` section ``tracking.uri`` (default
+``sqlite:///mlruns.db``); with a local store, artifacts go to ``tracking.artifact_root`` (``mlartifacts/``).
+Values whose key looks like a credential are redacted, and user:password is stripped from URIs, before
+anything is logged.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from vaura.config import flatten, from_dict, load_yaml
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+PIPELINE_TAG = "vaura.pipeline_id"
+ROLE_TAG = "vaura.role"
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|credential|access[_-]?key|api[_-]?key)", re.I)
+_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_MAX_PARAM_CHARS = 6000
+
+
+@dataclass
+class TrackingConfig:
+    """Where MLflow runs and artifacts go (``MLFLOW_TRACKING_URI`` overrides ``uri``)."""
+
+    uri: str = "sqlite:///mlruns.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "vaura"
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
+
+
+def redact(value: Any) -> Any:
+    """Strip ``user:password@`` from URI-like strings."""
+    return _URI_USERINFO.sub("", value) if isinstance(value, str) else value
+
+
+def safe_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Flattened params with credential-like keys masked and URIs stripped of user info."""
+    out = {}
+    for key, value in flatten(params).items():
+        out[key] = "***" if _SECRET_KEY.search(key) else redact(value)
+    return out
+
+
+def tracking_config(params: Mapping[str, Any] | None = None, params_file: str | Path = "params.yaml") -> TrackingConfig:
+    """The ``tracking`` section from ``params`` if present, else from ``params_file``, else defaults."""
+    if params is not None and "tracking" in params:
+        return from_dict(TrackingConfig, params["tracking"], "params.tracking")
+    if Path(params_file).is_file():
+        data = load_yaml(params_file)
+        if "tracking" in data:
+            return from_dict(TrackingConfig, data["tracking"], "params.tracking")
+    return TrackingConfig()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        res = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def git_commit() -> tuple[str, bool]:
+    """(HEAD commit or ``"unknown"``, whether tracked files differ from it)."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return commit, dirty
+
+
+def md5_file(path: str | Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pipeline_id(params_file: str | Path = "params.yaml") -> str:
+    """See the module docstring."""
+    env = os.environ.get("VAURA_PIPELINE_ID")
+    if env:
+        return env
+    commit, dirty = git_commit()
+    phash = md5_file(params_file)[:8] if Path(params_file).is_file() else "noparams"
+    return f"{commit[:12]}{'-dirty' if dirty else ''}-{phash}"
+
+
+def data_hash_tags(stage: str, data_files: Sequence[str | Path] = (), lock_file: str | Path = "dvc.lock") -> dict[str, str]:
+    """Tags identifying the data a stage saw: its dependency hashes in ``dvc.lock`` and md5s of ``data_files``."""
+    tags: dict[str, str] = {}
+    lock = Path(lock_file)
+    if lock.is_file():
+        tags["dvc.lock.md5"] = md5_file(lock)
+        entry = (load_yaml(lock).get("stages") or {}).get(stage) or {}
+        for dep in entry.get("deps") or []:
+            digest = dep.get("md5") or dep.get("hash") or dep.get("etag")
+            if digest and "path" in dep:
+                tags[f"data.dep.{dep['path']}"] = str(digest)
+    for f in data_files:
+        if Path(f).is_file():
+            tags[f"data.md5.{Path(f).as_posix()}"] = md5_file(f)
+    return tags
+
+
+def _local_store(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def _experiment_id(client: Any, cfg: TrackingConfig, uri: str) -> str:
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(cfg.artifact_root).resolve().as_uri() if _local_store(uri) else None
+    try:
+        return client.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # another stage created it between our check and create
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _parent_run_id(client: Any, experiment_id: str, pid: str, commit: str) -> str:
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return client.create_run(experiment_id, run_name=f"pipeline {pid}", tags=tags).info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    *,
+    params_file: str | Path = "params.yaml",
+    data_files: Sequence[str | Path] = (),
+) -> Iterator[Any]:
+    """Open the MLflow run of one stage execution (nested under the pipeline's parent run); yields the ActiveRun.
+
+    Logs ``params`` (flattened, redacted) as params and as the ``config/params.json`` artifact, and tags the
+    run with the stage, pipeline id, git commit, DVC experiment name (``$DVC_EXP_NAME``) and data hashes.
+    The run ends FAILED if the body raises.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cfg = tracking_config(params, params_file)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp_id = _experiment_id(client, cfg, uri)
+    commit, dirty = git_commit()
+    pid = pipeline_id(params_file)
+    parent = _parent_run_id(client, exp_id, pid, commit)
+    run_tags = {
+        "vaura.stage": stage,
+        PIPELINE_TAG: pid,
+        ROLE_TAG: "stage",
+        "mlflow.source.git.commit": commit,
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        **data_hash_tags(stage, data_files),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        run_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    run_tags.update({k: str(redact(v)) for k, v in (tags or {}).items()})
+    if cfg.system_metrics:
+        mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval_s)
+    client.update_run(parent, status="RUNNING")
+    status = "FAILED"
+    with mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=stage,
+        parent_run_id=parent,
+        nested=mlflow.active_run() is not None,
+        tags=run_tags,
+        log_system_metrics=cfg.system_metrics,
+    ) as run:
+        try:
+            log_params(params)
+            mlflow.log_dict(json.loads(json.dumps(_redacted_tree(params), default=str)), "config/params.json")
+            yield run
+            status = "FINISHED"
+        finally:
+            mlflow.end_run(status=status)
+            client.set_terminated(parent, status=status)
+
+
+def _redacted_tree(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) else _redacted_tree(v)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_redacted_tree(v) for v in obj]
+    return redact(obj)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log a nested dict as flattened, redacted MLflow params (long values truncated to MLflow's limit)."""
+    import mlflow
+
+    flat = {k: str(v)[:_MAX_PARAM_CHARS] for k, v in safe_params(params).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    """Log a JSON-serialisable object as an artifact (e.g. ``"config/resolved.json"``)."""
+    import mlflow
+
+    mlflow.log_dict(json.loads(json.dumps(_redacted_tree(obj), default=str)), artifact_file)
+
+
+def _mono(audio: Any) -> np.ndarray:
+    arr = audio.detach().float().cpu().numpy() if hasattr(audio, "detach") else audio
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise ValueError(f"expected mono audio [S] or [1, S], got shape {arr.shape}")
+    return arr
+
+
+def _log_file(write: Any, artifact_file: str) -> None:
+    import mlflow
+
+    artifact = Path(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / artifact.name
+        write(local)
+        mlflow.log_artifact(str(local), artifact_path=artifact.parent.as_posix() if artifact.parent != Path(".") else None)
+
+
+def log_audio(audio: Any, sample_rate: int, artifact_file: str) -> None:
+    """Log mono audio as a 16-bit WAV artifact (the MLflow UI plays it)."""
+    import soundfile as sf
+
+    wav = np.clip(_mono(audio), -1.0, 1.0)
+    _log_file(lambda p: sf.write(str(p), wav, sample_rate, subtype="PCM_16"), artifact_file)
+
+
+def spectrogram_png(audio: Any, sample_rate: int, path: str | Path, title: str = "") -> None:
+    """Write a log-magnitude spectrogram PNG (matplotlib, Agg backend — no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wav = _mono(audio)
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    try:
+        nfft = 512 if len(wav) >= 512 else max(16, len(wav))
+        ax.specgram(wav + 1e-9, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("Hz")
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(str(path), format="png")
+    finally:
+        plt.close(fig)
+
+
+def log_spectrogram(audio: Any, sample_rate: int, artifact_file: str, title: str = "") -> None:
+    """Log a spectrogram PNG of mono audio."""
+    _log_file(lambda p: spectrogram_png(audio, sample_rate, p, title), artifact_file)
+
+
+def log_muxed_video(
+    video_path: str | Path, audio: Any, sample_rate: int, artifact_file: str, start_sec: float = 0.0
+) -> None:
+    """Log an MP4 of ``video_path`` from ``start_sec`` for the audio's duration, with ``audio`` as its soundtrack.
+
+    The window is cut with :func:`vaura.media.read_video` and muxed by :func:`vaura.media.write_video`
+    (H.264 + AAC), so a generated 2.56 s clip is watched against exactly the frames that conditioned it.
+    """
+    from vaura.media import read_video, write_video
+
+    wav = _mono(audio)
+    frames = read_video(video_path, fps=25.0, crop=None, start_sec=start_sec, duration=len(wav) / sample_rate)
+    _log_file(lambda p: write_video(p, frames, 25.0, audio=wav, sample_rate=sample_rate), artifact_file)

@@ -1,0 +1,75 @@
+"""Training checkpoints that load with ``torch.load(weights_only=True)`` and allow exact resume.
+
+A checkpoint holds only tensors and plain Python types: model, optimizer and scheduler state, the step, the
+data position (epoch, batches consumed in it) and every random state that influences training — torch
+(CPU and CUDA), numpy, Python ``random`` and the CFG-dropout generator — for *each* rank, because under DDP
+the ranks draw different dropout masks and condition drops.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaura.io import atomic_torch_save
+
+FORMAT = "vaura-train-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable, of another format or incompatible with the run."""
+
+
+def capture_rng(cond_generator: torch.Generator) -> dict[str, Any]:
+    """This process's random states as tensors / plain types (numpy's key array becomes a tensor)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+        "cond": cond_generator.get_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], cond_generator: torch.Generator) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    cond_generator.set_state(state["cond"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (plus the format tag); a kill mid-write leaves the previous file intact."""
+    atomic_torch_save(path, {"format": FORMAT, **state})
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint safely (``weights_only=True``) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe pickles
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a vaura training checkpoint (format {FORMAT!r} expected)")
+    return ckpt
