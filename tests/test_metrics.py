@@ -134,3 +134,77 @@ def test_skipped_result_needs_reason() -> None:
     with pytest.raises(ValueError):
         MetricResult.skipped("kld", "")
     assert issubclass(MissingWeightsError, FileNotFoundError)
+
+
+def test_kl_divergence_known_value_and_asymmetry() -> None:
+    from vaura.eval.kld import kl_divergence
+
+    p = np.array([[0.5, 0.5], [1.0, 0.0]])
+    q = np.array([[0.9, 0.1], [1.0, 0.0]])
+    # row 0: 0.5·ln(0.5/0.9) + 0.5·ln(0.5/0.1) = 0.5108; row 1: 0 → mean 0.2554
+    assert kl_divergence(p, q) == pytest.approx(0.2554, abs=1e-3)
+    assert kl_divergence(p, p) == pytest.approx(0.0, abs=1e-9)
+    assert kl_divergence(q, p) != pytest.approx(kl_divergence(p, q), abs=1e-3)
+    with pytest.raises(ValueError):
+        kl_divergence(p, q[:1])
+
+
+def test_kld_without_passt_weights_is_skipped(tmp_path) -> None:
+    from vaura.eval.kld import kld_passt
+
+    res = kld_passt(tmp_path / "passt.pt")
+    assert res.status == "skipped" and "passt-s-f128" in res.reason
+    (tmp_path / "passt.pt").write_bytes(b"x")
+    res = kld_passt(tmp_path / "passt.pt")
+    assert res.status == "skipped" and "not implemented" in res.reason
+
+
+def _fake_predictor(calls: list):
+    """Offset = mean brightness of the window's first frame minus that of its audio, in s; records shapes."""
+
+    def predict(frames: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        calls.append((frames.shape, audio.shape))
+        return frames[:, 0].reshape(len(frames), -1).mean(1) / 100.0 - audio.mean(1)
+
+    return predict
+
+
+def test_sync_loops_short_clip_into_one_window() -> None:
+    from vaura.eval.sync import sync_score
+
+    calls: list = []
+    frames = [np.full((64, 8, 8, 3), v, np.uint8) for v in (10, 50)]  # 2.56 s at 25 fps
+    audios = [np.zeros(int(2.56 * 44100), np.float32)] * 2
+    res = sync_score(_fake_predictor(calls), frames, audios, 44100)
+    assert calls == [((2, 120, 8, 8, 3), (2, 76800))]
+    assert res.values["sync_ms"] == pytest.approx((100 + 500) / 2)
+
+
+def test_desync_scores_first_and_last_windows_of_long_clips() -> None:
+    from vaura.eval.sync import desync_score
+
+    calls: list = []
+    frames = np.zeros((200, 4, 4, 3), np.uint8)  # 8 s
+    frames[:50] = 20  # the first window starts bright (0.2 s), the last (frames 80..199) dark (0 s)
+    res = desync_score(_fake_predictor(calls), [frames], [np.zeros(8 * 16000, np.float32)], 16000)
+    assert calls == [((2, 120, 4, 4, 3), (2, 76800))]
+    assert res.values["desync_s"] == pytest.approx(0.1)
+
+
+def test_loop_keeps_audio_video_alignment() -> None:
+    from vaura.eval.sync import loop_to_window
+
+    frames = np.arange(64, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    audio = np.repeat(np.arange(64, dtype=np.float32), 640)  # audio sample value = index of its video frame
+    v, a = loop_to_window(frames, audio)
+    assert v.shape[0] == 120 and a.shape[0] == 76800
+    for f in (0, 63, 64, 100, 119):
+        assert a[f * 640 + 10] == v[f, 0, 0, 0]  # still aligned after the loop seam
+
+
+def test_sync_without_model_is_skipped() -> None:
+    from vaura.eval.sync import desync_score, sync_score
+
+    r = sync_score(None, [], [], 16000, skip_reason="Synchformer weights not found at w.pt")
+    assert r.status == "skipped" and "w.pt" in r.reason
+    assert desync_score(None, [], [], 16000, skip_reason="x").status == "skipped"
