@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name -> (module, one-line help shown by `vaura --help`)
     "acquire": ("vaura.stages.acquire", "fetch raw videos: synthetic benchmark, local folder, s3:// or https list"),
     "preprocess": ("vaura.stages.preprocess", "re-encode videos to the paper format; bad files go to rejected.csv"),
+    "stack": ("vaura.stages.stack", "start/stop/inspect the local stack: moto S3, MLflow, Prefect server + worker"),
+    "profile": ("vaura.stages.profile", "switch params.yaml to a profile in configs/ (offline, paper, micro)"),
 }
 
 

@@ -1,0 +1,351 @@
+"""The local stack: moto S3, MLflow server (S3-proxied artifacts), Prefect server, a process work pool + worker.
+
+One command starts it (`vaura stack up`) and one stops it (`vaura stack down`). Every server binds to
+127.0.0.1; ports, the S3 bucket and the state folder (pid records, logs, sqlite databases, ``env.sh``) are
+configurable so several stacks (e.g. CI jobs) can run side by side. Services are started in their own
+sessions so that stopping one kills its whole process tree (servers fork workers; the Prefect worker starts
+flow runs that start DVC, which starts torchrun).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from vaura.io import atomic_write_json, atomic_write_text
+
+# moto accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
+S3_ACCESS_KEY = "vaura-local"
+S3_SECRET_KEY = "vaura-local-secret"
+S3_REGION = "us-east-1"
+DVC_REMOTE = "vaura-stack"
+
+
+class StackError(RuntimeError):
+    """The stack could not be started, inspected or stopped (the message says which service and why)."""
+
+
+@dataclass
+class StackSettings:
+    """Where the stack keeps its state and which ports it uses (defaults overridable by ``VAURA_*`` env vars)."""
+
+    state_dir: Path = field(default_factory=lambda: Path(os.environ.get("VAURA_STACK_DIR", ".stack")))
+    project_dir: Path = field(default_factory=Path.cwd)
+    host: str = "127.0.0.1"
+    s3_port: int = field(default_factory=lambda: int(os.environ.get("VAURA_S3_PORT", "9100")))
+    mlflow_port: int = field(default_factory=lambda: int(os.environ.get("VAURA_MLFLOW_PORT", "5000")))
+    prefect_port: int = field(default_factory=lambda: int(os.environ.get("VAURA_PREFECT_PORT", "4200")))
+    bucket: str = field(default_factory=lambda: os.environ.get("VAURA_S3_BUCKET", "vaura"))
+    work_pool: str = "vaura-local"
+    deploy: bool = True
+    timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.project_dir = Path(self.project_dir).resolve()
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+
+def client_env(s: StackSettings) -> dict[str, str]:
+    """Environment every client of the stack needs (written to ``<state>/env.sh`` for users' shells)."""
+    return {
+        "PREFECT_API_URL": s.prefect_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": s.mlflow_url,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": S3_REGION,
+        "AWS_ENDPOINT_URL_S3": s.s3_url,
+        "MLFLOW_S3_ENDPOINT_URL": s.s3_url,
+        "VAURA_S3_BUCKET": s.bucket,
+    }
+
+
+def _service_env(s: StackSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(client_env(s))
+    env["PREFECT_HOME"] = str(s.state_dir / "prefect")
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    env["VAURA_PROJECT_DIR"] = str(s.project_dir)
+    # Flow runs call `dvc` and `vaura`: make this interpreter's bin folder win on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (for tests and parallel stacks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _http_ok(url: str, accept: Callable[[bytes], bool] = lambda body: True, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200 and accept(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Service:
+    """One started process group, as recorded in ``<state>/stack.json``."""
+
+    name: str
+    pid: int
+    argv: list[str]
+    log: str
+    health_url: str
+
+
+def _start(name: str, argv: list[str], s: StackSettings, env: dict[str, str], health_url: str) -> Service:
+    log = s.state_dir / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=s.project_dir, start_new_session=True,
+        )
+    return Service(name=name, pid=proc.pid, argv=argv, log=str(log), health_url=health_url)
+
+
+def _wait_healthy(svc: Service, deadline: float, accept: Callable[[bytes], bool] = lambda b: True) -> None:
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(svc.pid) or psutil.Process(svc.pid).status() == psutil.STATUS_ZOMBIE:
+            raise StackError(f"{svc.name} exited during start-up; last log lines ({svc.log}):\n{_tail(Path(svc.log))}")
+        if _http_ok(svc.health_url, accept):
+            return
+        time.sleep(0.5)
+    raise StackError(f"{svc.name} not healthy at {svc.health_url} in time; last log lines ({svc.log}):\n"
+                     f"{_tail(Path(svc.log))}")
+
+
+def _run(argv: list[str], s: StackSettings, env: dict[str, str], what: str, timeout: float) -> str:
+    try:
+        out = subprocess.run(argv, cwd=s.project_dir, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"{what}: timed out after {timeout:.0f} s ({' '.join(argv)})") from exc
+    if out.returncode != 0:
+        raise StackError(f"{what} failed (exit {out.returncode}): {' '.join(argv)}\n{out.stdout[-3000:]}\n"
+                         f"{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def _state_file(s: StackSettings) -> Path:
+    return s.state_dir / "stack.json"
+
+
+def _read_state(s: StackSettings) -> dict | None:
+    path = _state_file(s)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StackError(f"{path}: unreadable stack record ({exc}); remove it after checking no stack runs") from exc
+
+
+def _worker_registered(s: StackSettings) -> bool:
+    req = urllib.request.Request(
+        f"{s.prefect_url}/work_pools/{s.work_pool}/workers/filter", data=b"{}", method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=3.0) as resp:
+            return len(json.loads(resp.read())) > 0
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> None:
+    """Point the project's DVC default remote at the stack's bucket (``--local``: ports are machine-specific)."""
+    dvc = [sys.executable, "-m", "dvc"]
+    url = f"s3://{s.bucket}/dvc"
+    _run(dvc + ["remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], s, env, "dvc remote add", 60)
+    for key, value in (("endpointurl", s.s3_url), ("access_key_id", S3_ACCESS_KEY),
+                       ("secret_access_key", S3_SECRET_KEY), ("region", S3_REGION)):
+        _run(dvc + ["remote", "modify", "--local", DVC_REMOTE, key, value], s, env, f"dvc remote modify {key}", 60)
+
+
+def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
+    """Start every service, wait until each is healthy, create the bucket/pool, deploy flows, set the DVC remote.
+
+    On any failure the services already started are stopped again, so a failed ``up`` leaves nothing running.
+    """
+    state = _read_state(s)
+    if state and any(psutil.pid_exists(svc["pid"]) for svc in state["services"]):
+        raise StackError(f"a stack is already running from {s.state_dir} (`vaura stack down` first)")
+    for name, port in (("S3", s.s3_port), ("MLflow", s.mlflow_port), ("Prefect", s.prefect_port)):
+        if not _port_free(s.host, port):
+            raise StackError(f"{name} port {s.host}:{port} is in use; choose another (see `vaura stack up --help`)")
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    (s.state_dir / "prefect").mkdir(exist_ok=True)
+    env = _service_env(s)
+    deadline = time.monotonic() + s.timeout_s
+    services: list[Service] = []
+    record = {"settings": {k: str(v) for k, v in asdict(s).items()}, "services": []}
+
+    def save() -> None:
+        record["services"] = [asdict(x) for x in services]
+        atomic_write_json(_state_file(s), record)
+
+    try:
+        # Start the three servers together (they take seconds each on a busy CPU), then wait for each.
+        services.append(_start("s3", [_bin("moto_server"), "-H", s.host, "-p", str(s.s3_port)], s, env,
+                               f"{s.s3_url}/moto-api/"))
+        services.append(_start("mlflow", [
+            _bin("mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{s.state_dir / 'mlflow.db'}",
+            "--artifacts-destination", f"s3://{s.bucket}/mlflow",
+        ], s, env, f"{s.mlflow_url}/health"))
+        services.append(_start("prefect-server", [
+            _bin("prefect"), "server", "start", "--host", s.host, "--port", str(s.prefect_port),
+        ], s, env, f"{s.prefect_url}/health"))
+        save()
+        _wait_healthy(services[0], deadline)
+        import boto3
+
+        boto3.client("s3", endpoint_url=s.s3_url, aws_access_key_id=S3_ACCESS_KEY,
+                     aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION).create_bucket(Bucket=s.bucket)
+        log(f"S3 (moto)      {s.s3_url}  bucket s3://{s.bucket}")
+        _wait_healthy(services[2], deadline, lambda body: body.strip() == b"true")
+        log(f"Prefect UI     http://{s.host}:{s.prefect_port}")
+        prefect = _bin("prefect")
+        _run([prefect, "work-pool", "create", s.work_pool, "--type", "process", "--overwrite"], s, env,
+             "prefect work-pool create", max(10.0, deadline - time.monotonic()))
+        services.append(_start("prefect-worker", [
+            prefect, "worker", "start", "--pool", s.work_pool, "--type", "process", "--install-policy", "never",
+            "--name", f"vaura-{s.prefect_port}",
+        ], s, env, s.prefect_url + "/health"))
+        save()
+        if s.deploy:
+            _run([prefect, "--no-prompt", "deploy", "--all"], s, env, "prefect deploy --all",
+                 max(10.0, deadline - time.monotonic()))
+            log(f"deployments    from {s.project_dir / 'prefect.yaml'} on pool {s.work_pool}")
+        while not _worker_registered(s):
+            _wait_healthy(services[3], deadline)  # raises if the worker died or time ran out
+            time.sleep(1.0)
+        log(f"worker         pool {s.work_pool}")
+        _wait_healthy(services[1], deadline, lambda body: body.strip() == b"OK")
+        log(f"MLflow UI      {s.mlflow_url}  (artifacts proxied to s3://{s.bucket}/mlflow)")
+        _configure_dvc_remote(s, env)
+        log(f"DVC remote     {DVC_REMOTE} -> s3://{s.bucket}/dvc (in .dvc/config.local)")
+    except BaseException:
+        _stop_services([asdict(x) for x in services], log=lambda m: None)
+        _state_file(s).unlink(missing_ok=True)
+        raise
+    exports = "".join(f"export {k}={v}\n" for k, v in client_env(s).items())
+    atomic_write_text(s.state_dir / "env.sh", "# source this file to talk to the vaura stack\n" + exports)
+    save()
+    log(f"client env     source {s.state_dir / 'env.sh'}")
+    return record
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: float = 15.0) -> list[int]:
+    """SIGTERM each service's process group (newest first), SIGKILL what outlives ``grace_s``.
+
+    Descendants that moved to their own session (Prefect flow runs, DVC subprocesses) are collected first so
+    they are stopped too. Returns the pids still alive afterwards (empty on a clean stop).
+    """
+    procs: list[psutil.Process] = []
+    for svc in reversed(services):
+        tree = _tree(svc["pid"])
+        procs.extend(tree)
+        own_group = os.getpgid(0)
+        for sig_target in {svc["pid"], *(p.pid for p in tree)}:
+            try:
+                group = os.getpgid(sig_target)
+                if group != own_group:
+                    os.killpg(group, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        log(f"stopped {svc['name']} (pid {svc['pid']})")
+    _, alive = psutil.wait_procs(procs, timeout=5.0)
+    return [p.pid for p in alive]
+
+
+def down(s: StackSettings, log: Callable[[str], None] = print) -> None:
+    """Stop every recorded service and unset the DVC remote the stack configured; logs stay in the state folder."""
+    state = _read_state(s)
+    if state is None:
+        log(f"no stack recorded in {s.state_dir}")
+        return
+    left = _stop_services(state["services"], log)
+    if left:
+        raise StackError(f"processes still alive after SIGKILL: {left}")
+    project = Path(state["settings"]["project_dir"])
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "remove", "--local", DVC_REMOTE], cwd=project,
+                   capture_output=True, timeout=60)
+    _state_file(s).unlink(missing_ok=True)
+    (s.state_dir / "env.sh").unlink(missing_ok=True)
+
+
+def status(s: StackSettings) -> list[tuple[str, int, bool, bool]]:
+    """``(service, pid, alive, healthy)`` per recorded service; empty when no stack is recorded."""
+    state = _read_state(s)
+    if state is None:
+        return []
+    rows = []
+    for svc in state["services"]:
+        alive = psutil.pid_exists(svc["pid"]) and psutil.Process(svc["pid"]).status() != psutil.STATUS_ZOMBIE
+        rows.append((svc["name"], svc["pid"], alive, alive and _http_ok(svc["health_url"])))
+    return rows
