@@ -1,0 +1,184 @@
+"""vaura.media on real files written by PyAV: round trips, frame-rate/layout conversion, windows, bad inputs."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media_factory import click_track, index_frame, read_index, tone, write_av, zero_size_mkv
+from vaura import media
+
+SR = 44100
+
+
+def _index_video(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    return np.stack([index_frame(k, h, w) for k in range(n)])
+
+
+def test_write_read_round_trip(tmp_path: Path) -> None:
+    frames = _index_video(50)
+    audio = click_track(2.0, SR, at_s=0.7)
+    path = tmp_path / "rt.mp4"
+    assert media.write_video(path, frames, 25.0, audio, SR) == 50
+
+    info = media.probe(path)
+    assert (info.width, info.height, info.fps) == (64, 48, 25.0)
+    assert (info.video_codec, info.audio_codec, info.sample_rate, info.channels) == ("h264", "aac", SR, 1)
+    assert info.duration_s == pytest.approx(2.0, abs=0.05)
+
+    video = media.read_video(path, short_side=None, crop=None)
+    assert video.shape == (50, 48, 64, 3) and video.dtype == np.uint8
+    assert [read_index(f) for f in video] == list(range(50))
+    assert np.abs(video.astype(int) - frames).mean() < 3.0  # crf 18: near-lossless
+
+    sound = media.read_audio(path, SR)
+    assert sound.dtype == np.float32 and len(sound) == pytest.approx(2.0 * SR, abs=2)
+    assert abs(int(np.argmax(np.abs(sound))) - round(0.7 * SR)) < 0.002 * SR  # AAC priming compensated
+
+
+def test_resize_and_crops(tmp_path: Path) -> None:
+    path = write_av(tmp_path / "wide.mp4", np.random.default_rng(0).integers(0, 255, (4, 96, 160, 3), np.uint8))
+    full = media.read_video(path, short_side=64, crop=None)
+    assert full.shape[1:] == (64, 106, 3)  # 160 * 64 / 96 = 106.7 -> even 106
+    centre = media.read_video(path, short_side=64, crop=48)
+    assert centre.shape[1:] == (48, 48, 3)
+    np.testing.assert_array_equal(centre, full[:, 8:56, 29:77])
+
+    flips = set()
+    for seed in range(8):
+        a = media.read_video(path, short_side=64, crop=48, crop_mode="random", rng=np.random.default_rng(seed))
+        b = media.read_video(path, short_side=64, crop=48, crop_mode="random", rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
+        found = None
+        for flip in (False, True):
+            ref = full[:, :, ::-1] if flip else full
+            for y in range(64 - 48 + 1):
+                for x in range(106 - 48 + 1):
+                    if np.array_equal(ref[:1, y : y + 48, x : x + 48], a[:1]):
+                        found = flip
+        assert found is not None, "a random crop must be a (possibly flipped) window of the resized frame"
+        if found:
+            a = a[:, :, ::-1]
+        flips.add(found)
+    assert flips == {False, True}
+
+
+def test_portrait_short_side(tmp_path: Path) -> None:
+    path = write_av(tmp_path / "portrait.mkv", np.zeros((3, 99, 55, 3), np.uint8), vcodec="mjpeg", pix_fmt="yuvj444p")
+    video = media.read_video(path, short_side=32, crop=None)
+    assert video.shape[1:] == (58, 32, 3)  # 99 * 32 / 55 = 57.6 -> even 58
+
+
+def test_2997_fps_resampled_by_timestamp(tmp_path: Path) -> None:
+    rate = Fraction(30000, 1001)
+    path = write_av(tmp_path / "ntsc.mp4", _index_video(60), fps=rate)
+    video = media.read_video(path, fps=25.0, short_side=None, crop=None)
+    src_times = np.arange(60) / float(rate)
+    assert len(video) == int(60 / float(rate) * 25)  # whole clip: floor(duration * 25) = 50
+    for i, frame in enumerate(video):
+        expected = int(np.argmin(np.abs(src_times - i / 25.0)))  # nearest source frame in time
+        assert read_index(frame) == expected, f"output frame {i}"
+
+
+def test_variable_frame_rate_resampled_by_timestamp(tmp_path: Path) -> None:
+    gaps = np.random.default_rng(3).integers(15, 90, size=40)
+    pts = np.concatenate([[0], np.cumsum(gaps)[:-1]])
+    path = write_av(tmp_path / "vfr.mkv", _index_video(40), fps=25, pts_ms=pts, fmt="matroska")
+    video = media.read_video(path, fps=25.0, short_side=None, crop=None, duration=1.6)
+    assert len(video) == 40
+    src_times = pts / 1000.0
+    for i, frame in enumerate(video):
+        d = np.abs(src_times - i / 25.0)
+        nearest = set(np.flatnonzero(d - d.min() < 1e-9))
+        assert read_index(frame) in nearest, f"output frame {i} at {i / 25:.2f}s"
+
+
+def test_window(tmp_path: Path) -> None:
+    path = tmp_path / "w.mp4"
+    media.write_video(path, _index_video(50), 25.0, click_track(2.0, SR, at_s=1.0), SR)
+    video = media.read_video(path, short_side=None, crop=None, start_sec=0.4, duration=0.8)
+    assert [read_index(f) for f in video] == list(range(10, 30))
+    sound = media.read_audio(path, 16000, start_sec=0.5, duration=1.0)
+    assert len(sound) == 16000
+    assert abs(int(np.argmax(np.abs(sound))) - 8000) < 40
+    # the tail is zero-padded up to the tolerance, beyond it the window is an error
+    assert len(media.read_audio(path, 16000, start_sec=1.5, duration=0.55)) == 8800
+    for start, dur in ((1.5, 1.0), (2.5, None), (-0.1, 1.0), (0.0, 0.0)):
+        with pytest.raises(media.WindowError, match="w.mp4"):
+            media.read_video(path, start_sec=start, duration=dur)
+        with pytest.raises(media.WindowError, match="w.mp4"):
+            media.read_audio(path, SR, start_sec=start, duration=dur)
+
+
+def test_surround_and_stereo_downmix_and_resample(tmp_path: Path) -> None:
+    sig = tone(1000.0, 1.0, 48000, amp=0.5)
+    silent = np.zeros_like(sig)
+    for name, layout, channels in (
+        ("c51.m4a", "5.1", [silent, silent, sig, silent, silent, silent]),  # centre only
+        ("fl51.m4a", "5.1", [sig, silent, silent, silent, silent, silent]),  # front-left only
+        ("st.m4a", "stereo", [sig, sig]),
+    ):
+        path = write_av(tmp_path / name, audio=np.stack(channels), sample_rate=48000, layout=layout, fmt="mp4")
+        info = media.probe(path)
+        assert info.channels == len(channels) and info.sample_rate == 48000 and not info.has_video
+        mono = media.read_audio(path, SR, duration=1.0)
+        assert mono.shape == (SR,)
+        spectrum = np.abs(np.fft.rfft(mono))
+        assert abs(np.argmax(spectrum) * SR / len(mono) - 1000.0) < 2.0  # pitch survives resampling
+        rms = float(np.sqrt(np.mean(mono[SR // 10 : -SR // 10] ** 2)))
+        assert 0.1 < rms < 0.5, f"{name}: rms {rms}"  # audible, not clipped (input rms 0.354)
+
+
+def test_mux_audio_copies_video_and_replaces_sound(tmp_path: Path) -> None:
+    src = tmp_path / "src.mp4"
+    media.write_video(src, _index_video(25), 25.0, tone(300.0, 1.0, SR), SR)
+    out = tmp_path / "muxed.mp4"
+    media.mux_audio(src, tone(2000.0, 0.5, 16000), 16000, out)
+    np.testing.assert_array_equal(
+        media.read_video(src, short_side=None, crop=None), media.read_video(out, short_side=None, crop=None)
+    )
+    info = media.probe(out)
+    assert info.sample_rate == 16000 and info.channels == 1
+    sound = media.read_audio(out, 16000)
+    assert len(sound) == pytest.approx(16000, abs=2)  # padded to the video's 1 s
+    head, tail = sound[1000:7000], sound[9000:15000]
+    assert abs(np.argmax(np.abs(np.fft.rfft(head))) * 16000 / len(head) - 2000) < 5
+    assert np.abs(tail).max() < 0.01
+
+
+def test_bad_inputs_raise_typed_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.mp4"
+    write_av(good, _index_video(50), audio=tone(440, 2.0, SR)[None])  # moov atom at the end
+    fast = tmp_path / "fast.mp4"
+    write_av(fast, np.random.default_rng(0).integers(0, 255, (50, 48, 64, 3), np.uint8), faststart=True)
+
+    cases = {
+        "missing.mp4": (media.MediaError, None),
+        "empty.mp4": (media.NotMediaError, b""),
+        "text.mp4": (media.NotMediaError, b"this is a shopping list, not a video\n" * 20),
+        "truncated.mp4": (media.CorruptMediaError, good.read_bytes()[: good.stat().st_size // 2]),
+        "cut.mp4": (media.CorruptMediaError, fast.read_bytes()[: fast.stat().st_size // 3]),
+    }
+    for name, (error, data) in cases.items():
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        with pytest.raises(error, match=name):
+            media.read_video(path)
+        with pytest.raises(error, match=name):
+            media.read_audio(path, SR) if name != "cut.mp4" else media.read_video(path, duration=2.0)
+
+    audio_only = write_av(tmp_path / "sound.m4a", audio=tone(440, 1.0, SR)[None], fmt="mp4")
+    with pytest.raises(media.NoVideoStreamError, match="sound.m4a"):
+        media.read_video(audio_only)
+    silent = write_av(tmp_path / "silent.mp4", _index_video(10))
+    with pytest.raises(media.NoAudioStreamError, match="silent.mp4"):
+        media.read_audio(silent, SR)
+    zero = zero_size_mkv(tmp_path / "zero.mkv")
+    with pytest.raises(media.ZeroSizeFrameError, match="zero.mkv"):
+        media.read_video(zero)
+    with pytest.raises(media.ZeroSizeFrameError, match="out.mp4"):
+        media.write_video(tmp_path / "out.mp4", np.zeros((2, 0, 4, 3), np.uint8), 25.0)
+    assert not (tmp_path / "out.mp4").exists()  # atomic: a failed write leaves nothing behind
