@@ -1,0 +1,18 @@
+"""Visual side of V-AURA: the Segment-AVCLIP Motionformer encoder (and the Synchformer sync model's network)."""
+from vaura.visual.config import AVClipConfig, VisualConfig
+from vaura.visual.encoder import (
+    VisualEncoder,
+    VisualInputError,
+    frames_to_input,
+    load_segment_avclip,
+    load_visual_encoder,
+    to_segments,
+)
+from vaura.visual.motionformer import PAPER_SIZE, MotionFormer, MotionFormerSize
+from vaura.visual.weights import CheckpointError
+
+__all__ = [
+    "AVClipConfig", "CheckpointError", "MotionFormer", "MotionFormerSize", "PAPER_SIZE", "VisualConfig",
+    "VisualEncoder", "VisualInputError", "frames_to_input", "load_segment_avclip", "load_visual_encoder",
+    "to_segments",
+]

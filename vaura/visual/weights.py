@@ -1,0 +1,126 @@
+"""Reading released checkpoints (Segment-AVCLIP, Synchformer) without executing their pickled objects.
+
+Both files pickle an OmegaConf config next to the weights (``ckpt["args"]``), so
+``torch.load(weights_only=True)`` refuses them. We try ``weights_only=True`` first; if it refuses, a restricted
+unpickler rebuilds tensors and plain containers only and turns every other pickled global into an inert
+placeholder, so no code from the file runs and the config classes need not be importable.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+SEGMENT_AVCLIP_URL_HINT = (
+    "Segment-AVCLIP VGGSound checkpoint '23-12-22T16-10-50/checkpoints/epoch_best.pt' from the Synchformer "
+    "project (github.com/v-iashin/Synchformer, README 'Segment AVCLIP' table, VGGSound row)"
+)
+SYNCHFORMER_URL_HINT = (
+    "Synchformer AudioSet checkpoint '24-01-04T16-39-21/24-01-04T16-39-21.pt' from the Synchformer project "
+    "(github.com/v-iashin/Synchformer, README 'Synchformer' table, AudioSet row)"
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or does not match the expected layout (names the file)."""
+
+
+class _Inert:
+    """Stands in for any non-tensor object pickled in a checkpoint (optimizer state, OmegaConf nodes...)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+        return _Inert(*args)
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        is_storage_or_dtype = module == "torch" and (
+            name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)
+        )
+        if (module, name) in _ALLOWED or is_storage_or_dtype:
+            return super().find_class(module, name)
+        return _Inert
+
+
+class _RestrictedPickleModule:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler only rebuilds tensors and plain containers."""
+
+    Unpickler = _RestrictedUnpickler
+    load = pickle.load
+    __name__ = "vaura_restricted_pickle"
+
+
+def read_checkpoint(path: str | Path, what: str) -> Mapping[str, Any]:
+    """Load a checkpoint file as a mapping; missing files raise with download instructions (``what``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path}. Download the {what} and put it at {path} "
+            "(or point the params key at where you saved it); weights are never downloaded at run time."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+        except Exception as exc:  # corrupt zip, truncated file...
+            raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+def select_prefixed(state: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Keys under the first prefix of ``prefixes`` that occurs in ``state``, with that prefix stripped."""
+    for prefix in prefixes:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return {}
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in one error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+            )
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {shapes[:10]}")
+        raise CheckpointError(f"{source}: checkpoint does not match the model; " + "; ".join(parts))
+    module.load_state_dict(dict(state), strict=True)
