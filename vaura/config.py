@@ -142,6 +142,7 @@ SECTIONS: dict[str, str] = {
     "paths": "vaura.config:PathsConfig",
     "train": "vaura.train.config:TrainConfig",
     "tracking": "vaura.tracking:TrackingConfig",
+    "visual": "vaura.visual.config:VisualConfig",
 }
 
 
