@@ -82,6 +82,7 @@ def client_env(s: StackSettings) -> dict[str, str]:
         "AWS_ENDPOINT_URL_S3": s.s3_url,
         "MLFLOW_S3_ENDPOINT_URL": s.s3_url,
         "VAURA_S3_BUCKET": s.bucket,
+        "VAURA_WORK_POOL": s.work_pool,
     }
 
 
