@@ -208,3 +208,44 @@ def test_sync_without_model_is_skipped() -> None:
     r = sync_score(None, [], [], 16000, skip_reason="Synchformer weights not found at w.pt")
     assert r.status == "skipped" and "w.pt" in r.reason
     assert desync_score(None, [], [], 16000, skip_reason="x").status == "skipped"
+
+
+def _tiny_imagebind() -> torch.nn.Module:
+    from imagebind.models.imagebind_model import ImageBindModel
+
+    torch.manual_seed(0)
+    small = dict(embed_dim=32, num_blocks=1, num_heads=2)
+    return ImageBindModel(
+        out_embed_dim=32,
+        **{f"{m}_{k}": v for m in ("vision", "audio", "text", "depth", "thermal", "imu") for k, v in small.items()},
+    )
+
+
+def test_ib_score_strict_loads_and_scores_clips(tmp_path) -> None:
+    from vaura.eval.ib import ib_score, load_ib_model
+
+    weights = tmp_path / "imagebind_tiny.pth"
+    torch.save(_tiny_imagebind().state_dict(), weights)
+    model, reason = load_ib_model(weights, build=_tiny_imagebind)
+    assert model is not None and reason == ""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 224, 224, 3), dtype=np.uint8) for _ in range(2)]
+    audios = [_clicks([0.5, 1.5], sr=22050), _clicks([1.0], sr=22050, seed=3)]
+    res = ib_score(model, frames, audios, 22050)
+    assert res.status == "ok" and -100.0 <= res.values["ib"] <= 100.0
+    swapped = ib_score(model, frames, [audios[0], audios[0]], 22050)
+    assert swapped.values["ib"] != pytest.approx(res.values["ib"], abs=1e-6)
+
+
+def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
+    from vaura.eval.ib import ib_score, load_ib_model
+
+    state = _tiny_imagebind().state_dict()
+    state.pop(next(iter(state)))
+    torch.save(state, tmp_path / "partial.pth")
+    model, reason = load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
+    assert model is None and "partial.pth" in reason
+    model, reason = load_ib_model(tmp_path / "absent.pth")
+    assert model is None and "imagebind_huge.pth" in reason
+    res = ib_score(None, [], [], 16000, skip_reason=reason)
+    assert res.status == "skipped" and "absent.pth" in res.reason
