@@ -249,3 +249,47 @@ def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
     assert model is None and "imagebind_huge.pth" in reason
     res = ib_score(None, [], [], 16000, skip_reason=reason)
     assert res.status == "skipped" and "absent.pth" in res.reason
+
+
+def _tiny_synchformer_size():
+    from vaura.visual.motionformer import MotionFormerSize
+    from vaura.visual.synchformer import SynchformerSize
+
+    return SynchformerSize(
+        visual=MotionFormerSize(dim=32, depth=1, heads=2, mlp_ratio=2, img_size=32, patch=16, tubelet=2, frames=16),
+        audio_depth=1, audio_heads=2, audio_ffn=64, n_layer=1, n_head=2,
+    )
+
+
+def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
+    from vaura.eval.sync import desync_score, load_sync_predictor, sync_score
+    from vaura.visual.synchformer import Synchformer
+
+    size = _tiny_synchformer_size()
+    torch.manual_seed(0)
+    path = tmp_path / "24-01-04T16-39-21.pt"
+    torch.save({"model": Synchformer(size).state_dict(), "epoch": 3}, path)
+    predictor, reason = load_sync_predictor(path, size=size)
+    assert predictor is not None and reason == ""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    audios = [_clicks([0.5, 1.5]), _clicks([1.0], seed=2)]
+    res = sync_score(predictor, frames, audios, SR)
+    # one window per clip, each |offset| on the 0.2 s grid → the 2-clip mean is a multiple of 100 ms in [0, 2000]
+    ms = res.values["sync_ms"]
+    assert 0.0 <= ms <= 2000.0 and ms / 100.0 == pytest.approx(round(ms / 100.0), abs=1e-4)
+    assert desync_score(predictor, frames, audios, SR).values["desync_s"] == pytest.approx(ms / 1000.0)
+
+
+def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> None:
+    from vaura.eval.sync import load_sync_predictor
+    from vaura.visual.synchformer import Synchformer
+
+    size = _tiny_synchformer_size()
+    predictor, reason = load_sync_predictor(tmp_path / "absent.pt", size=size)
+    assert predictor is None and "absent.pt" in reason and "Synchformer" in reason
+    state = Synchformer(size).state_dict()
+    state["transformer.off_head.weight"] = torch.zeros(20, 32)
+    torch.save({"model": state}, tmp_path / "bad.pt")
+    predictor, reason = load_sync_predictor(tmp_path / "bad.pt", size=size)
+    assert predictor is None and "bad.pt" in reason

@@ -15,7 +15,8 @@ The model is reached through an :class:`OffsetPredictor`: ``(frames uint8 [B, 12
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -124,3 +125,27 @@ def desync_score(
         return MetricResult.skipped("desync", skip_reason or "no Synchformer", backbone="synchformer")
     off = _offsets(predictor, frames, audios, sample_rate, "first_last", batch_size)
     return MetricResult.ok("desync", {"desync_s": float(off.mean())}, backbone="synchformer")
+
+
+def load_sync_predictor(
+    weights: str | Path, device: str | torch.device = "cpu", size: Any = None
+) -> tuple[OffsetPredictor | None, str]:
+    """(predictor, "") from VISUAL's strict Synchformer loader, or (None, reason) when the checkpoint is missing
+    or does not match the released layout. ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
+    from vaura.visual.synchformer import SynchformerSize, load_synchformer
+    from vaura.visual.weights import CheckpointError
+
+    try:
+        model = load_synchformer(weights, size or SynchformerSize(), device=device)
+    except CheckpointError as exc:
+        return None, str(exc)
+    return synchformer_predictor(model), ""
+
+
+def synchformer_predictor(model: Any) -> OffsetPredictor:
+    """Adapt :class:`vaura.visual.synchformer.Synchformer` to the :data:`OffsetPredictor` protocol."""
+
+    def predict(frames: np.ndarray, audio16k: np.ndarray) -> np.ndarray:
+        return model.offsets_seconds(model.predict_offsets(frames, audio16k)).numpy()
+
+    return predict
