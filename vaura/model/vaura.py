@@ -1,0 +1,270 @@
+"""The V-AURA decoder ("sampler"): audio tokens predicted from visual features, read top to bottom.
+
+1. Audio embedding — per codebook ``Embedding(card + 1, codebook_dim)`` (row ``card`` = the special BOS/pad token)
+   followed by that codec quantizer's weight-normed 1×1 ``out_proj`` (codebook_dim → audio width); the K results
+   are summed. :meth:`VAURA.init_audio_embeddings` copies both from the codec, as the paper does.
+2. Visual embedding — 2-layer bias-free MLP with tanh-GELU. For classifier-free guidance the raw features are
+   replaced by a null condition (``uncond_embedding``) with probability ``cfg_dropout`` in training.
+3. Conditioning — ``fusion``: every decoder step gets the visual token chosen by ``vaura.model.alignment``
+   and is the channel concatenation ``[visual cond_channels | audio d_model - cond_channels]``;
+   ``prepend``: the N projected visual tokens (d_model wide) precede the audio steps in one sequence.
+4. Llama decoder (``vaura.model.layers``) and one bias-free linear head per codebook, on the delay pattern
+   (``vaura.model.delay``); loss = cross-entropy per codebook over valid frames, averaged over codebooks.
+
+Parameter names equal the released checkpoint's ``sampler.*`` keys, so importing it is a prefix strip.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaura.model.alignment import reference_index, reference_steps_per_token, timestamp_index
+from vaura.model.config import ModelConfig
+from vaura.model.delay import build_delayed, revert_logits
+from vaura.model.layers import KVCache, RMSNorm, TransformerBlock, rope_table
+
+INIT_STD = 0.02
+
+
+class WNProjection(nn.Module):
+    """Weight-normed 1×1 projection stored as DAC stores it: ``weight_g [out,1,1]``, ``weight_v [out,in,1]``, bias.
+
+    Effective weight = ``g * v / ||v||`` (norm per output channel), as ``torch.nn.utils.weight_norm`` on a Conv1d.
+    """
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        v = torch.randn(d_out, d_in, 1) * INIT_STD
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(v.norm(dim=(1, 2), keepdim=True))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_g * self.weight_v / self.weight_v.norm(dim=(1, 2), keepdim=True)
+        return F.linear(x, w[:, :, 0], self.bias)
+
+
+class AudioEmbedding(nn.Module):
+    """One codebook's embedding: code → codebook vector → quantizer out-projection."""
+
+    def __init__(self, codebook_size: int, codebook_dim: int, d_out: int):
+        super().__init__()
+        self.emb = nn.Embedding(codebook_size + 1, codebook_dim)
+        self.out_proj = WNProjection(codebook_dim, d_out)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.emb(codes))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class VisualEmbedder(nn.Module):
+    """Visual MLP plus the CFG null condition ``uncond_embedding [n_null, visual_dim]`` (raw-feature space)."""
+
+    def __init__(self, visual_dim: int, hidden: int, d_out: int, n_null: int, learned_null: bool):
+        super().__init__()
+        self.projection = MLP(visual_dim, hidden, d_out)
+        null = torch.randn(n_null, visual_dim) / visual_dim**0.5
+        if learned_null:
+            self.uncond_embedding = nn.Parameter(null)
+        else:
+            self.register_buffer("uncond_embedding", null)
+
+    def forward(self, visual: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        n = visual.shape[1]
+        if n > self.uncond_embedding.shape[0]:
+            raise ValueError(f"{n} visual tokens but the null condition covers {self.uncond_embedding.shape[0]}; "
+                             "raise model.max_seconds or use shorter windows")
+        null = self.uncond_embedding[:n].to(visual.dtype)
+        return self.projection(torch.where(drop[:, None, None], null, visual))
+
+
+class VAURA(nn.Module):
+    """Llama-style decoder over delayed DAC codes, conditioned on 12.5 Hz visual features."""
+
+    def __init__(self, cfg: ModelConfig, n_codebooks: int, codebook_size: int, codebook_dim: int,
+                 audio_frame_rate: float, visual_dim: int, visual_frame_rate: float = 12.5):
+        super().__init__()
+        self.cfg = cfg
+        self.n_codebooks, self.codebook_size, self.codebook_dim = n_codebooks, codebook_size, codebook_dim
+        self.special_token = codebook_size  # BOS and delay padding
+        self.audio_frame_rate, self.visual_frame_rate = float(audio_frame_rate), float(visual_frame_rate)
+        self.visual_dim = visual_dim
+        self.fusion = cfg.conditioning == "fusion"
+        self.max_frames = math.ceil(cfg.max_seconds * self.audio_frame_rate - 1e-9)
+        self.n_null = round(cfg.max_seconds * self.visual_frame_rate)
+        d = cfg.d_model
+        self.audio_width = d - cfg.cond_channels if self.fusion else d
+
+        self.tok_embeddings = nn.ModuleList(
+            AudioEmbedding(codebook_size, codebook_dim, self.audio_width) for _ in range(n_codebooks))
+        self.cls_embeddings = VisualEmbedder(visual_dim, cfg.cond_channels, cfg.cond_channels if self.fusion else d,
+                                             self.n_null, cfg.null_condition == "learned")
+        if self.fusion and cfg.alignment == "reference":
+            self.empty_video_emb = nn.Parameter(torch.randn(1, 1, cfg.cond_channels) * INIT_STD)
+        self.tok_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            TransformerBlock(d, cfg.n_head, cfg.ffn_hidden, cfg.dropout, cfg.norm_eps) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(d, cfg.norm_eps)
+        self.lm_heads = nn.ModuleList(nn.Linear(d, codebook_size, bias=False) for _ in range(n_codebooks))
+        self.n_prefix = 0 if self.fusion else self.n_null
+        self.register_buffer("rope", rope_table(self.n_prefix + self.max_frames + n_codebooks, d // cfg.n_head,
+                                                cfg.rope_base), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=INIT_STD)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=1.0)
+        for head in self.lm_heads:
+            nn.init.zeros_(head.weight)
+
+    # ---- conditioning -------------------------------------------------------------------------------------
+    def condition(self, visual: torch.Tensor, drop_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Project visual features ``[B, N, Dv]``; rows with ``drop_cond`` use the null condition.
+
+        ``drop_cond=None`` draws the CFG dropout (probability ``cfg_dropout``) in training, none in eval.
+        """
+        if visual.shape[-1] != self.visual_dim:
+            raise ValueError(f"visual features have dim {visual.shape[-1]}, model expects {self.visual_dim}")
+        b = visual.shape[0]
+        if drop_cond is None:
+            if self.training and self.cfg.cfg_dropout > 0:
+                drop_cond = torch.rand(b, device=visual.device) < self.cfg.cfg_dropout
+            else:
+                drop_cond = torch.zeros(b, dtype=torch.bool, device=visual.device)
+        return self.cls_embeddings(visual, drop_cond.to(visual.device))
+
+    def align(self, cond: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """Fusion: per-step visual channels ``[B, n_steps, cond_channels]`` for steps ``0..n_steps-1``."""
+        n_visual = cond.shape[1]
+        if self.cfg.alignment == "timestamp":
+            idx = timestamp_index(n_steps, n_visual, self.audio_frame_rate, self.visual_frame_rate)
+            return cond[:, idx.to(cond.device)]
+        idx = reference_index(n_steps, n_visual,
+                              reference_steps_per_token(self.audio_frame_rate, self.visual_frame_rate)).to(cond.device)
+        picked = cond[:, idx.clamp_min(0)]
+        empty = self.empty_video_emb.to(cond.dtype).expand_as(picked)
+        return torch.where((idx >= 0)[None, :, None], picked, empty)
+
+    # ---- decoder ------------------------------------------------------------------------------------------
+    def embed_steps(self, seq: torch.Tensor, cond_steps: torch.Tensor | None) -> torch.Tensor:
+        """Delayed tokens ``[B, K, L]`` (+ fusion channels ``[B, L, C]``) → decoder inputs ``[B, L, d_model]``."""
+        audio = sum(emb(seq[:, q]) for q, emb in enumerate(self.tok_embeddings))
+        return torch.cat([cond_steps.to(audio.dtype), audio], dim=-1) if self.fusion else audio
+
+    def run(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
+            static: bool = False) -> torch.Tensor:
+        """Decoder inputs ``[B, L, d]`` at ``positions`` (default ``0..L-1``) → logits ``[B, K, L, card]``.
+
+        With a cache, keys/values of these positions are stored and earlier cached ones attended to.
+        """
+        n = x.shape[1]
+        if positions is None:
+            positions = torch.arange(n, device=x.device)
+        if not static and int(positions.max()) >= self.rope.shape[0]:
+            raise ValueError(f"sequence position {int(positions.max())} exceeds the model's "
+                             f"{self.rope.shape[0]} positions (model.max_seconds={self.cfg.max_seconds})")
+        rope = self.rope[positions]
+        h = self.tok_dropout(x)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, positions if cache is not None else None, cache, i, static)
+        h = self.norm(h)
+        return torch.stack([head(h) for head in self.lm_heads], dim=1)
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
+        cfg = self.cfg
+        return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head, device, dtype)
+
+    def forward(self, codes: torch.Tensor, visual: torch.Tensor,
+                drop_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits ``[B, K, T, card]`` for un-delayed codes ``[B, K, T]`` (negative = missing)."""
+        b, k, t = codes.shape
+        if k != self.n_codebooks:
+            raise ValueError(f"codes have {k} codebooks, model expects {self.n_codebooks}")
+        if t > self.max_frames:
+            raise ValueError(f"{t} frames exceed model.max_seconds={self.cfg.max_seconds} ({self.max_frames} frames)")
+        codes = torch.where(codes < 0, torch.full_like(codes, self.special_token), codes)
+        seq = build_delayed(codes, self.special_token)[:, :, :-1]
+        cond = self.condition(visual, drop_cond)
+        if self.fusion:
+            x = self.embed_steps(seq, self.align(cond, seq.shape[-1]))
+        else:
+            audio = self.embed_steps(seq, None)
+            x = torch.cat([cond.to(audio.dtype), audio], dim=1)
+        logits = self.run(x)[:, :, x.shape[1] - seq.shape[-1]:]
+        return revert_logits(logits, t)
+
+    def loss(self, codes: torch.Tensor, visual: torch.Tensor,
+             drop_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked per-codebook cross-entropy averaged over codebooks; ``(loss, per_codebook [K] detached)``.
+
+        Frames whose code is negative (padding past a clip's end) are excluded from the loss.
+        """
+        logits = self(codes, visual, drop_cond)
+        valid = codes >= 0
+        per_cb = []
+        for q in range(self.n_codebooks):
+            m = valid[:, q]
+            if not m.any():
+                raise ValueError(f"codebook {q} has no valid frame in this batch")
+            per_cb.append(F.cross_entropy(logits[:, q][m].float(), codes[:, q][m]))
+        per = torch.stack(per_cb)
+        return per.mean(), per.detach()
+
+    # ---- initialisation from the codec ----------------------------------------------------------------------
+    @torch.no_grad()
+    def init_audio_embeddings(self, codec) -> int:
+        """Copy the codec's codebooks (+ a random special row) and out-projections into the audio embedding.
+
+        ``codec`` follows ``vaura.codec.Codec`` (``codebooks()``, ``out_projections()``). Out-projections are
+        copied only when their width equals the model's audio width; returns how many were copied.
+        """
+        books, projs = codec.codebooks(), codec.out_projections()
+        if len(books) < self.n_codebooks:
+            raise ValueError(f"codec has {len(books)} codebooks, model needs {self.n_codebooks}")
+        copied = 0
+        for q, emb in enumerate(self.tok_embeddings):
+            book = books[q]
+            if tuple(book.shape) != (self.codebook_size, self.codebook_dim):
+                raise ValueError(f"codebook {q} has shape {tuple(book.shape)}, model expects "
+                                 f"{(self.codebook_size, self.codebook_dim)}")
+            emb.emb.weight[: self.codebook_size] = book.to(emb.emb.weight)
+            emb.emb.weight[self.codebook_size].normal_(std=INIT_STD)
+            g, v, bias = _weight_norm_parts(projs[q])
+            if v.shape[:2] == emb.out_proj.weight_v.shape[:2]:
+                emb.out_proj.weight_g.copy_(g.reshape(emb.out_proj.weight_g.shape))
+                emb.out_proj.weight_v.copy_(v.reshape(emb.out_proj.weight_v.shape))
+                emb.out_proj.bias.copy_(bias if bias is not None else torch.zeros_like(emb.out_proj.bias))
+                copied += 1
+        if copied < self.n_codebooks:
+            warnings.warn(f"codec out-projections map to {v.shape[0]} channels but the model's audio width is "
+                          f"{self.audio_width}; only the codebooks were copied", stacklevel=2)
+        return copied
+
+
+def _weight_norm_parts(proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(g, v, bias)`` of a 1×1 conv/linear, whichever weight-norm flavour (or none) it uses."""
+    if hasattr(proj, "weight_g") and hasattr(proj, "weight_v"):
+        g, v = proj.weight_g, proj.weight_v
+    elif hasattr(proj, "parametrizations") and hasattr(proj.parametrizations, "weight"):
+        g, v = proj.parametrizations.weight.original0, proj.parametrizations.weight.original1
+    else:
+        v = proj.weight
+        g = v.reshape(v.shape[0], -1).norm(dim=1)
+    v = v.reshape(v.shape[0], v.shape[1], 1)
+    return g.reshape(-1, 1, 1), v, getattr(proj, "bias", None)
