@@ -146,6 +146,8 @@ SECTIONS: dict[str, str] = {
     "score": "vaura.curation.scoring:ScoreConfig",
     "filter": "vaura.curation.filtering:FilterConfig",
     "cache": "vaura.cache:CacheConfig",
+    "model": "vaura.model.config:ModelConfig",
+    "generation": "vaura.model.config:GenerationConfig",
 }
 
 
