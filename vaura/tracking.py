@@ -166,12 +166,14 @@ def stage_run(
     *,
     params_file: str | Path = "params.yaml",
     data_files: Sequence[str | Path] = (),
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
     """Open the MLflow run of one stage execution (nested under the pipeline's parent run); yields the ActiveRun.
 
     Logs ``params`` (flattened, redacted) as params and as the ``config/params.json`` artifact, and tags the
     run with the stage, pipeline id, git commit, DVC experiment name (``$DVC_EXP_NAME``) and data hashes.
-    The run ends FAILED if the body raises.
+    ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
+    exists in the store. The run ends FAILED if the body raises.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -198,19 +200,27 @@ def stage_run(
     run_tags.update({k: str(redact(v)) for k, v in (tags or {}).items()})
     if cfg.system_metrics:
         mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval_s)
+    if resume_run_id:
+        try:
+            client.get_run(resume_run_id)
+        except Exception:  # not in this store (e.g. another tracking URI): start a fresh run
+            resume_run_id = None
     client.update_run(parent, status="RUNNING")
     status = "FAILED"
+    start = (
+        dict(run_id=resume_run_id)
+        if resume_run_id
+        else dict(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags)
+    )
     with mlflow.start_run(
-        experiment_id=exp_id,
-        run_name=stage,
-        parent_run_id=parent,
-        nested=mlflow.active_run() is not None,
-        tags=run_tags,
-        log_system_metrics=cfg.system_metrics,
+        nested=mlflow.active_run() is not None, log_system_metrics=cfg.system_metrics, **start
     ) as run:
         try:
-            log_params(params)
-            mlflow.log_dict(json.loads(json.dumps(_redacted_tree(params), default=str)), "config/params.json")
+            if resume_run_id:
+                mlflow.set_tags(run_tags)
+            else:
+                log_params(params)
+                log_json(params, "config/params.json")
             yield run
             status = "FINISHED"
         finally:

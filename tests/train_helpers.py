@@ -1,0 +1,85 @@
+"""Shared helpers of the TRAIN tests: a micro token/feature cache written by the real cache writer
+(``vaura.cache.build_cache``) from small deterministic stand-in encoders, and a tiny params file."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+SAMPLE_RATE, HOP = 800, 32  # 25 code frames/s: 2.56 s → 64 frames
+N_CODEBOOKS, CARD, CDIM, VDIM = 2, 16, 4, 8
+
+
+class MicroCodec:
+    """Codec-protocol stand-in: code = quantised local energy, so codes depend on the audio deterministically."""
+
+    sample_rate, hop_length, frame_rate = SAMPLE_RATE, HOP, SAMPLE_RATE / HOP
+    n_codebooks, codebook_size, codebook_dim = N_CODEBOOKS, CARD, CDIM
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        b, _, s = wav.shape
+        t = math.ceil(s / HOP)
+        x = torch.nn.functional.pad(wav[:, 0], (0, t * HOP - s)).reshape(b, t, HOP)
+        c0 = (x.abs().mean(-1) * 40).long().clamp(0, CARD - 1)
+        c1 = (x[..., 0] * 8 + 8).long().clamp(0, CARD - 1)
+        return torch.stack([c0, c1], 1)
+
+
+class MicroVisual:
+    """Visual-protocol stand-in: one token per 2 frames (12.5 Hz), 8-d features from the frame means."""
+
+    dim, frame_rate = VDIM, 12.5
+
+    def n_tokens(self, n_frames: int) -> int:
+        return 8 * (n_frames // 16)
+
+    def encode_many(self, clips):
+        out = []
+        for frames in clips:
+            n = self.n_tokens(len(frames))
+            m = torch.from_numpy(frames[: 2 * n].reshape(n, 2, -1).mean((1, 2)).astype(np.float32)) / 255.0
+            out.append(torch.stack([torch.sin(m * (i + 1) * 3) for i in range(VDIM)], 1))
+        return out
+
+
+def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds: float = 3.2, seed: int = 0) -> Path:
+    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s)."""
+    from vaura.cache import ClipSpec, build_cache
+
+    rng = np.random.default_rng(seed)
+    audio, frames = {}, {}
+    plan = []
+    for i in range(n_train + n_val):
+        split = "train" if i < n_train else "val"
+        name = f"c{i:03d}"
+        audio[name] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
+        frames[name] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
+        plan.append(ClipSpec(name, name, split, None if split == "train" else 0.32))
+    out = data_dir / "cache"
+    build_cache(plan, out, MicroCodec(), MicroVisual(), audio.__getitem__, frames.__getitem__, shard_size=5,
+                progress=False)
+    return out
+
+
+def write_params(path: Path, data_dir: Path, tracking_uri: str, **train_overrides) -> Path:
+    """A params file with a tiny decoder and a few-step schedule."""
+    train = dict(
+        lr=3e-3, betas=[0.9, 0.95], weight_decay=0.01, warmup_steps=2, total_steps=8, min_lr_ratio=0.1,
+        batch_size=2, grad_accum=1, clip_mode="value", clip=1.0, eval_every=4, ckpt_every=4, n_val_batches=2,
+        log_audio_every=0, n_log_clips=1, compile=False, precision="auto", device="cpu", num_workers=0, seed=7,
+        max_minutes=0.0, nproc=1, init_from_codec=False,
+    )
+    train.update(train_overrides)
+    params = {
+        "paths": {"data": str(data_dir), "weights": str(data_dir / "weights"), "reports": str(data_dir / "reports")},
+        "train": train,
+        "model": dict(n_layer=1, d_model=32, n_head=2, ffn_multiple_of=16, cond_channels=8, dropout=0.1,
+                      cfg_dropout=0.3),
+        "tracking": dict(uri=tracking_uri, artifact_root=str(data_dir / "mlartifacts"), experiment="test",
+                         system_metrics=False, system_metrics_interval_s=1.0),
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
