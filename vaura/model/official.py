@@ -1,0 +1,312 @@
+"""Import the released V-AURA experiment (``24-08-01T08-34-26``): a PyTorch Lightning ``.ckpt``.
+
+The file cannot be opened with ``torch.load(weights_only=True)``: its ``hyper_parameters`` hold pickled
+OmegaConf configs and a ``torch.optim.AdamW`` object. :func:`read_lightning_checkpoint` therefore reads the
+torch zip container itself with :class:`RestrictedUnpickler`, whose ``find_class`` resolves only
+
+* vaura's own tensor rebuild functions (re-implemented here: a flat storage viewed with size/stride/offset),
+* the legacy storage type names (``torch.FloatStorage`` … — only used to learn a dtype),
+* ``collections.OrderedDict``, ``torch.Size``, dtypes, a few inert builtins (``set``, ``frozenset``, ``complex``)
+  and a latin-1-only ``_codecs.encode`` (how protocol-2 pickles spell bytes).
+
+Every other global (``omegaconf.*``, ``torch.optim.adamw.AdamW``, Lightning classes, ``os.system`` …) becomes an
+inert :class:`Placeholder` that records its name, arguments and state and never calls anything, so nothing in
+the file can execute code. Storages are read straight from the zip records.
+
+Accounting of the 757 ``state_dict`` tensors (all are used; an unknown key is an error):
+
+* ``sampler.*`` (218) → :class:`vaura.model.VAURA` with ``conditioning=fusion, alignment=reference``; the key
+  mapping is the prefix strip (vaura's parameter names are the reference's).
+* ``visual_feature_extractor.*`` (238) → ``vaura.visual.load_segment_avclip`` (Segment-AVCLIP Motionformer).
+* ``audio_encoder.model.*`` (301, fp16, ``weight_g``/``weight_v``) → ``vaura.codec.load_dac_state_dict``
+  (44.1 kHz DAC, 9 codebooks used).
+"""
+from __future__ import annotations
+
+import collections
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaura.model.config import named_size
+from vaura.model.vaura import VAURA
+
+PREFIXES = {
+    "sampler": "sampler.",
+    "visual": "visual_feature_extractor.",
+    "codec": "audio_encoder.model.",
+}
+EXPECTED_COUNTS = {"sampler": 218, "visual": 238, "codec": 301}
+OFFICIAL_EXPERIMENT = "24-08-01T08-34-26"
+DOWNLOAD_HINT = (f"download the released V-AURA experiment {OFFICIAL_EXPERIMENT}.tar.gz (see the V-AURA README, "
+                 f"github.com/ilpoviertola/V-AURA), extract it and pass the folder or its checkpoints/*.ckpt, "
+                 f"e.g. weights/{OFFICIAL_EXPERIMENT}/")
+PAPER_N_HEAD = 16  # not recoverable from tensor shapes (head dim 96 = 1536 / 16)
+DAC_FRAME_RATE = 44100 / 512
+AVCLIP_FRAME_RATE = 12.5
+
+
+class OfficialCheckpointError(ValueError):
+    """The file is missing, not a torch zip checkpoint, or its tensors do not match the released layout."""
+
+
+class Placeholder:
+    """Inert stand-in for a class/function named in the pickle. Records, never executes."""
+
+    origin = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+        self.state: Any = None
+        self.items: dict[Any, Any] = {}
+        self.list_items: list[Any] = []
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.list_items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.list_items.extend(values)
+
+    def __repr__(self) -> str:
+        return f"<placeholder {self.origin}>"
+
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    dtype: torch.dtype
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple) -> torch.Tensor:
+    if not isinstance(storage, torch.Tensor):
+        raise OfficialCheckpointError(f"tensor rebuilt from a non-storage object {storage!r}")
+    return storage.as_strided(tuple(size), tuple(stride), int(offset))
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    return _rebuild_tensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
+    return data
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise OfficialCheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+_ALLOWED: dict[str, Any] = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch.Size": torch.Size,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.complex": complex,
+    "_codecs.encode": _latin1_bytes,
+    **{f"torch.{name}": dt for name in ("float16", "float32", "float64", "bfloat16", "int64", "int32", "int16",
+                                         "int8", "uint8", "bool") for dt in [getattr(torch, name)]},
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for a torch zip checkpoint that can only rebuild tensors and plain containers."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, source: str):
+        super().__init__(file)
+        self.archive, self.prefix, self.source = archive, prefix, source
+        self.placeholders: set[str] = set()
+        self._storages: dict[str, torch.Tensor] = {}
+        self._placeholder_classes: dict[str, type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in _ALLOWED:
+            return _ALLOWED[full]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        self.placeholders.add(full)
+        if full not in self._placeholder_classes:
+            self._placeholder_classes[full] = type(f"Placeholder[{full}]", (Placeholder,), {"origin": full})
+        return self._placeholder_classes[full]
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+            raise OfficialCheckpointError(f"{self.source}: unsupported persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise OfficialCheckpointError(f"{self.source}: unsupported storage type {storage_type!r}")
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        if not re.fullmatch(r"\w+", key):
+            raise OfficialCheckpointError(f"{self.source}: bad storage key {key!r}")
+        if key not in self._storages:
+            try:
+                raw = self.archive.read(f"{self.prefix}data/{key}")
+            except KeyError:
+                raise OfficialCheckpointError(f"{self.source}: storage record data/{key} is missing") from None
+            flat = torch.frombuffer(bytearray(raw), dtype=storage_type.dtype) if raw else \
+                torch.empty(0, dtype=storage_type.dtype)
+            if flat.numel() != int(numel):
+                raise OfficialCheckpointError(f"{self.source}: storage {key} has {flat.numel()} elements, "
+                                              f"expected {numel}")
+            self._storages[key] = flat
+        return self._storages[key]
+
+
+def read_lightning_checkpoint(path: str | Path) -> tuple[Any, set[str]]:
+    """Unpickle a torch zip checkpoint safely; returns ``(object, names replaced by placeholders)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise OfficialCheckpointError(f"checkpoint not found: {path}; {DOWNLOAD_HINT}")
+    if not zipfile.is_zipfile(path):
+        raise OfficialCheckpointError(f"{path}: not a torch zip checkpoint (torch.save format since torch 1.6)")
+    with zipfile.ZipFile(path) as archive:
+        pkl = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            raise OfficialCheckpointError(f"{path}: expected one <archive>/data.pkl record, found {pkl}")
+        prefix = pkl[0][: -len("data.pkl")]
+        if prefix + "byteorder" in archive.namelist() and archive.read(prefix + "byteorder") != b"little":
+            raise OfficialCheckpointError(f"{path}: big-endian checkpoints are not supported")
+        with archive.open(pkl[0]) as fh:
+            unpickler = RestrictedUnpickler(fh, archive, prefix, str(path))
+            try:
+                obj = unpickler.load()
+            except OfficialCheckpointError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any malformed pickle is reported with the file name
+                raise OfficialCheckpointError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
+    return obj, unpickler.placeholders
+
+
+@dataclass
+class OfficialCheckpoint:
+    """The released checkpoint split by owner; prefixes stripped."""
+
+    sampler: dict[str, torch.Tensor]
+    visual: dict[str, torch.Tensor]
+    codec: dict[str, torch.Tensor]
+    placeholders: set[str] = field(default_factory=set)
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def split_state_dict(state: dict[str, Any], source: str = "state_dict") -> dict[str, dict[str, torch.Tensor]]:
+    """Assign every tensor to its owner by prefix; any key outside the three prefixes is an error."""
+    groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in PREFIXES}
+    unknown = []
+    for key, value in state.items():
+        owner = next((g for g, p in PREFIXES.items() if key.startswith(p)), None)
+        if owner is None or not isinstance(value, torch.Tensor):
+            unknown.append(key)
+            continue
+        groups[owner][key[len(PREFIXES[owner]):]] = value
+    if unknown:
+        raise OfficialCheckpointError(f"{source}: {len(unknown)} tensor(s) outside {list(PREFIXES.values())}: "
+                                      f"{unknown[:8]}")
+    return groups
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The ``.ckpt`` inside an experiment folder (``checkpoints/*.ckpt``), or ``path`` itself."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("checkpoints/*.ckpt")) or sorted(path.glob("*.ckpt"))
+        if not found:
+            raise OfficialCheckpointError(f"{path}: no checkpoints/*.ckpt in this folder; {DOWNLOAD_HINT}")
+        return found[-1]
+    return path
+
+
+def load_official_checkpoint(path: str | Path, check_counts: bool = True) -> OfficialCheckpoint:
+    """Read the released ``.ckpt`` (or its experiment folder) and split its ``state_dict`` by owner.
+
+    ``check_counts`` demands the released tensor counts (218 / 238 / 301); tests with shrunk models turn it off.
+    """
+    ckpt_path = find_checkpoint(path)
+    obj, placeholders = read_lightning_checkpoint(ckpt_path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise OfficialCheckpointError(f"{ckpt_path}: no 'state_dict' mapping at the top level "
+                                      f"(keys: {sorted(obj) if isinstance(obj, dict) else type(obj).__name__})")
+    groups = split_state_dict(obj["state_dict"], str(ckpt_path))
+    if check_counts:
+        wrong = {g: len(groups[g]) for g in groups if len(groups[g]) != EXPECTED_COUNTS[g]}
+        if wrong:
+            raise OfficialCheckpointError(f"{ckpt_path}: tensor counts {wrong} differ from the released "
+                                          f"{EXPECTED_COUNTS}")
+    meta = {k: obj[k] for k in ("epoch", "global_step", "pytorch-lightning_version") if k in obj}
+    return OfficialCheckpoint(groups["sampler"], groups["visual"], groups["codec"], placeholders, meta,
+                              str(ckpt_path))
+
+
+def sampler_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEAD,
+                       audio_frame_rate: float = DAC_FRAME_RATE, max_seconds: float = 2.56) -> VAURA:
+    """Build the reference-mode :class:`VAURA` the sampler tensors describe and load them strictly (fp32)."""
+    try:
+        n_layer = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
+        d_model = state["norm.weight"].shape[0]
+        n_codebooks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("lm_heads."))
+        codebook_size = state["lm_heads.0.weight"].shape[0]
+        codebook_dim = state["tok_embeddings.0.emb.weight"].shape[1]
+        cond_channels, visual_dim = state["cls_embeddings.projection.fc1.weight"].shape
+        ffn_hidden = state["layers.0.feed_forward.w1.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise OfficialCheckpointError(f"sampler tensors do not have the released layout (missing {exc})") from exc
+    cfg = named_size("paper", n_layer=n_layer, d_model=d_model, n_head=n_head, cond_channels=cond_channels,
+                     conditioning="fusion", alignment="reference", null_condition="buffer",
+                     max_seconds=max_seconds, ffn_multiple_of=_multiple_for(d_model, ffn_hidden))
+    model = VAURA(cfg, n_codebooks, codebook_size, codebook_dim, audio_frame_rate, visual_dim, AVCLIP_FRAME_RATE)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:  # missing / unexpected / mis-shaped keys, all named by torch
+        raise OfficialCheckpointError(f"sampler tensors do not match vaura's VAURA: {exc}") from exc
+    return model.eval()
+
+
+def _multiple_for(d_model: int, ffn_hidden: int) -> int:
+    """An ``ffn_multiple_of`` that reproduces ``ffn_hidden`` under the Llama rule (256 for the paper)."""
+    base = int(2 * 4 * d_model / 3)
+    for m in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        if (base if base % m == 0 else base + m - base % m) == ffn_hidden:
+            return m
+    raise OfficialCheckpointError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
+
+
+def load_official_vaura(path: str | Path) -> VAURA:
+    """The released decoder, ready for generation in the mode it was trained with (fusion, reference)."""
+    return sampler_from_state(load_official_checkpoint(path).sampler)
+
+
+def official_codec(ckpt: OfficialCheckpoint, n_quantizers: int = 9):
+    """The checkpoint's own DAC (fp16 tensors → fp32) as a ``vaura.codec.Codec``."""
+    from vaura.codec import Codec, load_dac_state_dict
+
+    return Codec(load_dac_state_dict(ckpt.codec, None, source=f"{ckpt.source} [audio_encoder.model.*]"),
+                 n_quantizers)
+
+
+def official_visual_encoder(ckpt: OfficialCheckpoint, device: str | torch.device = "cpu"):
+    """The checkpoint's own Segment-AVCLIP Motionformer as a ``vaura.visual.VisualEncoder``."""
+    from vaura.visual import PAPER_SIZE, MotionFormer, VisualEncoder, load_segment_avclip
+
+    return VisualEncoder(load_segment_avclip(MotionFormer(PAPER_SIZE), ckpt.visual), device=device)
