@@ -140,6 +140,7 @@ class PathsConfig:
 SECTIONS: dict[str, str] = {
     # section name -> "module:DataclassName"; each module owns its section's schema.
     "paths": "vaura.config:PathsConfig",
+    "codec": "vaura.codec.config:CodecConfig",
     "train": "vaura.train.config:TrainConfig",
     "tracking": "vaura.tracking:TrackingConfig",
     "visual": "vaura.visual.config:VisualConfig",

@@ -1,0 +1,212 @@
+"""Offline stand-in codec: train a tiny ``dac.DAC`` on the benchmark's audio and measure its quality gate.
+
+The pretrained 44.1 kHz DAC cannot be downloaded here, so the offline profile trains the same class at CPU size.
+Losses follow DAC's recipe without the GAN (not worth it on CPU): multi-scale log-mel L1, waveform L1, and the
+quantizer's commitment and codebook losses. The gate asks the question that matters downstream: do impact onsets
+survive the codec? It compares onset event F1 on reconstructions with the same detector's F1 on the input.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torchaudio
+from torch import nn
+from tqdm import tqdm
+
+from vaura.codec.codec import Codec, _new_dac
+from vaura.codec.config import CodecConfig, CodecGateConfig
+
+
+class MultiScaleMelLoss(nn.Module):
+    """Mean over STFT scales of L1 between log10 mel spectrograms: short windows keep transients sharp."""
+
+    def __init__(self, sample_rate: int, windows: Sequence[int] = (64, 128, 256, 512, 1024, 2048)):
+        super().__init__()
+        self.mels = nn.ModuleList(
+            torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate,
+                n_fft=w,
+                win_length=w,
+                hop_length=w // 4,
+                n_mels=max(8, w // 16),
+                f_min=0.0,
+                f_max=sample_rate / 2,
+                power=1.0,
+                center=True,
+            )
+            for w in windows
+        )
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = pred.new_zeros(())
+        for mel in self.mels:
+            p = torch.log10(mel(pred).clamp(min=1e-5))
+            t = torch.log10(mel(target).clamp(min=1e-5))
+            loss = loss + (p - t).abs().mean()
+        return loss / len(self.mels)
+
+
+@dataclass
+class TrainResult:
+    """A trained stand-in plus what happened while training it (logged as metrics and kept in the checkpoint)."""
+
+    model: nn.Module
+    steps: int
+    wall_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _crop_batch(audio: Sequence[np.ndarray], batch: int, length: int, rng: np.random.Generator) -> torch.Tensor:
+    out = np.zeros((batch, 1, length), dtype=np.float32)
+    for b in range(batch):
+        clip = audio[int(rng.integers(len(audio)))]
+        if clip.shape[0] > length:
+            start = int(rng.integers(clip.shape[0] - length + 1))
+            out[b, 0] = clip[start : start + length]
+        else:
+            out[b, 0, : clip.shape[0]] = clip
+    return torch.from_numpy(out)
+
+
+def train_offline_codec(
+    audio: Sequence[np.ndarray],
+    cfg: CodecConfig,
+    seed: int,
+    *,
+    progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 50,
+) -> TrainResult:
+    """Train ``dac.DAC(**cfg.offline)`` on mono float32 clips at ``cfg.offline.sample_rate``.
+
+    Stops after ``cfg.train.steps`` steps or ``cfg.train.max_minutes`` of wall time, whichever comes first
+    (``steps`` is the reproducible criterion; the time cap only protects the pipeline's budget).
+    """
+    tc, arch = cfg.train, cfg.offline
+    if not audio:
+        raise ValueError("no training audio: the train split is empty")
+    if math.prod(arch.encoder_rates) != math.prod(arch.decoder_rates):
+        raise ValueError(f"codec.offline: encoder_rates {arch.encoder_rates} and decoder_rates {arch.decoder_rates} "
+                         "must have the same product (the hop length)")
+    odd = [r for r in [*arch.encoder_rates, *arch.decoder_rates] if r % 2]
+    if odd:
+        raise ValueError(f"codec.offline: rates must be even (got {odd}): dac's strided convolutions then map "
+                         "T frames to exactly T * hop samples")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = _new_dac(arch.dac_kwargs())
+    model.train()
+    hop = int(model.hop_length)
+    length = max(hop, round(tc.segment_s * arch.sample_rate) // hop * hop)
+    mel_loss = MultiScaleMelLoss(arch.sample_rate)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: tc.lr_final_ratio + (1 - tc.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * min(s / tc.steps, 1.0)))
+    )
+    history: list[dict[str, float]] = []
+    running: dict[str, float] = {}
+    t0 = time.monotonic()
+    step = 0
+    bar = tqdm(total=tc.steps, desc="codec train", unit="step", disable=not progress)
+    while step < tc.steps and time.monotonic() - t0 < tc.max_minutes * 60:
+        x = _crop_batch(audio, tc.batch_size, length, rng)
+        out = model(x, arch.sample_rate)
+        parts = {
+            "mel": mel_loss(out["audio"], x),
+            "l1": (out["audio"] - x).abs().mean(),
+            "commitment": out["vq/commitment_loss"].mean(),
+            "codebook": out["vq/codebook_loss"].mean(),
+        }
+        loss = (
+            tc.mel_weight * parts["mel"]
+            + tc.l1_weight * parts["l1"]
+            + tc.commitment_weight * parts["commitment"]
+            + tc.codebook_weight * parts["codebook"]
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+        opt.step()
+        sched.step()
+        step += 1
+        for k, v in {"loss": loss, **parts}.items():
+            running[k] = running.get(k, 0.0) + float(v.detach())
+        if step % log_every == 0 or step == tc.steps:
+            n = step % log_every or log_every
+            entry = {k: v / n for k, v in running.items()}
+            entry["step"] = float(step)
+            history.append(entry)
+            running = {}
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", mel=f"{entry['mel']:.3f}")
+            if on_log:
+                on_log(step, entry)
+        bar.update(1)
+    bar.close()
+    return TrainResult(model=model.eval(), steps=step, wall_s=time.monotonic() - t0, history=history)
+
+
+@torch.no_grad()
+def reconstruct(codec: Codec, wav: np.ndarray) -> np.ndarray:
+    """Encode and decode one mono clip; output trimmed to the input length."""
+    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).view(1, 1, -1)
+    y = codec.decode(codec.encode(x))
+    return y[0, 0, : x.shape[-1]].cpu().numpy()
+
+
+def log_mel_distance(a: np.ndarray, b: np.ndarray, sample_rate: int) -> float:
+    """Mean absolute log10-mel difference (n_fft ≈ 32 ms): a rough, weight-free reconstruction error."""
+    n_fft = 1 << int(np.ceil(np.log2(0.032 * sample_rate)))
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=64, power=1.0)
+    ta, tb = (torch.log10(mel(torch.from_numpy(np.asarray(v, np.float32))).clamp(min=1e-5)) for v in (a, b))
+    return float((ta - tb).abs().mean())
+
+
+def quality_gate(
+    codec: Codec,
+    clips: Sequence[tuple[str, np.ndarray]],
+    events: Mapping[str, np.ndarray],
+    gate: CodecGateConfig,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Onset event F1 (micro-averaged over clips) on original vs reconstructed audio, against true event times.
+
+    ``clips`` are ``(clip_id, mono audio at codec.sample_rate)``; ``events[clip_id]`` the true onset times (s).
+    The gate passes when the reconstruction's F1 is at most ``gate.max_gap`` below the original's.
+    """
+    from vaura.eval.onsets import detect_onsets, event_f1
+
+    if not clips:
+        raise ValueError("quality gate: no validation clips to evaluate")
+    sr = codec.sample_rate
+    totals = {name: {"tp": 0, "fp": 0, "fn": 0} for name in ("original", "reconstructed")}
+    offsets: dict[str, list[float]] = {"original": [], "reconstructed": []}
+    mel_dist = []
+    for clip, wav in tqdm(clips, desc="codec gate", unit="clip", disable=not progress):
+        truth = np.asarray(events.get(clip, np.zeros(0)), dtype=np.float64)
+        rec = reconstruct(codec, wav)
+        mel_dist.append(log_mel_distance(wav, rec, sr))
+        for name, audio in (("original", wav), ("reconstructed", rec)):
+            m = event_f1(detect_onsets(audio, sr), truth, tol=gate.tolerance_s)
+            for k in ("tp", "fp", "fn"):
+                totals[name][k] += int(m[k])
+            if m["tp"]:
+                offsets[name].append(m["mean_abs_offset_ms"] * m["tp"])
+    out: dict[str, Any] = {"n_clips": len(clips), "n_events": totals["original"]["tp"] + totals["original"]["fn"]}
+    for name, t in totals.items():
+        p = t["tp"] / (t["tp"] + t["fp"]) if t["tp"] + t["fp"] else 0.0
+        r = t["tp"] / (t["tp"] + t["fn"]) if t["tp"] + t["fn"] else 0.0
+        out[f"f1_{name}"] = 2 * p * r / (p + r) if p + r else 0.0
+        out[f"precision_{name}"] = p
+        out[f"recall_{name}"] = r
+        out[f"mean_abs_offset_ms_{name}"] = sum(offsets[name]) / t["tp"] if t["tp"] else float("nan")
+    out["f1_gap"] = out["f1_original"] - out["f1_reconstructed"]
+    out["gate_max_gap"] = gate.max_gap
+    out["gate_pass"] = bool(out["f1_gap"] <= gate.max_gap)
+    out["log_mel_distance"] = float(np.mean(mel_dist))
+    return out
