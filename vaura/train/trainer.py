@@ -241,10 +241,10 @@ def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.Abstr
     return contextlib.nullcontext()
 
 
-def weights_sha256(model: nn.Module) -> str:
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Digest of every parameter and buffer, in state-dict order (DDP replicas must agree bit for bit)."""
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in state_dict.items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -572,7 +572,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
                 save_checkpoint(out_dir / "last.pt", state)
         if checksum_dir is not None:
             Path(checksum_dir).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(Path(checksum_dir) / f"rank{env.rank}.sha256", weights_sha256(raw_model) + "\n")
+            atomic_write_text(Path(checksum_dir) / f"rank{env.rank}.sha256", weights_sha256(raw_model.state_dict()) + "\n")
         result = {
             "steps": step, "final_train_loss": last_loss, "best_val_loss": best_val if math.isfinite(best_val) else None,
             "val_loss": metrics.get("val/loss"), "stopped_early": stopped_early,

@@ -1,0 +1,104 @@
+"""Exact resume: a training process really SIGKILLed after a checkpoint and restarted reproduces the
+per-step losses and final weights of an uninterrupted run of the same seed."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from train_helpers import write_micro_cache, write_params
+
+TOTAL = 12
+
+
+def _cmd(params):
+    return [sys.executable, "-m", "vaura.train", "--params", str(params)]
+
+
+def _losses(data):
+    return {r["step"]: r["loss"] for r in map(json.loads, (data / "train" / "train_log.jsonl").read_text().splitlines())}
+
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run and a killed-then-resumed run (started side by side to save wall time)."""
+    import mlflow
+
+    tmp = tmp_path_factory.mktemp("resume")
+    uri = f"sqlite:///{tmp / 'ml.db'}"
+    mlflow.MlflowClient(uri).search_experiments()  # create the store's tables once, before two writers race
+    cache = write_micro_cache(tmp / "cache_src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    dirs = {}
+    for name in ("ref", "killed"):
+        data = tmp / name / "data"
+        shutil.copytree(cache, data / "cache")
+        dirs[name] = (data, write_params(tmp / name / "params.yaml", data, uri, total_steps=TOTAL, eval_every=3,
+                                         ckpt_every=3, grad_accum=2))
+    popen = lambda name: subprocess.Popen(_cmd(dirs[name][1]), cwd=dirs[name][0].parent, env=env,  # noqa: E731
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ref, victim = popen("ref"), popen("killed")
+    last = dirs["killed"][0] / "train" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists():
+        assert victim.poll() is None, f"training exited before its first checkpoint: {victim.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    killed_rc = victim.wait()
+    killed_at = torch.load(last, weights_only=True)["step"]
+    resumed = subprocess.run(_cmd(dirs["killed"][1]), cwd=dirs["killed"][0].parent, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ref.wait(timeout=240) == 0, ref.stderr.read()[-3000:]
+    return {"ref": dirs["ref"][0], "killed": dirs["killed"][0], "killed_rc": killed_rc, "killed_at": killed_at,
+            "uri": uri}
+
+
+def test_process_was_really_killed_mid_run(runs):
+    assert runs["killed_rc"] == -signal.SIGKILL
+    assert 3 <= runs["killed_at"] < TOTAL
+
+
+def test_resumed_losses_and_weights_equal_uninterrupted(runs):
+    ref, got = _losses(runs["ref"]), _losses(runs["killed"])
+    assert sorted(ref) == sorted(got) == list(range(1, TOTAL + 1))
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step
+    a = torch.load(runs["ref"] / "train" / "last.pt", weights_only=True)
+    b = torch.load(runs["killed"] / "train" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-6, atol=0)
+    assert a["data"] == b["data"] and a["step"] == b["step"] == TOTAL
+
+
+def test_checkpoint_is_weights_only_and_complete(runs):
+    ckpt = torch.load(runs["killed"] / "train" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "data", "step", "best_val"} <= set(ckpt)
+    assert all("exp_avg" in s for s in ckpt["optimizer"]["state"].values())
+    assert ckpt["scheduler"]["last_epoch"] == TOTAL
+    assert set(ckpt["rng"][0]) == {"torch", "cuda", "numpy", "python", "cond"}
+    best = torch.load(runs["killed"] / "train" / "best.pt", weights_only=True)
+    metrics = json.loads((runs["killed"] / "train" / "metrics.json").read_text())
+    assert best["best_val"] == pytest.approx(metrics["best_val_loss"]) and best["step"] % 3 == 0
+
+
+def test_killed_and_resumed_training_is_one_mlflow_run(runs):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(runs["uri"])
+    exp = client.get_experiment_by_name("test")
+    train_runs = client.search_runs([exp.experiment_id], "tags.`vaura.stage` = 'train'")
+    assert len(train_runs) == 2
+    for run in train_runs:
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert {m.step for m in history} == set(range(1, TOTAL + 1))
