@@ -60,23 +60,27 @@ class Placeholder:
 
     origin = "?"
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
+        # pickle's NEWOBJ calls __new__ without __init__, so the record starts here
+        obj = super().__new__(cls)
+        obj.args, obj.kwargs, obj.state = args, kwargs, None
+        obj.set_items, obj.appended = {}, []
+        return obj
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-        self.state: Any = None
-        self.items: dict[Any, Any] = {}
-        self.list_items: list[Any] = []
+        pass
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.items[key] = value
+        self.set_items[key] = value
 
     def append(self, value: Any) -> None:
-        self.list_items.append(value)
+        self.appended.append(value)
 
     def extend(self, values: Any) -> None:
-        self.list_items.extend(values)
+        self.appended.extend(values)
 
     def __repr__(self) -> str:
         return f"<placeholder {self.origin}>"
