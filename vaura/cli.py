@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("vaura.stages.score", "score each clip's audio-visual relevance (motion-onset | imagebind)"),
     "filter": ("vaura.stages.filter", "relevance threshold -> train/val/test lists with fixed eval windows"),
     "cache": ("vaura.stages.cache", "codec tokens + visual features of every kept clip, sharded and resumable"),
+    "train": ("vaura.stages.train", "train the decoder (torchrun DDP when train.nproc > 1), exact resume, MLflow"),
 }
 
 

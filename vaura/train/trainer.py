@@ -349,10 +349,11 @@ class SampleLogger:
                     tracking.log_muxed_video(self.videos[clip], wav, sr, f"{folder}/{clip}.mp4", self.starts[i])
 
 
-def load_codec_from_params(params: Mapping[str, Any], device: torch.device) -> Any:
+def load_codec_from_params(params: Mapping[str, Any], data_dir: Path, device: torch.device) -> Any:
+    """The frozen codec of section ``codec`` (embedding init + decoding logged samples)."""
     from vaura.codec import CodecConfig, load_codec
 
-    return load_codec(load_section(CodecConfig, "codec", params)).to(device).eval()
+    return load_codec(load_section(CodecConfig, "codec", params), data_dir=str(data_dir)).to(device).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,7 +425,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
     raw_model = build_model(model_cfg, dims).to(env.device)
     codec = None
     if cfg.init_from_codec or (cfg.log_audio_every > 0 and env.is_main):
-        codec = load_codec_from_params(params, env.device)
+        codec = load_codec_from_params(params, data_dir, env.device)
     if cfg.init_from_codec:
         raw_model.init_audio_embeddings(codec)
     cond_gen = torch.Generator().manual_seed(cfg.seed * 7919 + env.rank)
