@@ -213,6 +213,17 @@ def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> None:
         _run(dvc + ["remote", "modify", "--local", DVC_REMOTE, key, value], s, env, f"dvc remote modify {key}", 60)
 
 
+def _create_bucket(s: StackSettings) -> None:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        boto3.client("s3", endpoint_url=s.s3_url, aws_access_key_id=S3_ACCESS_KEY,
+                     aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION).create_bucket(Bucket=s.bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
+
+
 def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
     """Start every service, wait until each is healthy, create the bucket/pool, deploy flows, set the DVC remote.
 
@@ -249,10 +260,7 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         ], s, env, f"{s.prefect_url}/health"))
         save()
         _wait_healthy(services[0], deadline)
-        import boto3
-
-        boto3.client("s3", endpoint_url=s.s3_url, aws_access_key_id=S3_ACCESS_KEY,
-                     aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION).create_bucket(Bucket=s.bucket)
+        _create_bucket(s)
         log(f"S3 (moto)      {s.s3_url}  bucket s3://{s.bucket}")
         _wait_healthy(services[2], deadline, lambda body: body.strip() == b"true")
         log(f"Prefect UI     http://{s.host}:{s.prefect_port}")
