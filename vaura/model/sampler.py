@@ -129,12 +129,11 @@ def window_starts(n_frames: int, window_frames: int, stride_frames: int, audio_f
     Windows start on visual-token boundaries (stride rounded to whole tokens) and the audio start is the
     nearest frame, ``round(k · frame_rate / 12.5)`` — the same rule the training cache uses for window starts.
     """
-    tokens_per_frame = visual_frame_rate / audio_frame_rate
-    stride_tokens = max(1, round(stride_frames * tokens_per_frame))
+    stride_tokens = max(1, round(stride_frames * visual_frame_rate / audio_frame_rate))
     starts = [(0, 0)]
     while starts[-1][1] + window_frames < n_frames:
         k = starts[-1][0] + stride_tokens
-        starts.append((k, round(k / tokens_per_frame)))
+        starts.append((k, round(k / visual_frame_rate * audio_frame_rate)))
     return starts
 
 
