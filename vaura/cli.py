@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("vaura.stages.filter", "relevance threshold -> train/val/test lists with fixed eval windows"),
     "cache": ("vaura.stages.cache", "codec tokens + visual features of every kept clip, sharded and resumable"),
     "train": ("vaura.stages.train", "train the decoder (torchrun DDP when train.nproc > 1), exact resume, MLflow"),
+    "sweep": ("vaura.stages.sweep", "generate N samples per test clip at every CFG scale (WAVs reused by evaluate)"),
+    "evaluate": ("vaura.stages.evaluate", "metrics per test set and CFG scale -> metrics.json + MLflow runs"),
+    "report": ("vaura.stages.report", "paper tables (threshold, conditioning, CFG) from MLflow -> reports/"),
 }
 
 

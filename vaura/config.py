@@ -149,6 +149,9 @@ SECTIONS: dict[str, str] = {
     "cache": "vaura.cache:CacheConfig",
     "model": "vaura.model.config:ModelConfig",
     "generation": "vaura.model.config:GenerationConfig",
+    "sweep": "vaura.eval.sweep:SweepConfig",
+    "evaluate": "vaura.eval.evaluate:EvaluateConfig",
+    "report": "vaura.eval.report:ReportConfig",
 }
 
 

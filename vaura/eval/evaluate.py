@@ -1,0 +1,310 @@
+"""Score a CFG sweep: every metric per (test set, γ) → ``metrics.json`` and one MLflow run each.
+
+Groups scored per test set: every γ of the sweep (``g<γ>``), the codec reconstructions of the references
+(``recon``, if the sweep wrote them: the ceiling this codec allows) and the reference audio itself
+(``reference``: onset-sync of clean audio is the detector's ceiling; IB/Sync of real audio are the usual
+"ground truth" rows of papers). Metrics: ``onset_sync`` (needs the synthetic ground-truth event table),
+``fad`` (reference = the clips' real audio), ``kld``, ``ib``, ``sync``, ``desync``; a metric that cannot run
+(no weights, no ground truth, not implemented) is a ``skipped`` result with its reason — in ``metrics.json``,
+in the MLflow run's tags and in the report tables.
+
+MLflow contract read by ``report`` (one run per group, ``vaura.stage = evaluate``, nested under the pipeline's
+parent run, params = the whole params file flattened, so ``filter.threshold`` / ``model.conditioning``
+identify the variant):
+- tags ``vaura.eval.test_set``, ``vaura.eval.group`` (``g6``, ``recon``, ``reference``), ``vaura.eval.cfg_scale``
+  (the γ, or ``""``), ``vaura.eval.variant`` (readable variant label), and per metric
+  ``metric.<name>.status`` (``ok``/``skipped``), ``metric.<name>.reason``, ``metric.<name>.backbone``;
+- metrics: ``onset_f1, onset_precision, onset_recall, onset_offset_ms, onset_missed, onset_extra, fad, kld,
+  ib, sync_ms, desync_s`` (only those that ran) and ``data.train_clips``, ``eval.n_clips``, ``eval.n_samples``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from vaura.eval.fad import fad
+from vaura.eval.ib import ib_score
+from vaura.eval.kld import kld_passt
+from vaura.eval.onset_sync import onset_sync
+from vaura.eval.results import MetricResult
+from vaura.eval.sync import OffsetPredictor, desync_score, sync_score
+
+METRIC_KEYS = {  # (metric name, value key) → MLflow metric name / table column
+    ("onset_sync", "f1"): "onset_f1",
+    ("onset_sync", "precision"): "onset_precision",
+    ("onset_sync", "recall"): "onset_recall",
+    ("onset_sync", "offset_ms"): "onset_offset_ms",
+    ("onset_sync", "missed"): "onset_missed",
+    ("onset_sync", "extra"): "onset_extra",
+    ("fad", "fad"): "fad",
+    ("kld", "kld"): "kld",
+    ("ib", "ib"): "ib",
+    ("sync", "sync_ms"): "sync_ms",
+    ("desync", "desync_s"): "desync_s",
+}
+
+
+class EvaluateError(ValueError):
+    """Bad evaluation input (names the file and the reason)."""
+
+
+@dataclass
+class EvaluateConfig:
+    """params.yaml section ``evaluate``."""
+
+    fad_backbone: Literal["logmel", "vggish"] = "vggish"
+    vggish_weights: str = "weights/vggish/vggish-10086976.pth"
+    passt_weights: str = "weights/passt/passt-s-f128-p16-s10-ap.476-swa.pt"
+    imagebind_weights: str = "weights/imagebind_huge.pth"
+    synchformer_weights: str = "weights/synchformer/24-01-04T16-39-21.pt"
+    manifest: str = "clips/manifest.csv"
+    events: str = "raw/events.csv"
+    onset_tolerance_s: float = 0.1
+    window_s: float = 2.56
+    n_artifact_clips: int = 2
+    device: str = "auto"
+
+
+@dataclass
+class Group:
+    """One scored group of audio clips of a test set."""
+
+    test_set: str
+    name: str
+    cfg_scale: float | None
+    n_clips: int
+    n_samples: int
+    sample_rate: int
+    metrics: dict[str, MetricResult] = field(default_factory=dict)
+    examples: list[tuple[str, float, np.ndarray]] = field(default_factory=list)  # (clip, start_sec, audio)
+
+
+@dataclass
+class Models:
+    """Pretrained scorers, each with the reason it is absent (``None`` model)."""
+
+    sync: OffsetPredictor | None = None
+    sync_reason: str = "Synchformer not loaded"
+    ib: Any = None
+    ib_reason: str = "ImageBind not loaded"
+    device: str = "cpu"
+
+
+def read_clip_paths(manifest: str | Path) -> dict[str, Path]:
+    """``clip → absolute video path`` from a manifest (``path`` relative to the manifest's folder)."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise EvaluateError(f"{manifest}: clip manifest not found (run the preprocess stage first)")
+    df = pd.read_csv(manifest)
+    missing = {"clip", "path"} - set(df.columns)
+    if missing:
+        raise EvaluateError(f"{manifest}: missing column(s) {sorted(missing)}")
+    return {str(c): (Path(p) if Path(p).is_absolute() else manifest.parent / p) for c, p in zip(df["clip"], df["path"])}
+
+
+def read_events(path: str | Path | None) -> pd.DataFrame | None:
+    """Ground-truth event table ``clip,time_s,class`` or ``None`` when the profile has none."""
+    if not path or not Path(path).is_file():
+        return None
+    df = pd.read_csv(path)
+    missing = {"clip", "time_s"} - set(df.columns)
+    if missing:
+        raise EvaluateError(f"{path}: missing column(s) {sorted(missing)}; expected clip,time_s,class")
+    return df
+
+
+def window_events(events: pd.DataFrame, clip: str, start: float, window_s: float) -> np.ndarray:
+    """Event times of ``clip`` inside ``[start, start + window_s)``, relative to ``start``."""
+    t = events.loc[events["clip"] == clip, "time_s"].to_numpy(dtype=np.float64)
+    return np.sort(t[(t >= start) & (t < start + window_s)] - start)
+
+
+def _read_wav(path: Path, sample_rate: int, n: int) -> np.ndarray:
+    import soundfile as sf
+
+    if not path.is_file():
+        raise EvaluateError(f"{path}: generated clip listed in the sweep index is missing (re-run `vaura sweep`)")
+    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if sr != sample_rate:
+        raise EvaluateError(f"{path}: sample rate {sr}, index says {sample_rate}")
+    wav = wav.mean(axis=1)
+    return np.pad(wav, (0, max(0, n - wav.size)))[:n]
+
+
+def score_group(
+    group: Group,
+    audios: Sequence[np.ndarray],
+    sample_rate: int,
+    reference: Sequence[np.ndarray] | None,
+    truths: Sequence[np.ndarray] | None,
+    sync_frames: Callable[[], list[np.ndarray]],
+    ib_frames: Callable[[], list[np.ndarray]],
+    cfg: EvaluateConfig,
+    models: Models,
+    root: Path,
+) -> None:
+    """Fill ``group.metrics``; frames are read lazily (only for metrics whose models are loaded)."""
+    m = group.metrics
+    m["onset_sync"] = (
+        onset_sync(audios, sample_rate, truths, tol=cfg.onset_tolerance_s) if truths is not None
+        else MetricResult.skipped("onset_sync", "no ground-truth event table (synthetic benchmark only)")
+    )
+    fad_label = "log-mel, weight-free" if cfg.fad_backbone == "logmel" else cfg.fad_backbone
+    m["fad"] = (
+        fad(audios, reference, sample_rate, cfg.fad_backbone, root / cfg.vggish_weights) if reference is not None
+        else MetricResult.skipped("fad", "the reference set itself (FAD would be 0 by definition)", fad_label)
+    )
+    m["kld"] = kld_passt(root / cfg.passt_weights)
+    m["ib"] = ib_score(models.ib, ib_frames() if models.ib is not None else [], audios, sample_rate,
+                       models.ib_reason, device=models.device)
+    frames = sync_frames() if models.sync is not None else []
+    m["sync"] = sync_score(models.sync, frames, audios, sample_rate, models.sync_reason)
+    m["desync"] = desync_score(models.sync, frames, audios, sample_rate, models.sync_reason)
+
+
+def evaluate_sweep(
+    sweep_dir: str | Path,
+    clip_paths: Mapping[str, Path],
+    events: pd.DataFrame | None,
+    cfg: EvaluateConfig,
+    models: Models,
+    root: str | Path = ".",
+    read_audio: Callable[..., np.ndarray] | None = None,
+    read_video: Callable[..., np.ndarray] | None = None,
+) -> list[Group]:
+    """Score every group of every test set of the sweep at ``sweep_dir`` (its ``index.csv``)."""
+    if read_audio is None or read_video is None:
+        from vaura import media
+
+        read_audio = read_audio or media.read_audio
+        read_video = read_video or media.read_video
+    sweep_dir, root = Path(sweep_dir), Path(root)
+    index_path = sweep_dir / "index.csv"
+    if not index_path.is_file():
+        raise EvaluateError(f"{index_path}: sweep index not found (run `vaura sweep` first)")
+    index = pd.read_csv(index_path)
+    groups: list[Group] = []
+    for test_set, rows in index.groupby("test_set", sort=False):
+        clips = rows.drop_duplicates("clip")[["clip", "start_sec"]]
+        unknown = sorted(set(clips["clip"]) - set(clip_paths))
+        if unknown:
+            raise EvaluateError(f"{index_path}: clip(s) {unknown[:3]} of test set '{test_set}' not in the manifest")
+        sr = int(rows["sample_rate"].iloc[0])
+        n = int(round(cfg.window_s * sr))
+        start = dict(zip(clips["clip"], clips["start_sec"].astype(float)))
+        ref = {c: read_audio(clip_paths[c], sr, start_sec=start[c], duration=cfg.window_s) for c in start}
+        truth = {c: window_events(events, c, start[c], cfg.window_s) for c in start} if events is not None else None
+        cache: dict[tuple[str, str], np.ndarray] = {}
+
+        def frames_for(kind: str, names: list[str]) -> list[np.ndarray]:
+            for c in set(names) - {k[1] for k in cache if k[0] == kind}:
+                short, crop = (256, 224) if kind == "sync" else (224, None)
+                cache[(kind, c)] = read_video(clip_paths[c], fps=25.0, short_side=short, crop=crop,
+                                              start_sec=start[c], duration=cfg.window_s)
+            return [cache[(kind, c)] for c in names]
+
+        parts: list[tuple[str, float | None, pd.DataFrame | None]] = [("reference", None, None)]
+        recon = rows[rows["sample"] < 0]
+        if len(recon):
+            parts.append(("recon", None, recon))
+        gens = rows[rows["sample"] >= 0]
+        for gamma, g_rows in gens.groupby("cfg_scale", sort=True):
+            parts.append((f"g{float(gamma):g}", float(gamma), g_rows))
+        for name, gamma, g_rows in tqdm(parts, desc=f"evaluate {test_set}", unit="group"):
+            names = list(start) if g_rows is None else [str(c) for c in g_rows["clip"]]
+            audios = ([ref[c] for c in names] if g_rows is None
+                      else [_read_wav(sweep_dir / p, sr, n) for p in g_rows["path"]])
+            group = Group(str(test_set), name, gamma, n_clips=len(set(names)), n_samples=len(names), sample_rate=sr)
+            score_group(
+                group, audios, sr,
+                reference=None if g_rows is None else [ref[c] for c in start],
+                truths=None if truth is None else [truth[c] for c in names],
+                sync_frames=lambda names=names: frames_for("sync", names),
+                ib_frames=lambda names=names: frames_for("ib", names),
+                cfg=cfg, models=models, root=root,
+            )
+            seen: set[str] = set()
+            for c, a in zip(names, audios):
+                if c not in seen and len(seen) < cfg.n_artifact_clips:
+                    seen.add(c)
+                    group.examples.append((c, start[c], a))
+            groups.append(group)
+    return groups
+
+
+def flat_metrics(group: Group) -> dict[str, float]:
+    """MLflow/table metric names of the metrics that ran (skipped ones have no number, by design)."""
+    out: dict[str, float] = {}
+    for name, res in group.metrics.items():
+        if res.status != "ok":
+            continue
+        for key, value in res.values.items():
+            col = METRIC_KEYS.get((name, key))
+            if col is not None and not math.isnan(value):
+                out[col] = value
+    return out
+
+
+def metrics_json(groups: Sequence[Group], variant: Mapping[str, Any]) -> dict[str, Any]:
+    """The DVC metrics file: ``{variant, <test_set>: {<group>: {cfg_scale, n_clips, n_samples, <metric>: {...}}}}``."""
+    out: dict[str, Any] = {"variant": dict(variant)}
+    for g in groups:
+        out.setdefault(g.test_set, {})[g.name] = {
+            "cfg_scale": g.cfg_scale, "n_clips": g.n_clips, "n_samples": g.n_samples,
+            **{name: res.to_dict() for name, res in g.metrics.items()},
+        }
+    return out
+
+
+def group_tags(group: Group, variant_label: str) -> dict[str, str]:
+    """MLflow tags of a group's run (see the module docstring)."""
+    tags = {
+        "vaura.eval.test_set": group.test_set,
+        "vaura.eval.group": group.name,
+        "vaura.eval.cfg_scale": "" if group.cfg_scale is None else f"{group.cfg_scale:g}",
+        "vaura.eval.variant": variant_label,
+    }
+    for name, res in group.metrics.items():
+        tags[f"metric.{name}.status"] = res.status
+        tags[f"metric.{name}.backbone"] = res.backbone
+        if res.reason:
+            tags[f"metric.{name}.reason"] = res.reason[:4000]
+    return tags
+
+
+def log_groups(
+    params: Mapping[str, Any],
+    groups: Sequence[Group],
+    clip_paths: Mapping[str, Path],
+    train_clips: int | None,
+    variant_label: str,
+    data_files: Sequence[str | Path] = (),
+    params_file: str | Path = "params.yaml",
+) -> list[str]:
+    """One MLflow run per group (``vaura.tracking.stage_run``): metrics, tags, metrics.json and, for the group's
+    example clips, audio (wav), spectrogram (png) and the test video muxed with that audio (mp4). Returns run ids."""
+    import mlflow
+
+    from vaura.tracking import log_audio, log_json, log_muxed_video, log_spectrogram, stage_run
+
+    run_ids = []
+    for g in groups:
+        with stage_run("evaluate", params, tags=group_tags(g, variant_label), params_file=params_file,
+                       data_files=data_files) as run:
+            extra = {"eval.n_clips": g.n_clips, "eval.n_samples": g.n_samples}
+            if train_clips is not None:
+                extra["data.train_clips"] = train_clips
+            mlflow.log_metrics({**flat_metrics(g), **extra})
+            log_json(metrics_json([g], {}), "metrics.json")
+            for clip, start, audio in g.examples:
+                log_audio(audio, g.sample_rate, f"audio/{clip}.wav")
+                log_spectrogram(audio, g.sample_rate, f"spectrogram/{clip}.png", title=f"{clip} {g.name}")
+                log_muxed_video(clip_paths[clip], audio, g.sample_rate, f"video/{clip}.mp4", start_sec=start)
+            run_ids.append(run.info.run_id)
+    return run_ids

@@ -1,0 +1,201 @@
+"""Paper-shaped ablation tables from MLflow: threshold (Table II), conditioning (Table III), CFG γ (Table IV).
+
+Input: the ``evaluate`` runs (``mlflow.search_runs`` → pandas), identified by the contract documented in
+:mod:`vaura.eval.evaluate` — params ``filter.threshold`` / ``model.conditioning`` (the variant), tags
+``vaura.eval.test_set`` / ``vaura.eval.group`` / ``vaura.eval.cfg_scale``, metric statuses and reasons — plus the
+``train`` runs of the same pipeline (tag ``vaura.pipeline_id``) for training time. When a variant was evaluated
+several times, its latest run counts. A cell whose metric was skipped says ``skipped: <reason>``; a cell with no
+run says why too, so a table never shows a silent gap or a fake zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+# table column → (metric column in MLflow, metric name for status/reason tags, number format)
+METRIC_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "KLD": ("kld", "kld", "{:.2f}"),
+    "FAD": ("fad", "fad", "{:.2f}"),
+    "IB": ("ib", "ib", "{:.2f}"),
+    "Sync (ms)": ("sync_ms", "sync", "{:.0f}"),
+    "DeSync (s)": ("desync_s", "desync", "{:.3f}"),
+    "onset F1": ("onset_f1", "onset_sync", "{:.3f}"),
+    "onset |offset| (ms)": ("onset_offset_ms", "onset_sync", "{:.1f}"),
+    "missed": ("onset_missed", "onset_sync", "{:.0f}"),
+    "extra": ("onset_extra", "onset_sync", "{:.0f}"),
+}
+REASON_CHARS = 90  # markdown cells keep the reason short; the CSV carries it in full
+
+
+@dataclass
+class ReportConfig:
+    """params.yaml section ``report``."""
+
+    test_set: str = "test"
+    cfg_scale: float = 6.0
+    baseline_threshold: float = 0.3
+    baseline_conditioning: str = "fusion"
+
+
+class ReportError(ValueError):
+    """No runs to build a table from (says which runs were looked for)."""
+
+
+def search_runs(experiment: str, stage: str) -> pd.DataFrame:
+    """All runs of one stage in ``experiment`` as a DataFrame (empty when there are none)."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return pd.DataFrame()
+    return mlflow.search_runs(
+        experiment_names=[experiment], filter_string=f"tags.`vaura.stage` = '{stage}'", output_format="pandas",
+        max_results=50000,
+    )
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+def _float(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series, errors="coerce")
+
+
+def train_hours(train_runs: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """``pipeline id → (device-hours, device kind)`` of the latest finished train run per pipeline.
+
+    Device-hours = wall-clock duration × processes (``train.nproc``); the kind is CPU or GPU from the run's
+    ``train.device`` param and its system metrics (GPU metrics present ⇒ GPU).
+    """
+    if train_runs.empty:
+        return {}
+    df = train_runs[_col(train_runs, "status") == "FINISHED"].sort_values("start_time")
+    out: dict[str, tuple[float, str]] = {}
+    for _, r in df.iterrows():
+        pid = r.get("tags.vaura.pipeline_id")
+        if not isinstance(pid, str) or pd.isna(r.get("end_time")):
+            continue
+        hours = (r["end_time"] - r["start_time"]).total_seconds() / 3600.0
+        nproc = pd.to_numeric(r.get("params.train.nproc"), errors="coerce")
+        nproc = 1 if pd.isna(nproc) else int(nproc)
+        gpu = str(r.get("params.train.device")) == "cuda" or any(
+            c.startswith("metrics.system/gpu") and pd.notna(r[c]) for c in df.columns
+        )
+        out[pid] = (hours * nproc, "GPU" if gpu else "CPU")
+    return out
+
+
+def _cell(run: pd.Series, metric_col: str, metric_name: str, fmt: str, full: bool) -> str:
+    value = run.get(f"metrics.{metric_col}")
+    if value is not None and not pd.isna(value):
+        return fmt.format(float(value))
+    status = run.get(f"tags.metric.{metric_name}.status")
+    if status == "skipped":
+        reason = str(run.get(f"tags.metric.{metric_name}.reason") or "no reason recorded")
+        if not full and len(reason) > REASON_CHARS:
+            reason = reason[: REASON_CHARS - 1] + "…"
+        return f"skipped: {reason}"
+    return "n/a: metric not computed by this run"
+
+
+def _backbone(runs: pd.DataFrame, metric_name: str) -> str:
+    vals = sorted({str(v) for v in _col(runs, f"tags.metric.{metric_name}.backbone").dropna() if str(v)})
+    return ", ".join(vals)
+
+
+def _latest(runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    return runs.sort_values("start_time").drop_duplicates(key, keep="last").sort_values(key)
+
+
+def _metric_cells(run: pd.Series, full: bool) -> dict[str, str]:
+    return {col: _cell(run, m, name, fmt, full) for col, (m, name, fmt) in METRIC_COLUMNS.items()}
+
+
+def _headers(runs: pd.DataFrame) -> dict[str, str]:
+    """Column → header with the backbone named (e.g. ``FAD (log-mel, weight-free)``)."""
+    out = {}
+    for col, (_, name, _) in METRIC_COLUMNS.items():
+        bb = _backbone(runs, name) if name in ("fad", "kld", "ib") else ""
+        out[col] = f"{col.split(' (')[0]} ({bb})" if bb else col
+    return out
+
+
+def _select(runs: pd.DataFrame, cfg: ReportConfig, group: str | None, threshold: float | None,
+            conditioning: str | None) -> pd.DataFrame:
+    df = runs[_col(runs, "tags.vaura.eval.test_set") == cfg.test_set]
+    if group is not None:
+        df = df[_col(df, "tags.vaura.eval.group") == group]
+    else:
+        df = df[_col(df, "tags.vaura.eval.group").astype(str).str.match(r"^g[-0-9.e]+$")]
+    if threshold is not None:
+        df = df[np.isclose(_float(_col(df, "params.filter.threshold")), threshold)]
+    if conditioning is not None:
+        df = df[_col(df, "params.model.conditioning") == conditioning]
+    return df
+
+
+def build_tables(
+    eval_runs: pd.DataFrame, train_runs: pd.DataFrame, cfg: ReportConfig, full: bool = False
+) -> dict[str, pd.DataFrame]:
+    """``{"threshold": Table II, "conditioning": Table III, "cfg": Table IV}`` as string-celled DataFrames.
+
+    ``full`` keeps skip reasons unabridged (CSV); otherwise they are cut for markdown.
+    """
+    if eval_runs.empty:
+        raise ReportError("no `evaluate` runs in the MLflow experiment (run `vaura evaluate` first)")
+    gname = f"g{cfg.cfg_scale:g}"
+    hours = train_hours(train_runs)
+    tables: dict[str, pd.DataFrame] = {}
+
+    df = _select(eval_runs, cfg, gname, None, cfg.baseline_conditioning).copy()
+    df["_thr"] = _float(_col(df, "params.filter.threshold"))
+    rows = []
+    for _, r in _latest(df, "_thr").iterrows():
+        h = hours.get(r.get("tags.vaura.pipeline_id"))
+        clips = r.get("metrics.data.train_clips")
+        rows.append({
+            "threshold": f"{r['_thr']:g}",
+            "train clips": "n/a: no data/splits/train.csv" if clips is None or pd.isna(clips) else f"{int(clips)}",
+            "training device-hours": f"{h[0]:.3f} {h[1]}-h" if h else "n/a: no finished train run in this pipeline",
+            **_metric_cells(r, full),
+        })
+    tables["threshold"] = _frame(rows, ["threshold", "train clips", "training device-hours"], df)
+
+    df = _select(eval_runs, cfg, gname, cfg.baseline_threshold, None).copy()
+    df["_cond"] = _col(df, "params.model.conditioning").astype(str)
+    rows = [{"conditioning": r["_cond"], **_metric_cells(r, full)} for _, r in _latest(df, "_cond").iterrows()]
+    tables["conditioning"] = _frame(rows, ["conditioning"], df)
+
+    df = _select(eval_runs, cfg, None, cfg.baseline_threshold, cfg.baseline_conditioning).copy()
+    df["_g"] = _float(_col(df, "tags.vaura.eval.cfg_scale"))
+    rows = [{"γ": f"{r['_g']:g}", **_metric_cells(r, full)} for _, r in _latest(df, "_g").iterrows()]
+    for ref in ("recon", "reference"):
+        extra = _select(eval_runs, cfg, ref, cfg.baseline_threshold, cfg.baseline_conditioning)
+        if len(extra):
+            label = "codec reconstruction" if ref == "recon" else "reference (real audio)"
+            rows.append({"γ": label, **_metric_cells(extra.sort_values("start_time").iloc[-1], full)})
+    tables["cfg"] = _frame(rows, ["γ"], df)
+    return tables
+
+
+def _frame(rows: Sequence[dict[str, Any]], keys: list[str], runs: pd.DataFrame) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=keys + list(METRIC_COLUMNS))
+    return df.rename(columns=_headers(runs))
+
+
+def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
+    """A GitHub-markdown table (no extra dependency)."""
+    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines.append("| " + " | ".join(esc(c) for c in df.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in df.columns) + "|")
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    if df.empty:
+        lines.append("")
+        lines.append("_No runs match this table's selection yet._")
+    return "\n".join(lines) + "\n"
