@@ -74,13 +74,14 @@ def write_av(
             out.mux(vs.encode(None))
         if as_ is not None:
             fmt_name = as_.codec_context.format.name if as_.codec_context.format else "fltp"
+            convert = av.AudioResampler(format=fmt_name, layout=layout, rate=sample_rate)
             step = as_.codec_context.frame_size or 1024
             for i in range(0, audio.shape[1], step):
                 chunk = np.ascontiguousarray(audio[:, i : i + step].astype(np.float32))
                 f = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-                f = f if fmt_name == "fltp" else av.AudioResampler(format=fmt_name, layout=layout, rate=sample_rate).resample(f)[0]
                 f.sample_rate, f.pts, f.time_base = sample_rate, i, Fraction(1, sample_rate)
-                out.mux(as_.encode(f))
+                for g in convert.resample(f) if fmt_name != "fltp" else [f]:
+                    out.mux(as_.encode(g))
             out.mux(as_.encode(None))
     return path
 

@@ -410,7 +410,8 @@ def write_video(
     """Write H.264 (yuv420p) + AAC to ``path`` atomically; returns the number of frames written.
 
     ``frames`` is uint8 [T, H, W, 3] or any iterable of [H, W, 3] frames (so long clips can be streamed).
-    H and W must be even (yuv420p); ``preprocess`` resizes to even sizes for that reason.
+    H and W must be even (yuv420p); ``preprocess`` resizes to even sizes for that reason. ``audio`` ([S] or
+    [C<=2, S]) is trimmed or zero-padded to the T / fps seconds of the picture.
     """
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
@@ -445,6 +446,8 @@ def write_video(
                 raise ValueError(f"{path}: no frames to write")
             out.mux(vstream.encode(None))
             if astream is not None:
+                n = round(written / float(rate) * sample_rate)  # sound exactly as long as the picture
+                chans = np.pad(chans, ((0, 0), (0, max(0, n - chans.shape[1]))))[:, :n]
                 _encode_audio(out, astream, chans, sample_rate)
     return written
 

@@ -1,0 +1,1 @@
+"""Datasets: the synthetic benchmark, raw-video sources for ``acquire``, and manifest reading."""

@@ -1,0 +1,48 @@
+"""VGGSound-style clip manifests (``clip,path,split,label,...``), validated once here for every stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("clip", "path", "split", "label")
+SPLIT_VALUES = ("train", "val", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest that other stages cannot trust; the message names the file and the reason."""
+
+
+def read_manifest(path: str | Path, check_files: bool = False) -> pd.DataFrame:
+    """Read and validate ``manifest.csv``; ``path`` entries come back absolute (resolved from its folder).
+
+    Text columns stay strings (a clip id such as ``00123`` must not become a number) and an empty label is
+    ``""``. ``check_files`` additionally requires every listed file to exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        df = pd.read_csv(path, dtype={"clip": str, "path": str, "split": str, "label": str, "source": str},
+                         keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from exc
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED)}")
+    if (df["clip"] == "").any() or (df["path"] == "").any():
+        rows = df.index[(df["clip"] == "") | (df["path"] == "")].tolist()
+        raise ManifestError(f"{path}: empty clip or path in row(s) {[r + 2 for r in rows]}")
+    dup = df["clip"][df["clip"].duplicated()].unique().tolist()
+    if dup:
+        raise ManifestError(f"{path}: duplicate clip id(s) {dup[:5]}")
+    bad = sorted(set(df["split"]) - set(SPLIT_VALUES))
+    if bad:
+        raise ManifestError(f"{path}: unknown split value(s) {bad}; allowed {list(SPLIT_VALUES)}")
+    base = path.resolve().parent
+    df["path"] = [str((base / p).resolve()) for p in df["path"]]
+    if check_files:
+        absent = [p for p in df["path"] if not Path(p).is_file()]
+        if absent:
+            raise ManifestError(f"{path}: {len(absent)} listed file(s) do not exist, e.g. {absent[0]}")
+    return df
