@@ -111,3 +111,133 @@ def test_select_windows_checks_the_fixed_table(tmp_path) -> None:
 def test_test_set_config_defaults_to_the_test_split() -> None:
     assert TestSetConfig().cache_split == "test"
     assert SweepConfig().cfg_scales == [1.0, 3.0, 5.0, 6.0, 7.0, 9.0]  # paper Table IV
+
+
+def _write_cache(root, clips: dict[str, tuple[str, float]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A tiny cache in the documented on-disk format: 16 kHz / hop 320 (50 Hz codes), 12.5 Hz features, 4 s clips."""
+    import json
+
+    from vaura.cache import FORMAT
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = {c: (torch.randint(0, CARD, (K, 200), dtype=torch.int16), torch.randn(50, 4).half()) for c in clips}
+    torch.save({"format": FORMAT, "clips": list(clips), "codes": [d[0] for d in data.values()],
+                "feats": [d[1] for d in data.values()], "splits": [s for s, _ in clips.values()],
+                "start_sec": [st for _, st in clips.values()], "rejected": [], "plan": "x"}, root / "shard-00000.pt")
+    pd.DataFrame([{"clip": c, "split": s, "shard": 0, "n_frames": 200, "n_feats": 50,
+                   "start_sec": None if st < 0 else st} for c, (s, st) in clips.items()]).to_csv(root / "index.csv",
+                                                                                              index=False)
+    (root / "meta.json").write_text(json.dumps({
+        "format": FORMAT, "sample_rate": 16000, "hop_length": 320, "frame_rate": 50.0, "n_codebooks": K,
+        "codebook_size": CARD, "codebook_dim": 4, "visual_dim": 4, "feature_rate": 12.5}))
+    return data
+
+
+def test_load_test_items_takes_fixed_windows_from_the_cache(tmp_path) -> None:
+    from vaura.eval.sweep import load_test_items
+
+    data = _write_cache(tmp_path / "cache", {"tr": ("train", -1.0), "a": ("test", 0.0), "b": ("test", 0.8),
+                                             "c": ("test", 1.2)})
+    items = load_test_items(tmp_path / "cache", TestSetConfig(max_clips=2), "syn")
+    assert [it.clip for it in items] == ["a", "b"]
+    b = items[1]
+    assert b.codes.shape == (K, 128) and b.feats.shape == (32, 4)  # 2.56 s: ceil(40960 / 320) frames, 32 tokens
+    # start 0.8 s = visual token 10 → audio frame round(10 · 0.08 · 50) = 40
+    assert torch.equal(b.codes, data["b"][0][:, 40:168].long())
+    assert torch.allclose(b.feats, data["b"][1][10:42].float())
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"file": ["c.mp4"], "start_sec": [1.2]}).to_csv(table, index=False)
+    assert [it.clip for it in load_test_items(tmp_path / "cache", TestSetConfig(windows=str(table)), "s")] == ["c"]
+    with pytest.raises(SweepError, match="no clips"):
+        load_test_items(tmp_path / "cache", TestSetConfig(cache_split="val"), "v")
+
+
+def _clicks(times, sr=SR, dur=2.56, seed=0):
+    rng = np.random.default_rng(seed)
+    audio = 0.002 * rng.standard_normal(int(dur * sr))
+    for t in times:
+        i = int(t * sr)
+        n = min(int(0.05 * sr), audio.size - i)
+        audio[i : i + n] += 0.8 * np.exp(-np.arange(n) / (0.008 * sr)) * rng.standard_normal(n)
+    return audio.astype(np.float32)
+
+
+def test_evaluate_sweep_scores_groups_against_ground_truth(tmp_path) -> None:
+    from vaura.eval.evaluate import EvaluateConfig, Models, evaluate_sweep, flat_metrics, metrics_json
+
+    events = pd.DataFrame({"clip": ["a", "a", "a", "b", "b"], "time_s": [0.5, 1.5, 3.9, 1.3, 2.0],
+                           "class": ["x"] * 5})
+    starts = {"a": 0.0, "b": 0.8}  # b's window [0.8, 3.36) holds its events at 0.5 s and 1.2 s
+    truth = {"a": [0.5, 1.5], "b": [0.5, 1.2]}
+    rows = []
+    for clip in ("a", "b"):
+        for k in range(2):
+            good = tmp_path / "sweep" / "syn" / "g3" / f"{clip}__s{k}.wav"
+            bad = tmp_path / "sweep" / "syn" / "g0" / f"{clip}__s{k}.wav"
+            for p, times in ((good, truth[clip]), (bad, [0.2, 0.9, 2.4])):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(p, _clicks(times, seed=k), SR, subtype="FLOAT")
+            rows += [{"test_set": "syn", "cfg_scale": g, "clip": clip, "sample": k, "start_sec": starts[clip],
+                      "path": p.relative_to(tmp_path / "sweep").as_posix(), "sample_rate": SR}
+                     for g, p in ((3.0, good), (0.0, bad))]
+    pd.DataFrame(rows).to_csv(tmp_path / "sweep" / "index.csv", index=False)
+
+    def read_audio(path, sample_rate, start_sec, duration):
+        assert start_sec == starts[str(path)] and sample_rate == SR
+        return _clicks(truth[str(path)], seed=0)
+
+    def read_video(*_a, **_k):
+        raise AssertionError("frames must not be decoded when no frame-based metric has a model")
+
+    cfg = EvaluateConfig(fad_backbone="logmel", passt_weights="absent.pt", n_artifact_clips=1)
+    groups = evaluate_sweep(tmp_path / "sweep", {"a": "a", "b": "b"}, events, cfg,
+                            Models(sync_reason="Synchformer checkpoint not found at s.pt", ib_reason="no IB at i.pt"),
+                            root=tmp_path, read_audio=read_audio, read_video=read_video)
+    by = {g.name: g for g in groups}
+    assert list(by) == ["reference", "g0", "g3"]
+    assert by["g3"].n_clips == 2 and by["g3"].n_samples == 4 and by["g3"].cfg_scale == 3.0
+    assert flat_metrics(by["g3"])["onset_f1"] == pytest.approx(1.0)
+    assert flat_metrics(by["g0"])["onset_f1"] < 0.5
+    assert flat_metrics(by["reference"])["onset_f1"] == pytest.approx(1.0)
+    assert flat_metrics(by["g3"])["fad"] < flat_metrics(by["g0"])["fad"]
+    doc = metrics_json(groups, {"model.conditioning": "fusion"})
+    assert doc["syn"]["reference"]["fad"]["status"] == "skipped"
+    assert doc["syn"]["g3"]["sync"] == {"status": "skipped", "backbone": "synchformer",
+                                        "reason": "Synchformer checkpoint not found at s.pt"}
+    assert doc["syn"]["g3"]["ib"]["reason"] == "no IB at i.pt"
+    assert "absent.pt" in doc["syn"]["g0"]["kld"]["reason"]
+    assert [c for c, _, _ in by["g3"].examples] == ["a"]
+
+
+def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:
+    """load_trained_model rebuilds the decoder from the checkpoint's own config; the real KV-cache sampler runs."""
+    from vaura.config import to_dict
+    from vaura.eval.sweep import load_test_items, load_trained_model
+    from vaura.model.config import named_size
+    from vaura.train.checkpoint import save_checkpoint
+    from vaura.train.trainer import build_model
+
+    _write_cache(tmp_path / "cache", {"a": ("test", 0.0), "b": ("test", 0.4)})
+    dims = {"n_codebooks": K, "codebook_size": CARD, "codebook_dim": 4, "audio_frame_rate": 50.0,
+            "visual_dim": 4, "visual_frame_rate": 12.5}
+    cfg = named_size("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg, dims)
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "model_config": to_dict(cfg),
+                                           "model_dims": dims, "step": 1})
+    loaded = load_trained_model(tmp_path / "best.pt")
+    assert not loaded.training
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    items = load_test_items(tmp_path / "cache", TestSetConfig(), "syn")
+    index = run_sweep(loaded, FakeCodec(), {"syn": items}, SweepConfig(cfg_scales=[0.0, 3.0], samples_per_clip=2,
+                                                                       batch_size=4, reconstructions=False),
+                      {"temperature": 1.0, "top_k": 4, "top_p": 0.0}, tmp_path / "sweep")
+    assert len(index) == 2 * 2 * 2
+    wav, _ = sf.read(tmp_path / "sweep" / "syn" / "g3" / "b__s1.wav")
+    assert wav.shape == (128 * HOP,)
+    bad = model.state_dict()
+    bad.pop(next(iter(bad)))
+    save_checkpoint(tmp_path / "bad.pt", {"model": bad, "model_config": to_dict(cfg), "model_dims": dims})
+    with pytest.raises(SweepError, match="bad.pt"):
+        load_trained_model(tmp_path / "bad.pt")

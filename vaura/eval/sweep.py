@@ -111,22 +111,20 @@ def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list
     index_path = cache_dir / "index.csv"
     if not index_path.is_file():
         raise SweepError(f"{index_path}: cache index not found; run the `cache` stage first")
-    dataset = CachedClips(cache_dir, ts.cache_split)
     rows = pd.read_csv(index_path)
     rows = rows[rows["split"] == ts.cache_split].reset_index(drop=True)
-    if len(rows) != len(dataset):
-        raise SweepError(f"{index_path}: {len(rows)} '{ts.cache_split}' rows but the dataset has {len(dataset)}")
-    rows["_i"] = np.arange(len(rows))
+    if rows.empty:
+        raise SweepError(f"{index_path}: test set '{name}' has no clips in split '{ts.cache_split}'")
+    dataset = CachedClips(cache_dir, ts.cache_split)
+    if list(rows["clip"]) != list(dataset.clips):
+        raise SweepError(f"{index_path}: '{ts.cache_split}' rows differ from the clips the cache dataset holds")
+    rows["pos"] = np.arange(len(rows))
     rows = select_windows(rows, ts.windows or None, f"sweep.test_sets.{name}")
     if ts.max_clips:
         rows = rows.iloc[: ts.max_clips]
-    if rows.empty:
-        raise SweepError(f"{index_path}: test set '{name}' has no clips in split '{ts.cache_split}'")
     items = []
     for row in rows.itertuples():
-        if dataset.clips[int(row._i)] != row.clip:
-            raise SweepError(f"{index_path}: row order differs from the cached dataset at clip {row.clip!r}")
-        codes, feats = dataset[int(row._i)]
+        codes, feats = dataset[int(row.pos)]
         items.append(TestItem(str(row.clip), float(row.start_sec), codes.long(), feats.float()))
     return items
 
