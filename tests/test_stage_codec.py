@@ -1,0 +1,176 @@
+"""Stage ``codec`` end to end on a micro synthetic benchmark: train + ship, reuse of the shipped weights with
+provenance checks, the quality-gate metrics, --strict, and MLflow logging."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from vaura.cli import main
+from vaura.codec import CodecConfig, CodecWeightsError, load_codec
+from vaura.codec.offline import CodecDataError
+from vaura.config import load_section
+from vaura.data.synthetic import SyntheticConfig, generate_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CODEC = {
+    "sample_rate": 8000, "encoder_dim": 4, "encoder_rates": [2, 4], "decoder_dim": 16, "decoder_rates": [4, 2],
+    "n_codebooks": 3, "codebook_size": 16, "codebook_dim": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    """Micro benchmark: raw clips + ground truth, and a clips manifest pointing at them (as preprocess would)."""
+    root = tmp_path_factory.mktemp("bench")
+    cfg = SyntheticConfig(n_train=3, n_val=3, n_test=0, duration_s=2.56, size=64, max_events=4, workers=1)
+    manifest = generate_benchmark(root / "data" / "raw", cfg, seed=7)
+    manifest["path"] = "../raw/" + manifest["path"]
+    (root / "data" / "clips").mkdir()
+    manifest.to_csv(root / "data" / "clips" / "manifest.csv", index=False)
+    return root
+
+
+def _project(bench: Path, dest: Path, **train_overrides) -> Path:
+    """A project folder (params.yaml + data) whose codec section is tiny; returns its params.yaml."""
+    shutil.copytree(bench / "data", dest / "data")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = 7
+    params["tracking"].update(uri=f"sqlite:///{dest / 'mlruns.db'}", artifact_root=str(dest / "mlartifacts"),
+                              system_metrics=False)
+    codec = params["codec"]
+    codec["n_quantizers"] = 2
+    codec["offline"] = dict(TINY_CODEC)
+    codec["train"].update(steps=6, batch_size=2, segment_s=0.5, lr=3e-3, **train_overrides)
+    codec["gate"]["max_clips"] = 8
+    path = dest / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _edit(params_path: Path, section: str, **values) -> None:
+    params = yaml.safe_load(params_path.read_text())
+    params["codec"][section].update(values)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _run(params_path: Path, *extra: str) -> int:
+    return main(["codec", "--params", str(params_path), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def shipped(bench, tmp_path_factory) -> Path:
+    """A project where `vaura codec --train --ship` has run once."""
+    dest = tmp_path_factory.mktemp("shipped")
+    params = _project(bench, dest)
+    assert _run(params, "--train", "--ship", "--no-track") == 0
+    return params
+
+
+def test_train_and_ship_writes_weights_and_gate_metrics(shipped, bench):
+    root = shipped.parent
+    metrics = json.loads((root / "data" / "codec" / "metrics.json").read_text())
+    assert metrics["source"] == "trained" and metrics["train_steps"] == 6 and metrics["n_train_clips"] == 3
+    assert (metrics["sample_rate"], metrics["hop_length"], metrics["n_codebooks"], metrics["codebook_size"]) == (
+        8000, 8, 2, 16)
+    # the gate scores the relevant VAL clips against every ground-truth event of those clips
+    events = pd.read_csv(bench / "data" / "raw" / "events.csv")
+    assert metrics["n_clips"] == 3
+    assert metrics["n_events"] == int(events["clip"].str.startswith("syn-val-").sum())
+    for key in ("f1_original", "f1_reconstructed", "precision_reconstructed", "recall_original"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["f1_gap"] == pytest.approx(metrics["f1_original"] - metrics["f1_reconstructed"])
+    assert metrics["gate_pass"] == (metrics["f1_gap"] <= 0.05)
+    stage_out = torch.load(root / "data" / "codec" / "codec.pt", weights_only=True)
+    shipped_file = torch.load(root / "assets" / "codec_offline.pt", weights_only=True)
+    assert stage_out["state_dict"].keys() == shipped_file["state_dict"].keys()
+    assert all(torch.equal(stage_out["state_dict"][k], shipped_file["state_dict"][k]) for k in stage_out["state_dict"])
+    codec = load_codec(load_section(CodecConfig, "codec", shipped), root=root)
+    assert codec.encode(torch.zeros(1, 1, 8000)).shape == (1, 2, 1000)
+
+
+def test_shipped_weights_are_reused_and_give_the_same_gate(shipped, tmp_path):
+    root = shipped.parent
+    trained = json.loads((root / "data" / "codec" / "metrics.json").read_text())
+    assert _run(shipped, "--no-track") == 0
+    again = json.loads((root / "data" / "codec" / "metrics.json").read_text())
+    assert again["source"] == "shipped" and again["train_steps"] == 6
+    for key in ("f1_original", "f1_reconstructed", "n_events", "log_mel_distance"):
+        assert again[key] == pytest.approx(trained[key])
+
+
+def _copy_project(shipped: Path, dest: Path) -> Path:
+    shutil.copytree(shipped.parent, dest, ignore=shutil.ignore_patterns("mlruns.db", "mlartifacts"))
+    return dest / "params.yaml"
+
+
+@pytest.mark.parametrize(
+    "section, values, named",
+    [
+        ("train", {"lr": 1e-3}, r"train\.lr: shipped 0\.003, params 0\.001"),
+        ("train", {"steps": 7}, r"train\.steps"),
+        ("offline", {"codebook_size": 32}, r"kwargs\.codebook_size"),
+    ],
+)
+def test_shipped_weights_trained_with_other_params_are_refused(shipped, tmp_path, section, values, named):
+    params = _copy_project(shipped, tmp_path / "p")
+    _edit(params, section, **values)
+    with pytest.raises(CodecWeightsError, match=named) as info:
+        _run(params, "--no-track")
+    assert "vaura codec --params params.yaml --train --ship" in str(info.value)
+
+
+def test_shipped_weights_trained_on_other_data_are_refused(shipped, tmp_path):
+    params = _copy_project(shipped, tmp_path / "p")
+    events_path = params.parent / "data" / "raw" / "events.csv"
+    events = pd.read_csv(events_path)
+    events.loc[events["clip"] == "syn-train-00000", "time_s"] += 0.5
+    events.to_csv(events_path, index=False)
+    with pytest.raises(CodecWeightsError, match="data_fingerprint"):
+        _run(params, "--no-track")
+
+
+def test_missing_shipped_file_says_how_to_make_it(bench, tmp_path):
+    params = _project(bench, tmp_path)
+    with pytest.raises(CodecWeightsError, match=r"codec_offline\.pt.*--train --ship"):
+        _run(params, "--no-track")
+
+
+def test_missing_ground_truth_is_a_typed_error_naming_the_file(shipped, tmp_path):
+    params = _copy_project(shipped, tmp_path / "p")
+    (params.parent / "data" / "raw" / "events.csv").unlink()
+    with pytest.raises(CodecDataError, match=r"events\.csv: not found"):
+        _run(params, "--no-track")
+
+
+@pytest.mark.parametrize("max_gap, status", [(-1.0, 1), (1.0, 0)])
+def test_strict_fails_exactly_when_the_gate_fails(shipped, tmp_path, max_gap, status):
+    params = _copy_project(shipped, tmp_path / "p")
+    _edit(params, "gate", max_gap=max_gap)
+    assert _run(params, "--no-track", "--strict") == status
+    assert _run(params, "--no-track") == 0
+
+
+def test_stage_logs_the_gate_to_mlflow(shipped, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    params = _copy_project(shipped, tmp_path / "p")
+    p = yaml.safe_load(params.read_text())
+    p["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlruns.db'}", artifact_root=str(tmp_path / "art"))
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    assert _run(params) == 0
+    metrics = json.loads((params.parent / "data" / "codec" / "metrics.json").read_text())
+    client = MlflowClient(p["tracking"]["uri"])
+    exp = client.get_experiment_by_name(p["tracking"]["experiment"])
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`vaura.stage` = 'codec'")
+    assert len(runs) == 1
+    logged = runs[0].data.metrics
+    assert logged["f1_reconstructed"] == pytest.approx(metrics["f1_reconstructed"])
+    assert logged["f1_original"] == pytest.approx(metrics["f1_original"])
+    assert logged["gate_pass"] == float(metrics["gate_pass"])
+    assert runs[0].data.tags["codec.source"] == "shipped"
