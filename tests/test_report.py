@@ -139,3 +139,68 @@ def test_metrics_json_and_tags_carry_skip_reasons() -> None:
     tags = group_tags(g, "v")
     assert tags["metric.kld.status"] == "skipped" and tags["vaura.eval.cfg_scale"] == "6"
     assert "kld" not in flat_metrics(g) and flat_metrics(g)["onset_f1"] == 0.5
+
+
+@pytest.mark.slow
+def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatch) -> None:
+    """The `evaluate` CLI on real MP4s + sweep WAVs: metrics.json, one run per group, wav/png/mp4 artifacts."""
+    import json
+
+    import mlflow
+    import numpy as np
+    import soundfile as sf
+
+    from vaura.media import write_video
+    from vaura.stages import evaluate
+
+    sr, data = 16000, tmp_path / "data"
+    rng = np.random.default_rng(0)
+    clip_audio = {}
+    for clip in ("a", "b"):
+        audio = 0.01 * rng.standard_normal(3 * sr).astype(np.float32)
+        audio[sr : sr + 800] += 0.8 * np.exp(-np.arange(800) / 128.0).astype(np.float32)  # a hit at 1.0 s
+        clip_audio[clip] = audio
+        write_video(data / "clips" / f"{clip}.mp4", rng.integers(0, 255, (75, 64, 64, 3), dtype=np.uint8), 25.0,
+                    audio=audio, sample_rate=sr)
+    pd.DataFrame({"clip": ["a", "b"], "path": ["a.mp4", "b.mp4"], "split": ["test", "test"]}).to_csv(
+        data / "clips" / "manifest.csv", index=False)
+    (data / "raw").mkdir()
+    (data / "splits").mkdir()
+    pd.DataFrame({"clip": ["a", "b"], "time_s": [1.0, 1.0], "class": ["x", "x"]}).to_csv(
+        data / "raw" / "events.csv", index=False)
+    pd.DataFrame({"clip": [f"t{i}" for i in range(5)]}).to_csv(data / "splits" / "train.csv", index=False)
+    rows = []
+    for clip in ("a", "b"):
+        for k in range(2):
+            p = data / "sweep" / "test" / "g3" / f"{clip}__s{k}.wav"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(p, clip_audio[clip][: int(2.56 * sr)], sr)
+            rows.append({"test_set": "test", "cfg_scale": 3.0, "clip": clip, "sample": k, "start_sec": 0.0,
+                         "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
+    pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
+    params = _params(tmp_path, 0.2, "fusion")
+    params.update({"paths": {"data": "data", "weights": "weights", "reports": "reports"},
+                   "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
+                                "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
+                                "manifest": "clips/manifest.csv", "events": "raw/events.csv",
+                                "onset_tolerance_s": 0.1, "window_s": 2.56, "n_artifact_clips": 1, "device": "cpu"}})
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False)) == 0
+
+    doc = json.loads((data / "eval" / "metrics.json").read_text())
+    assert doc["variant"] == {"filter.threshold": 0.2, "model.conditioning": "fusion"}
+    assert doc["test"]["g3"]["onset_sync"]["f1"] == pytest.approx(1.0)
+    assert doc["test"]["g3"]["sync"]["status"] == "skipped" and "w/s.pt" in doc["test"]["g3"]["sync"]["reason"]
+    assert doc["test"]["g3"]["ib"]["status"] == "skipped" and "w/ib.pth" in doc["test"]["g3"]["ib"]["reason"]
+    mlflow.set_tracking_uri(params["tracking"]["uri"])
+    runs = search_runs("vaura-test", "evaluate")
+    runs = runs[runs["tags.vaura.pipeline_id"] == "eval-stage-test"]
+    assert sorted(runs["tags.vaura.eval.group"]) == ["g3", "reference"]
+    g3 = runs[runs["tags.vaura.eval.group"] == "g3"].iloc[0]
+    assert g3["metrics.data.train_clips"] == 5 and g3["params.filter.threshold"] == "0.2"
+    names = {a.path for d in ("audio", "spectrogram", "video")
+             for a in mlflow.artifacts.list_artifacts(run_id=g3["run_id"], artifact_path=d)}
+    assert names == {"audio/a.wav", "spectrogram/a.png", "video/a.mp4"}
