@@ -126,3 +126,14 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 3, 41, dtype=torch.long), torch.randn(1, 4, 12))
     with pytest.raises(ValueError, match="reference"):
         named_size("tiny", conditioning="prepend", alignment="reference")
+
+
+def test_learned_null_condition_is_trained_and_buffer_is_not():
+    learned = tiny_model(null_condition="learned").train()
+    fixed = tiny_model(null_condition="buffer").train()
+    assert "cls_embeddings.uncond_embedding" in dict(learned.named_parameters())
+    assert "cls_embeddings.uncond_embedding" not in dict(fixed.named_parameters())
+    assert "cls_embeddings.uncond_embedding" in fixed.state_dict()  # still saved, as in the released model
+    codes, visual = torch.randint(0, 16, (2, 3, 20)), torch.randn(2, 5, 12)
+    learned.loss(codes, visual, torch.tensor([True, False]))[0].backward()
+    assert learned.cls_embeddings.uncond_embedding.grad[:5].abs().sum() > 0

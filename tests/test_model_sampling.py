@@ -114,3 +114,8 @@ def test_window_starts_snap_to_visual_tokens():
     # the same start rule as the training cache's windows
     assert all(a == audio_frame_of_token(k, 12.5, rate) for k, a in starts)
     assert starts[-1][1] + 221 >= 431 and starts[-2][1] + 221 < 431
+
+
+def test_compiled_decode_is_refused_off_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        generate(tiny_model(), torch.randn(1, 10, 12), 10, compile=True)

@@ -1,0 +1,102 @@
+"""Time V-AURA generation: the reference method (re-run the whole prefix every step) vs vaura's KV cache.
+
+Both sample the same model with CFG batch doubling (γ = 6, top-k 128) for ``--steps`` decoder steps
+(229 = 2.56 s of 44.1 kHz DAC codes: 221 frames + 9 codebooks - 1) at B = 1 and at ``--batch``, with the
+paper's codec/visual sizes (9 × 1024 codes, 768-d visual tokens at 12.5 Hz). With the same seed both must
+produce the same codes, which the JSON records. Usage::
+
+    python benchmarks/generation.py --out bench.json [--size tiny|small|paper] [--device cpu|cuda] [--batch 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vaura.io import atomic_write_json
+from vaura.model import VAURA, named_size
+from vaura.model.delay import build_delayed, revert_delayed
+from vaura.model.sampler import generate, sample_logits
+
+K, CARD, CDIM, RATE, DV = 9, 1024, 8, 44100 / 512, 768
+
+
+@torch.no_grad()
+def generate_recompute(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float, top_k: int,
+                       generator: torch.Generator) -> torch.Tensor:
+    """The reference implementation's loop: every step runs the full prefix through the decoder (no cache)."""
+    b = visual.shape[0]
+    cond = model.condition(torch.cat([visual, visual]), torch.arange(2 * b, device=visual.device) >= b)
+    seq = build_delayed(torch.full((b, K, n_frames), model.special_token, device=visual.device),
+                        model.special_token)
+    n_steps = n_frames + K - 1
+    cond_steps = model.align(cond, n_steps) if model.fusion else None
+    delay = torch.arange(K, device=visual.device)
+    for s in range(n_steps):
+        x = model.embed_steps(torch.cat([seq[..., : s + 1]] * 2), None if cond_steps is None else cond_steps[:, : s + 1])
+        if not model.fusion:
+            x = torch.cat([cond, x], dim=1)
+        logits = model.run(x)[:, :, -1].float()
+        logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
+        new = sample_logits(logits, 1.0, top_k, 0.0, generator)
+        frame = s - delay
+        seq[..., s + 1] = torch.where(((frame >= 0) & (frame < n_frames))[None], new, seq[..., s + 1])
+    return revert_delayed(seq)
+
+
+def timed(fn) -> tuple[float, torch.Tensor]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--size", choices=["tiny", "small", "paper"], default="small", help="decoder size preset")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch", type=int, default=4, help="the batched run's B (B = 1 is always timed)")
+    parser.add_argument("--steps", type=int, default=229, help="decoder steps (229 = 2.56 s at 86.13 Hz, 9 codebooks)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = VAURA(named_size(args.size, dropout=0.0), K, CARD, CDIM, RATE, DV).to(device).eval()
+    for head in model.lm_heads:  # zero-initialised heads would make every logit equal
+        torch.nn.init.normal_(head.weight, std=0.02)
+    n_frames = args.steps - K + 1
+    result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"),
+              "size": args.size, "steps": args.steps, "n_frames": n_frames,
+              "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
+              "cfg_scale": 6.0, "top_k": 128, "batch": [], "recompute_s": [], "kv_s": [], "speedup": [],
+              "same_codes": []}
+    for b in sorted({1, args.batch}):
+        visual = torch.randn(b, 32, DV, device=device)
+        t_kv, kv = timed(lambda: generate(model, visual, n_frames, cfg_scale=6.0, top_k=128,
+                                          generator=torch.Generator(device).manual_seed(args.seed)))
+        t_re, re = timed(lambda: generate_recompute(model, visual, n_frames, 6.0, 128,
+                                                    torch.Generator(device).manual_seed(args.seed)))
+        result["batch"].append(b)
+        result["recompute_s"].append(round(t_re, 3))
+        result["kv_s"].append(round(t_kv, 3))
+        result["speedup"].append(round(t_re / t_kv, 2))
+        result["same_codes"].append(bool(torch.equal(kv, re)))
+        print(f"B={b}: recompute {t_re:.2f} s, kv cache {t_kv:.2f} s ({t_re / t_kv:.1f}×), "
+              f"same codes: {result['same_codes'][-1]}", file=sys.stderr)
+    atomic_write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
