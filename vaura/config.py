@@ -140,6 +140,9 @@ class PathsConfig:
 SECTIONS: dict[str, str] = {
     # section name -> "module:DataclassName"; each module owns its section's schema.
     "paths": "vaura.config:PathsConfig",
+    "synthetic": "vaura.data.synthetic:SyntheticConfig",
+    "acquire": "vaura.data.sources:AcquireConfig",
+    "preprocess": "vaura.data.preprocess:PreprocessConfig",
     "codec": "vaura.codec.config:CodecConfig",
     "train": "vaura.train.config:TrainConfig",
     "tracking": "vaura.tracking:TrackingConfig",
