@@ -1,0 +1,145 @@
+"""Prefect flow helpers: process-group isolation of DVC subprocesses, overrides, MLflow grouping, tables."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A command that starts a grandchild (as torchrun starts ranks), records its pid, and then waits.
+SPAWNER = textwrap.dedent("""
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    open(sys.argv[1], "w").write(str(child.pid))
+    time.sleep(120)
+""")
+
+
+@pytest.fixture(scope="module")
+def flows():
+    spec = importlib.util.spec_from_file_location("vaura_flows", REPO / "flows" / "vaura_flows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _wait_for_pid(path: Path, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text())
+        time.sleep(0.1)
+    raise AssertionError(f"no pid written to {path}")
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_timeout_kills_the_whole_process_group(flows, tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    with pytest.raises(flows.StageFailed, match="ran past 3 s"):
+        flows.run_in_group([sys.executable, "-c", SPAWNER, str(pidfile)], tmp_path, timeout_s=3, log=lambda m: None)
+    assert _gone(_wait_for_pid(pidfile))
+
+
+def test_failure_raises_with_the_output_tail(flows, tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import sys; print('loading\\rstep 9/9'); print('boom: bad cache'); sys.exit(3)"]
+    with pytest.raises(flows.StageFailed, match=r"exit code 3:[\s\S]*step 9/9[\s\S]*boom: bad cache"):
+        flows.run_in_group(argv, tmp_path, log=lambda m: None)
+
+
+def test_success_returns_the_tail_and_leaves_no_stray_member(flows, tmp_path: Path) -> None:
+    """A leader that exits while its child still runs must not leave that child behind."""
+    pidfile = tmp_path / "stray.pid"
+    script = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"open({str(pidfile)!r}, 'w').write(str(c.pid)); print('done')")
+    assert flows.run_in_group([sys.executable, "-c", script], tmp_path, log=lambda m: None).endswith("done")
+    assert _gone(_wait_for_pid(pidfile))
+
+
+def test_sigterm_to_the_flow_process_kills_its_stage_tree(tmp_path: Path) -> None:
+    """Prefect cancels a flow run with SIGTERM; the DVC subprocess tree (own session) must die with it."""
+    pidfile = tmp_path / "grandchild.pid"
+    driver = textwrap.dedent(f"""
+        import importlib.util, signal, sys
+        spec = importlib.util.spec_from_file_location("vf", {str(REPO / 'flows' / 'vaura_flows.py')!r})
+        vf = importlib.util.module_from_spec(spec); spec.loader.exec_module(vf)
+        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))   # stands in for Prefect's own handler
+        vf.install_termination_handler()
+        vf.run_in_group([sys.executable, "-c", {SPAWNER!r}, {str(pidfile)!r}], {str(tmp_path)!r}, log=print)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=tmp_path)
+    grandchild = _wait_for_pid(pidfile, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert _gone(grandchild)
+
+
+def test_override_args_follow_dvc_set_param_syntax(flows) -> None:
+    args = flows._override_args({"model.conditioning": "prepend", "filter.threshold": 0.3,
+                                 "sweep.cfg_scales": [1.0, 6.0], "train.compile": False})
+    assert args == ["-S", "model.conditioning=prepend", "-S", "filter.threshold=0.3",
+                    "-S", "sweep.cfg_scales=[1.0, 6.0]", "-S", "train.compile=false"]
+
+
+def test_tracking_uri_is_absolute_for_temp_experiments(flows, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text("tracking:\n  uri: sqlite:///runs/m.db\n")
+    assert flows._tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/runs/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert flows._tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+
+
+def test_stage_env_groups_stages_under_one_parent(flows, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    env = flows.stage_env(tmp_path, "ablation-1234")
+    assert env["VAURA_PIPELINE_ID"] == "ablation-1234"
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_ablation_table_takes_each_variants_latest_run(flows) -> None:
+    runs = [
+        {"stage": "evaluate", "exp": "ablation-x-fusion", "metrics": {"sync_ms": 90.0}},
+        {"stage": "evaluate", "exp": "ablation-x-fusion", "metrics": {"sync_ms": 50.0}},
+        {"stage": "train", "exp": "ablation-x-prepend", "metrics": {"loss": 3.0}},
+        {"stage": "evaluate", "exp": "other-prepend", "metrics": {"sync_ms": 1.0}},
+        {"stage": "evaluate", "exp": "ablation-x-prepend", "metrics": {"sync_ms": 105.0}},
+    ]
+    variants = {"fusion": {"model.conditioning": "fusion"}, "prepend": {"model.conditioning": "prepend"},
+                "none": {"model.conditioning": "fusion", "filter.threshold": 0.0}}
+    table = flows.ablation_table(runs, variants, "ablation-x")
+    assert table == [
+        {"variant": "fusion", "model.conditioning": "fusion", "sync_ms": 50.0},
+        {"variant": "prepend", "model.conditioning": "prepend", "sync_ms": 105.0},
+        {"variant": "none", "model.conditioning": "fusion", "filter.threshold": "0.0"},
+    ]
+
+
+def test_mlflow_runs_lists_the_pipelines_runs_parent_first(flows, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("vaura", artifact_location=(tmp_path / "art").as_uri())
+    for pid, role, stage in (("p1", "stage", "train"), ("p1", "pipeline", ""), ("p2", "stage", "train")):
+        client.create_run(exp, tags={"vaura.pipeline_id": pid, "vaura.role": role, "vaura.stage": stage})
+    runs = flows.mlflow_runs("p1", uri)
+    assert [(r["role"], r["stage"]) for r in runs] == [("pipeline", ""), ("stage", "train")]
+    assert all(r["link"] == "" for r in runs)  # a sqlite store has no UI to link to
