@@ -174,3 +174,7 @@ def test_stage_logs_the_gate_to_mlflow(shipped, tmp_path):
     assert logged["f1_original"] == pytest.approx(metrics["f1_original"])
     assert logged["gate_pass"] == float(metrics["gate_pass"])
     assert runs[0].data.tags["codec.source"] == "shipped"
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert "metrics.json" in artifacts
+    examples = {a.path for a in client.list_artifacts(runs[0].info.run_id, "examples/syn-val-00000")}
+    assert {"examples/syn-val-00000/original.wav", "examples/syn-val-00000/reconstructed.wav"} <= examples

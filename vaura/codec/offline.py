@@ -141,6 +141,7 @@ def run_stage(
     ship: bool = False,
     progress: bool = True,
     on_train_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_gate_clip: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the ``codec`` stage; returns the metrics also written to ``<data>/codec/metrics.json``."""
     t0 = time.monotonic()
@@ -203,7 +204,7 @@ def run_stage(
     metrics.update(_codec_facts(codec))
     val_audio = read_clip_audio(list(inputs.val["path"]), codec.sample_rate, "codec gate audio", progress)
     clips = list(zip(inputs.val["clip"].astype(str), val_audio))
-    metrics.update(quality_gate(codec, clips, inputs.events, cfg.gate, progress=progress))
+    metrics.update(quality_gate(codec, clips, inputs.events, cfg.gate, progress=progress, on_clip=on_gate_clip))
     metrics["stage_wall_s"] = time.monotonic() - t0
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

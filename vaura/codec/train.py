@@ -173,11 +173,13 @@ def quality_gate(
     gate: CodecGateConfig,
     *,
     progress: bool = True,
+    on_clip: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None,
 ) -> dict[str, Any]:
     """Onset event F1 (micro-averaged over clips) on original vs reconstructed audio, against true event times.
 
     ``clips`` are ``(clip_id, mono audio at codec.sample_rate)``; ``events[clip_id]`` the true onset times (s).
     The gate passes when the reconstruction's F1 is at most ``gate.max_gap`` below the original's.
+    ``on_clip(clip_id, original, reconstructed, sample_rate)`` sees every pair (the stage logs a few to MLflow to listen to).
     """
     from vaura.eval.onsets import detect_onsets, event_f1
 
@@ -191,6 +193,8 @@ def quality_gate(
         truth = np.asarray(events.get(clip, np.zeros(0)), dtype=np.float64)
         rec = reconstruct(codec, wav)
         mel_dist.append(log_mel_distance(wav, rec, sr))
+        if on_clip:
+            on_clip(clip, wav, rec, sr)
         for name, audio in (("original", wav), ("reconstructed", rec)):
             m = event_f1(detect_onsets(audio, sr), truth, tol=gate.tolerance_s)
             for k in ("tp", "fp", "fn"):

@@ -18,7 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaura.config import load_section, load_yaml
+from vaura.config import load_section, load_yaml, to_dict
+
+EXAMPLES = 2  # gate clips logged to MLflow as original/reconstructed audio
 
 
 
@@ -41,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_section(CodecConfig, "codec", params)
     root = Path(args.params).resolve().parent
 
-    def go(on_log=None) -> dict:
+    def go(on_log=None, on_clip=None) -> dict:
         return run_stage(
             params, cfg, root=root, force_train=args.train, ship=args.ship, progress=not args.no_progress,
-            on_train_log=on_log,
+            on_train_log=on_log, on_gate_clip=on_clip,
         )
 
     if args.no_track:
@@ -52,11 +54,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         import mlflow
 
-        from vaura.tracking import stage_run
+        from vaura.tracking import log_audio, log_spectrogram, stage_run
 
-        with stage_run("codec", params, params_file=args.params):
-            metrics = go(lambda step, entry: mlflow.log_metrics({f"train/{k}": v for k, v in entry.items()
-                                                                 if k != "step"}, step=step))
+        def log_train(step: int, entry: dict) -> None:
+            mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+
+        heard: list[str] = []
+
+        def log_example(clip: str, original, reconstructed, sr: int) -> None:
+            """The first EXAMPLES gate clips as WAV + spectrogram pairs: hear what the codec does to impacts."""
+            if len(heard) >= EXAMPLES:
+                return
+            heard.append(clip)
+            for name, audio in (("original", original), ("reconstructed", reconstructed)):
+                log_audio(audio, sr, f"examples/{clip}/{name}.wav")
+                log_spectrogram(audio, sr, f"examples/{clip}/{name}.png", title=f"{clip} {name}")
+
+        logged = {"codec": to_dict(cfg), "seed": params.get("seed"), "paths": params.get("paths")}
+        with stage_run("codec", logged, params_file=args.params):
+            metrics = go(log_train, log_example)
+            mlflow.log_artifact(str(root / params.get("paths", {}).get("data", "data") / "codec" / "metrics.json"))
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.set_tag("codec.source", metrics.get("source", ""))
     verdict = "PASS" if metrics["gate_pass"] else "FAIL"
