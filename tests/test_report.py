@@ -116,6 +116,9 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
         assert (tmp_path / "reports" / f"{name}.md").read_text().startswith("# Table")
         csv = pd.read_csv(tmp_path / "reports" / f"{name}.csv")
         assert len(csv) >= 2
+    curve = pd.read_csv(tmp_path / "reports" / "cfg_curve.csv")
+    assert list(curve["cfg_scale"]) == [1.0, 3.0, 6.0]
+    assert curve["onset_f1"].iloc[-1] == pytest.approx(0.77) and curve["kld"].isna().all()
     reasons = pd.read_csv(tmp_path / "reports" / "threshold.csv")["KLD (passt)"]
     assert reasons.str.endswith("download it").all()  # full reason in the CSV
     runs = search_runs("vaura-test", "report")

@@ -199,3 +199,16 @@ def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
         lines.append("")
         lines.append("_No runs match this table's selection yet._")
     return "\n".join(lines) + "\n"
+
+
+def cfg_curve(eval_runs: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
+    """Table IV as numbers for ``dvc plots``: ``cfg_scale`` + one numeric column per metric (NaN when skipped)."""
+    if eval_runs.empty:
+        return pd.DataFrame(columns=["cfg_scale"] + [m for m, _, _ in METRIC_COLUMNS.values()])
+    df = _select(eval_runs, cfg, None, cfg.baseline_threshold, cfg.baseline_conditioning).copy()
+    df["cfg_scale"] = _float(_col(df, "tags.vaura.eval.cfg_scale"))
+    df = _latest(df, "cfg_scale")
+    out = pd.DataFrame({"cfg_scale": df["cfg_scale"].to_numpy()})
+    for metric, _, _ in METRIC_COLUMNS.values():
+        out[metric] = _float(_col(df, f"metrics.{metric}")).to_numpy()
+    return out

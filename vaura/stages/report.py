@@ -6,6 +6,7 @@ training time, and writes to <reports>/ (paths.reports):
   threshold.md / .csv      Table II: relevance threshold, train clips, training device-hours, KLD, FAD, IB, Sync
   conditioning.md / .csv   Table III: prepend vs fusion
   cfg.md / .csv            Table IV: CFG γ (plus the codec-reconstruction and real-audio ceilings)
+  cfg_curve.csv            Table IV as numbers (cfg_scale + one column per metric) for `dvc plots`
 
 Each table is restricted to `report.test_set`; Tables II and III at γ = `report.cfg_scale`, Tables III and IV at
 `report.baseline_threshold`, Tables II and IV with `report.baseline_conditioning`. Cells a profile cannot fill
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import mlflow
 
-    from vaura.eval.report import ReportConfig, ReportError, build_tables, search_runs, to_markdown
+    from vaura.eval.report import ReportConfig, ReportError, build_tables, cfg_curve, search_runs, to_markdown
     from vaura.io import atomic_write_csv, atomic_write_text
     from vaura.tracking import stage_run, tracking_config
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_csv(out / f"{name}.csv", full[name])
         written += [out / f"{name}.md", out / f"{name}.csv"]
         print(to_markdown(table, TITLES[name]))
+    atomic_write_csv(out / "cfg_curve.csv", cfg_curve(evals, cfg))
+    written.append(out / "cfg_curve.csv")
     if not args.no_mlflow_log:
         with stage_run("report", params, params_file=args.params):
             for path in written:
