@@ -109,11 +109,13 @@ def test_window_starts_snap_to_visual_tokens():
 
     rate = 44100 / 512
     starts = window_starts(431, 221, 55, rate, 12.5)  # 5 s of audio, stride ~0.64 s -> 8 tokens
-    assert [k for k, _ in starts] == [0, 8, 16, 24, 32]
-    assert [a for _, a in starts][:4] == [0, 55, 110, 165]  # k * 0.08 s * 86.13 frames/s, rounded
+    # stride 8 tokens; the last window is pulled back to token ceil((431 - 221) / 86.13 * 12.5) = 31
+    assert [k for k, _ in starts] == [0, 8, 16, 24, 31]
+    assert [a for _, a in starts] == [0, 55, 110, 165, 214]  # k * 0.08 s * 86.13 frames/s, rounded
     # the same start rule as the training cache's windows
     assert all(a == audio_frame_of_token(k, 12.5, rate) for k, a in starts)
     assert starts[-1][1] + 221 >= 431 and starts[-2][1] + 221 < 431
+    assert window_starts(200, 221, 55, rate, 12.5) == [(0, 0)]  # shorter than one window
 
 
 def test_compiled_decode_is_refused_off_cuda():

@@ -127,12 +127,15 @@ def window_starts(n_frames: int, window_frames: int, stride_frames: int, audio_f
     """``(visual_token_start, audio_frame_start)`` of each sliding window covering ``n_frames``.
 
     Windows start on visual-token boundaries (stride rounded to whole tokens) and the audio start is the
-    nearest frame, ``round(k · frame_rate / 12.5)`` — the same rule the training cache uses for window starts.
+    nearest frame, ``round(k / 12.5 · frame_rate)`` — the rule the training cache uses for window starts. The
+    last window is pulled back to end at the video's end, so every window is (nearly) full length, as in training.
     """
     stride_tokens = max(1, round(stride_frames * visual_frame_rate / audio_frame_rate))
+    last_k = max(0, math.ceil((n_frames - window_frames) * visual_frame_rate / audio_frame_rate - 1e-9))
     starts = [(0, 0)]
     while starts[-1][1] + window_frames < n_frames:
-        k = starts[-1][0] + stride_tokens
+        prev = starts[-1][0]
+        k = max(min(prev + stride_tokens, last_k), prev + 1)
         starts.append((k, round(k / visual_frame_rate * audio_frame_rate)))
     return starts
 
