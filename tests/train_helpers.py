@@ -83,3 +83,39 @@ def write_params(path: Path, data_dir: Path, tracking_uri: str, **train_override
     }
     path.write_text(yaml.safe_dump(params))
     return path
+
+
+MICRO_DAC = dict(encoder_dim=4, encoder_rates=[2, 4, 4], decoder_dim=8, decoder_rates=[4, 4, 2], n_codebooks=N_CODEBOOKS,
+                 codebook_size=CARD, codebook_dim=CDIM, sample_rate=SAMPLE_RATE)
+
+
+def write_micro_codec(data_dir: Path) -> Path:
+    """An untrained DAC with the micro cache's rate/hop/codebooks, saved where ``load_codec`` (offline) reads it."""
+    import dac
+
+    from vaura.codec.codec import offline_checkpoint
+    from vaura.io import atomic_torch_save
+
+    torch.manual_seed(0)
+    model = dac.DAC(**MICRO_DAC)
+    path = data_dir / "codec" / "codec.pt"
+    atomic_torch_save(path, offline_checkpoint(model, MICRO_DAC, N_CODEBOOKS))
+    return path
+
+
+def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> Path:
+    """Source videos of val clips + ``splits/val.csv`` so logged samples can be muxed onto their frames."""
+    import pandas as pd
+
+    from vaura.media import write_video
+
+    rows = []
+    rng = np.random.default_rng(1)
+    for clip in clips:
+        path = data_dir / "clips" / f"{clip}.mp4"
+        write_video(path, rng.integers(0, 255, (int(seconds * 25), 32, 32, 3), dtype=np.uint8), 25.0)
+        rows.append({"clip": clip, "path": f"../clips/{clip}.mp4", "start_sec": 0.32})
+    out = data_dir / "splits" / "val.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    return out

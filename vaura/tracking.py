@@ -38,6 +38,7 @@ ROLE_TAG = "vaura.role"
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|credential|access[_-]?key|api[_-]?key)", re.I)
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_PARAM_CHARS = 6000
+_AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
 
 
 @dataclass
@@ -320,4 +321,9 @@ def log_muxed_video(
 
     wav = _mono(audio)
     frames = read_video(video_path, fps=25.0, crop=None, start_sec=start_sec, duration=len(wav) / sample_rate)
+    if sample_rate not in _AAC_RATES:  # e.g. a tiny test codec's rate: AAC would refuse to open
+        from scipy.signal import resample_poly
+
+        wav = resample_poly(wav, 16000, sample_rate).astype(np.float32)
+        sample_rate = 16000
     _log_file(lambda p: write_video(p, frames, 25.0, audio=wav, sample_rate=sample_rate), artifact_file)
