@@ -28,13 +28,13 @@ def _group(name: str, gamma: float | None, f1: float, sync_ms: float | None = No
     return g
 
 
-def _params(tmp_path, threshold: float, conditioning: str) -> dict:
+def _params(tmp_path, threshold: float, conditioning: str, experiment: str = "vaura-test") -> dict:
     return {
         "filter": {"threshold": threshold},
         "model": {"conditioning": conditioning},
         "train": {"nproc": 2, "device": "cpu"},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),
-                     "experiment": "vaura-test", "system_metrics": False, "system_metrics_interval_s": 10.0},
+                     "experiment": experiment, "system_metrics": False, "system_metrics_interval_s": 10.0},
     }
 
 
@@ -145,7 +145,7 @@ def test_metrics_json_and_tags_carry_skip_reasons() -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatch) -> None:
+def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, monkeypatch) -> None:
     """The `evaluate` CLI on real MP4s + sweep WAVs: metrics.json, one run per group, wav/png/mp4 artifacts."""
     import json
 
@@ -181,7 +181,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
             rows.append({"test_set": "test", "cfg_scale": 3.0, "clip": clip, "sample": k, "start_sec": 0.0,
                          "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
     pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
-    params = _params(tmp_path, 0.2, "fusion")
+    params = _params(store[0], 0.2, "fusion", experiment="vaura-eval-stage")  # the module's store, own experiment
     params.update({"paths": {"data": "data", "weights": "weights", "reports": "reports"},
                    "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
                                 "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
@@ -199,8 +199,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
     assert doc["test"]["g3"]["sync"]["status"] == "skipped" and "w/s.pt" in doc["test"]["g3"]["sync"]["reason"]
     assert doc["test"]["g3"]["ib"]["status"] == "skipped" and "w/ib.pth" in doc["test"]["g3"]["ib"]["reason"]
     mlflow.set_tracking_uri(params["tracking"]["uri"])
-    runs = search_runs("vaura-test", "evaluate")
-    runs = runs[runs["tags.vaura.pipeline_id"] == "eval-stage-test"]
+    runs = search_runs("vaura-eval-stage", "evaluate")
     assert sorted(runs["tags.vaura.eval.group"]) == ["g3", "reference"]
     g3 = runs[runs["tags.vaura.eval.group"] == "g3"].iloc[0]
     assert g3["metrics.data.train_clips"] == 5 and g3["params.filter.threshold"] == "0.2"
