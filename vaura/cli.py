@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("vaura.stages.profile", "switch params.yaml to a profile in configs/ (offline, paper, micro)"),
     "score": ("vaura.stages.score", "score each clip's audio-visual relevance (motion-onset | imagebind)"),
     "filter": ("vaura.stages.filter", "relevance threshold -> train/val/test lists with fixed eval windows"),
+    "avclip": ("vaura.stages.avclip", "offline visual-encoder stand-in: contrastive AV pretraining, then frozen"),
     "cache": ("vaura.stages.cache", "codec tokens + visual features of every kept clip, sharded and resumable"),
     "train": ("vaura.stages.train", "train the decoder (torchrun DDP when train.nproc > 1), exact resume, MLflow"),
     "sweep": ("vaura.stages.sweep", "generate N samples per test clip at every CFG scale (WAVs reused by evaluate)"),

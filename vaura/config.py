@@ -147,6 +147,7 @@ SECTIONS: dict[str, str] = {
     "train": "vaura.train.config:TrainConfig",
     "tracking": "vaura.tracking:TrackingConfig",
     "visual": "vaura.visual.config:VisualConfig",
+    "avclip": "vaura.visual.config:AVClipConfig",
     "score": "vaura.curation.scoring:ScoreConfig",
     "filter": "vaura.curation.filtering:FilterConfig",
     "cache": "vaura.cache:CacheConfig",

@@ -33,20 +33,17 @@ class VisualConfig:
 class AVClipConfig:
     """Offline stand-in pretraining: segment-level audio-visual InfoNCE on synthetic train clips."""
 
-    source: Literal["train", "shipped"] = "train"
-    shipped: str = "vaura/visual/standin/visual.pt"
     max_train_clips: int = 96
     max_val_clips: int = 24
-    clip_seconds: float = 2.56
+    probe_clips: int = 48
     sample_rate: int = 16000
     n_mels: int = 40
-    audio_dim: int = 64
+    audio_channels: int = 64
     embed_dim: int = 64
     segments_per_clip: int = 4
     batch_clips: int = 8
     steps: int = 300
+    max_seconds: float = 0.0
     lr: float = 1.0e-3
     weight_decay: float = 0.01
     temperature: float = 0.1
-    probe_tolerance_tokens: int = 0
-    seed: int = 0
