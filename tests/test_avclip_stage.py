@@ -1,0 +1,156 @@
+"""avclip stand-in training: segment/audio alignment, labels, learning signal, and the stage end to end."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from vaura.cli import main
+from vaura.visual import VisualConfig, load_visual_encoder
+from vaura.visual.avclip import (
+    AVClipConfig,
+    ClipArrays,
+    log_mel,
+    retrieval_metrics,
+    sample_batch,
+    token_labels,
+    train_avclip,
+)
+
+VCFG = VisualConfig(dim=16, depth=1, heads=2, mlp_ratio=2, crop=32, short_side=32, batch_size=8, device="cpu")
+
+
+def test_log_mel_frame_k_starts_at_k_times_10_ms():
+    cfg = AVClipConfig(n_mels=16)
+    audio = np.zeros(16000, np.float32)
+    audio[5230] = 1.0  # 326.9 ms
+    mel = log_mel(audio, cfg)
+    assert mel.shape == (16, 100)
+    loud = torch.nonzero(mel.amax(0) > mel.amax(0).min() + 5).flatten().tolist()
+    # a frame covers [10 k, 10 k + 40) ms, so exactly the frames starting 0-30 ms before the click see it
+    assert loud == [29, 30, 31, 32]
+
+
+def test_sample_batch_pairs_each_video_segment_with_its_own_audio():
+    n_clips, n_frames = 5, 48
+    frames = np.zeros((n_clips, n_frames, 32, 32, 3), np.uint8)
+    frames[:, :, 0, 0, 0] = np.arange(n_frames)  # frame index in one pixel
+    frames[:, :, 0, 0, 1] = np.arange(n_clips)[:, None]  # clip index in another
+    mels = torch.zeros(n_clips, 4, 4 * n_frames)
+    mels[:, 0] = torch.arange(4 * n_frames) / 4.0  # mel frame k -> video time k / 4 frames
+    mels[:, 1] = torch.arange(n_clips)[:, None].float()
+    data = ClipArrays([f"c{i}" for i in range(n_clips)], frames, mels)
+    cfg = AVClipConfig(batch_clips=3, segments_per_clip=4)
+    segs, mel = sample_batch(data, VCFG, cfg, (0.0, 1.0), np.random.default_rng(0))
+    assert segs.shape == (12, 3, 16, 32, 32) and mel.shape == (12, 4, 64)
+    pix = ((segs + 1) * 127.5).round()
+    # the marker pixel is in the top-left corner, or top-right when the segment was flipped
+    start_frame = (pix[:, 0, :, 0, 0] + pix[:, 0, :, 0, -1])[:, 0]
+    clip_of = (pix[:, 1, 0, 0, 0] + pix[:, 1, 0, 0, -1])
+    assert torch.equal(mel[:, 0, 0], start_frame)  # audio starts where the video segment starts
+    assert torch.equal(mel[:, 1, 0], clip_of)  # ...of the same clip
+    assert torch.all(start_frame % 2 == 0)  # starts on token boundaries
+    for c in clip_of.unique():
+        starts = start_frame[clip_of == c]
+        assert len(starts) == 4 and len(starts.unique()) == 4  # distinct in-clip negatives
+
+
+def test_token_labels_bin_events_into_80_ms_tokens():
+    events = pd.DataFrame({"clip": ["a", "a", "b", "b"], "time_s": [0.30, 0.32, 0.0, 2.59],
+                           "class": ["drum", "bell", "bell", "drum"]})
+    hit, cls = token_labels(events, ["a", "b", "c"], n_tokens=32, token_s=0.08)
+    assert np.flatnonzero(hit[0]).tolist() == [3, 4]
+    assert cls[0, 3] == 1 and cls[0, 4] == 0  # classes sorted by name: bell=0, drum=1
+    assert np.flatnonzero(hit[1]).tolist() == [0]  # 2.59 s is past the last token (2.56 s)
+    assert not hit[2].any() and (cls[2] == -1).all()
+
+
+def _toy_clips(n_clips: int, n_frames: int, seed: int) -> ClipArrays:
+    """Random impact times: a bright block appears in the video and a broadband burst in the mel at each."""
+    rng = np.random.default_rng(seed)
+    frames = np.full((n_clips, n_frames, 32, 32, 3), 40, np.uint8)
+    mels = torch.full((n_clips, 8, 4 * n_frames), -5.0)
+    for c in range(n_clips):
+        for f in rng.choice(np.arange(2, n_frames - 4), size=6, replace=False):
+            frames[c, f:f + 3, 8:24, 8:24] = 220
+            mels[c, :, 4 * f:4 * f + 6] = 3.0
+    return ClipArrays([f"t{c}" for c in range(n_clips)], frames, mels)
+
+
+def test_contrastive_training_learns_segment_timing():
+    """On clips whose only content is *when* impacts happen, retrieval among token-shifted segments of the same
+    held-out clip must beat chance by far after a short training."""
+    torch.manual_seed(0)
+    cfg = AVClipConfig(n_mels=8, audio_channels=16, embed_dim=16, segments_per_clip=6, batch_clips=4, steps=60,
+                       lr=3e-3)
+    model, facts = train_avclip(_toy_clips(12, 64, seed=1), VCFG, cfg, seed=0, progress=False)
+    assert facts["steps_done"] == 60
+    metrics = retrieval_metrics(model, _toy_clips(4, 64, seed=2), VCFG, (facts["mel_mean"], facts["mel_std"]))
+    assert metrics["candidates_per_clip"] == 25 and math.isclose(metrics["chance_top1"], 1 / 25)
+    assert metrics["within_clip_top1"] > 5 * metrics["chance_top1"]
+
+
+@pytest.fixture(scope="module")
+def micro_project(tmp_path_factory) -> Path:
+    """A micro synthetic benchmark laid out as acquire/preprocess leave it, plus a params file."""
+    from vaura.data.synthetic import SyntheticConfig, generate_benchmark
+
+    root = tmp_path_factory.mktemp("avclip")
+    cfg = SyntheticConfig(n_train=6, n_val=3, n_test=0, duration_s=2.56, size=64, max_events=4, workers=1)
+    generate_benchmark(root / "data" / "raw", cfg, seed=7)
+    (root / "data" / "clips").symlink_to(root / "data" / "raw", target_is_directory=True)
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params["visual"].update(dim=16, depth=1, heads=2, mlp_ratio=2, crop=32, short_side=32, device="cpu")
+    params["avclip"].update(max_train_clips=6, max_val_clips=3, probe_clips=6, n_mels=16, audio_channels=16,
+                            embed_dim=16, segments_per_clip=3, batch_clips=4, steps=4)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def test_stage_writes_frozen_encoder_metrics_and_cache_can_load_it(micro_project):
+    root = micro_project
+    assert main(["avclip", "--params", str(root / "params.yaml"), "--no-track", "--no-progress"]) == 0
+    out = root / "data" / "avclip"
+    payload = torch.load(out / "visual.pt", weights_only=True)
+    assert payload["size"]["dim"] == 16 and payload["avclip"]["steps"] == 4 and len(payload["train_clips"]) == 6
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_clips"] == 6 and metrics["val_clips"] == 3 and metrics["steps_done"] == 4
+    assert metrics["retrieval"]["candidates_per_clip"] == 25  # 64 frames: starts 0, 2, ..., 48
+    for group in ("probe", "probe_random_init"):
+        assert 0.0 <= metrics[group]["event_ap"] <= 1.0 and 0.0 < metrics[group]["event_chance_ap"] < 1.0
+    assert pd.read_csv(out / "rejected.csv").empty
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    from vaura.config import from_dict
+
+    enc = load_visual_encoder(from_dict(VisualConfig, params["visual"]), root=root)
+    from vaura.media import read_video
+
+    clip = sorted((root / "data" / "raw").glob("syn-val-*.mp4"))[0]
+    feats = enc.encode(read_video(clip, fps=25, short_side=32, crop=32))
+    assert feats.shape == (32, 16)  # 2.56 s -> 32 tokens at 12.5 Hz
+    assert torch.allclose(enc.model.state_dict()["norm.weight"], payload["state_dict"]["norm.weight"])
+
+
+def test_stage_records_undecodable_clips_and_strict_fails(micro_project, tmp_path):
+    root = micro_project
+    bad = root / "data" / "raw" / "syn-train-00000x.mp4"
+    bad.write_bytes(b"not a video")
+    manifest = pd.read_csv(root / "data" / "raw" / "manifest.csv")
+    row = manifest.iloc[0].copy()
+    row["clip"], row["path"] = "syn-train-00000x", bad.name
+    broken = pd.concat([manifest, row.to_frame().T])
+    broken.to_csv(root / "data" / "raw" / "manifest.csv", index=False)
+    try:
+        code = main(["avclip", "--params", str(root / "params.yaml"), "--no-track", "--no-progress", "--strict"])
+        rejected = pd.read_csv(root / "data" / "avclip" / "rejected.csv")
+    finally:
+        manifest.to_csv(root / "data" / "raw" / "manifest.csv", index=False)
+        bad.unlink()
+    assert code == 1
+    assert rejected["clip"].tolist() == ["syn-train-00000x"] and "syn-train-00000x.mp4" in rejected["reason"][0]
