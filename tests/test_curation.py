@@ -151,3 +151,40 @@ def test_imagebind_scorer_scores_files_in_batches_consistently(tmp_path):
     single = [scorer.score_clip(tmp_path / "a.mp4"), scorer.score_clip(tmp_path / "b.mp4")]
     np.testing.assert_allclose(batch, single, atol=1e-5)
     assert all(-1.0 <= s <= 1.0 for s in batch) and batch[0] != batch[1]
+
+
+def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from vaura.cli import main
+    from vaura.curation.tables import read_table
+
+    clips = tmp_path / "data" / "clips"
+    rows, truth = [], []
+    for seed in range(2):
+        for kind, shift in (("ok", 0.0), ("shifted", 0.6)):
+            name = f"{kind}{seed}"
+            write_clip(clips / f"{name}.mp4", seed, audio_shift_s=shift)
+            rows.append({"clip": name, "path": f"{name}.mp4", "split": "train", "label": "x"})
+            truth.append({"clip": name, "relevant": int(kind == "ok"), "kind": kind})
+    pd.DataFrame(rows).to_csv(clips / "manifest.csv", index=False)
+    (tmp_path / "data" / "raw").mkdir()
+    pd.DataFrame(truth).to_csv(tmp_path / "data" / "raw" / "relevance.csv", index=False)
+    params = {
+        "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+        "score": {"scorer": "motion-onset", "imagebind_weights": "weights/imagebind_huge.pth", "batch_size": 2,
+                  "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),
+                     "experiment": "test", "system_metrics": False, "system_metrics_interval_s": 1.0},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--params", "params.yaml", "--no-progress"]) == 0
+    assert pd.read_csv(tmp_path / "data" / "scores" / "scores.csv")["path"].iloc[0] == "../clips/ok0.mp4"
+    scores = read_table(tmp_path / "data" / "scores" / "scores.csv", {"clip", "score", "duration_s"})
+    assert scores["duration_s"].to_numpy() == pytest.approx([2.56] * 4, abs=0.05)  # probed: not in the manifest
+    metrics = json.loads((tmp_path / "data" / "scores" / "metrics.json").read_text())
+    assert metrics["auc"] == 1.0 and metrics["auc_by_kind"] == {"shifted": 1.0}
+    assert (metrics["n_scored"], metrics["n_rejected"], metrics["n_relevant"]) == (4, 0, 2)

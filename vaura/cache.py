@@ -304,7 +304,7 @@ class CachedClips(torch.utils.data.Dataset):
             if not (cache_dir / name).is_file():
                 raise CacheError(f"{cache_dir / name}: missing (run `vaura cache` first)")
         self.meta = json.loads((cache_dir / "meta.json").read_text())
-        index = pd.read_csv(cache_dir / "index.csv")
+        index = pd.read_csv(cache_dir / "index.csv", dtype={"clip": str, "split": str})
         index = index[index["split"] == split].reset_index(drop=True)
         if index.empty:
             raise CacheError(f"{cache_dir / 'index.csv'}: no clips in split {split!r}")

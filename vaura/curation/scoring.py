@@ -76,12 +76,12 @@ def score_clips(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every row of a manifest (``clip``, absolute ``path``, ``split``, ...).
 
-    Returns ``(scores, rejected)``: scores has ``clip,path,split,score,scorer`` (+ ``duration_s`` when the
-    manifest has it); a clip whose scoring raises a :class:`vaura.media.MediaError` or :class:`ScoringError` is
+    Returns ``(scores, rejected)``: scores has ``clip,path,split,score,scorer,duration_s`` (the duration from
+    the manifest, probed from the file when the manifest lacks it: ``filter`` needs it); a clip whose scoring raises a :class:`vaura.media.MediaError` or :class:`ScoringError` is
     listed in ``rejected`` (``clip,path,split,reason``) instead of stopping the stage. A failing batch is
     retried clip by clip so one bad file does not reject its neighbours.
     """
-    from vaura.media import MediaError
+    from vaura.media import MediaError, probe
 
     bad_input = (MediaError, ScoringError)
     rows, rejected = [], []
@@ -102,17 +102,21 @@ def score_clips(
                     scores.append(None)
                     errors.append(str(exc))
         for r, s, err in zip(batch, scores, errors):
+            duration = r.get("duration_s")
+            if err is None and (duration is None or pd.isna(duration) or duration == ""):
+                try:
+                    duration = probe(r["path"]).duration_s
+                except MediaError as exc:
+                    err = str(exc)
             if err is not None:
                 rejected.append({"clip": r["clip"], "path": r["path"], "split": r["split"], "reason": err})
                 continue
-            row = {"clip": r["clip"], "path": r["path"], "split": r["split"], "score": float(s), "scorer": scorer.name}
-            if "duration_s" in r:
-                row["duration_s"] = float(r["duration_s"])
-            rows.append(row)
+            rows.append({"clip": r["clip"], "path": r["path"], "split": r["split"], "score": float(s),
+                         "scorer": scorer.name, "duration_s": float(duration)})
         bar.update(len(batch))
     bar.close()
-    score_cols = ["clip", "path", "split", "score", "scorer"] + (["duration_s"] if "duration_s" in clips else [])
-    return pd.DataFrame(rows, columns=score_cols), pd.DataFrame(rejected, columns=["clip", "path", "split", "reason"])
+    columns = ["clip", "path", "split", "score", "scorer", "duration_s"]
+    return pd.DataFrame(rows, columns=columns), pd.DataFrame(rejected, columns=["clip", "path", "split", "reason"])
 
 
 def relevance_auc(scores: pd.DataFrame, relevance: pd.DataFrame) -> dict:

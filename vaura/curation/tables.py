@@ -31,7 +31,7 @@ def read_table(path: str | Path, required: set[str], hint: str = "") -> pd.DataF
     if not path.is_file():
         raise TableError(f"{path}: not found{f' ({hint})' if hint else ''}")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype={"clip": str, "path": str, "split": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise TableError(f"{path}: not a readable CSV ({exc})") from exc
     missing = set(required) | {"path"}

@@ -52,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
     except (MediaError, ValueError, FileNotFoundError) as exc:
         print(f"vaura score: {exc}", file=sys.stderr)
         return 1
+    t0 = time.perf_counter()
+    try:
+        scorer = build_scorer(cfg, ".", args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"vaura score: {exc}", file=sys.stderr)
+        return 1
     with stage_run("score", {"score": vars(cfg)}, params_file=args.params):
         import mlflow
 
-        t0 = time.perf_counter()
-        try:
-            scorer = build_scorer(cfg, ".", args.device)
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"vaura score: {exc}", file=sys.stderr)
-            return 1
         scores, rejected = score_clips(manifest, scorer, cfg.batch_size, progress=not args.no_progress)
         wall = time.perf_counter() - t0
         write_table(out / "scores.csv", scores)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         truth = data / "raw" / "relevance.csv"
         if truth.is_file():
             try:
-                metrics.update(relevance_auc(scores, pd.read_csv(truth)))
+                metrics.update(relevance_auc(scores, pd.read_csv(truth, dtype={"clip": str})))
             except (KeyError, pd.errors.ParserError) as exc:
                 raise TableError(f"{truth}: not a relevance table clip,relevant,kind ({exc})") from exc
         atomic_write_json(out / "metrics.json", metrics)
