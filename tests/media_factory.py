@@ -111,3 +111,17 @@ def zero_size_mkv(path: Path) -> Path:
         data[at + 2] = 0
     path.write_bytes(bytes(data))
     return path
+
+
+def rotate_mp4_90_clockwise(path: Path) -> Path:
+    """Mark an MP4's video track as 'display rotated 90 degrees clockwise' (how phones store portrait video):
+    the track header's identity matrix becomes (0, 1, -1, 0)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    identity = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.rfind(identity)  # movie header first, track header last
+    assert at >= 0, "track matrix not found"
+    data[at : at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media_factory import click_track, index_frame, read_index, tone, write_av, zero_size_mkv
+from media_factory import click_track, index_frame, read_index, rotate_mp4_90_clockwise, tone, write_av, zero_size_mkv
 from vaura import media
 
 SR = 44100
@@ -69,6 +69,15 @@ def test_portrait_short_side(tmp_path: Path) -> None:
     path = write_av(tmp_path / "portrait.mkv", np.zeros((3, 99, 55, 3), np.uint8), vcodec="mjpeg", pix_fmt="yuvj444p")
     video = media.read_video(path, short_side=32, crop=None)
     assert video.shape[1:] == (58, 32, 3)  # 99 * 32 / 55 = 57.6 -> even 58
+
+
+def test_phone_rotation_applied(tmp_path: Path) -> None:
+    frames = np.zeros((3, 32, 64, 3), np.uint8)
+    frames[:, :, :8] = 255  # a white stripe on the left of the stored (landscape) picture
+    path = rotate_mp4_90_clockwise(write_av(tmp_path / "phone.mp4", frames))
+    video = media.read_video(path, short_side=32, crop=None)
+    assert video.shape[1:] == (64, 32, 3)  # shown portrait
+    assert video[:, :8].mean() > 200 and video[:, 16:].mean() < 30  # left stripe turned clockwise to the top
 
 
 def test_2997_fps_resampled_by_timestamp(tmp_path: Path) -> None:
