@@ -38,8 +38,8 @@ class CodecTrainConfig:
 
     source: Literal["shipped", "train"] = "shipped"
     shipped_path: str = "assets/codec_offline.pt"
-    steps: int = 3000
-    max_minutes: float = 60.0
+    steps: int = 1000
+    max_minutes: float = 90.0
     batch_size: int = 8
     segment_s: float = 1.0
     lr: float = 1e-3
