@@ -10,7 +10,7 @@ produce the same codes, which the JSON records. Usage::
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import sys
 import time
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     for head in model.lm_heads:  # zero-initialised heads would make every logit equal
         torch.nn.init.normal_(head.weight, std=0.02)
     n_frames = args.steps - K + 1
-    result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"),
+    cpu = f"cpu ({platform.machine()}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)"
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu,
               "size": args.size, "steps": args.steps, "n_frames": n_frames,
               "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
               "cfg_scale": 6.0, "top_k": 128, "batch": [], "recompute_s": [], "kv_s": [], "speedup": [],
