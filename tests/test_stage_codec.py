@@ -178,3 +178,21 @@ def test_stage_logs_the_gate_to_mlflow(shipped, tmp_path):
     assert "metrics.json" in artifacts
     examples = {a.path for a in client.list_artifacts(runs[0].info.run_id, "examples/syn-val-00000")}
     assert {"examples/syn-val-00000/original.wav", "examples/syn-val-00000/reconstructed.wav"} <= examples
+
+
+def test_pretrained_kind_measures_the_gate_without_training(bench, tmp_path):
+    import dac
+
+    params = _project(bench, tmp_path)
+    torch.manual_seed(0)
+    model = dac.DAC(**TINY_CODEC)
+    torch.save({"state_dict": model.state_dict(), "metadata": {"kwargs": TINY_CODEC}}, tmp_path / "dac.pth")
+    p = yaml.safe_load(params.read_text())
+    p["codec"].update(kind="dac44", weights="dac.pth", n_quantizers=3)
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    assert _run(params, "--no-track") == 0
+    metrics = json.loads((tmp_path / "data" / "codec" / "metrics.json").read_text())
+    assert metrics["source"] == "pretrained" and metrics["n_codebooks"] == 3 and metrics["n_clips"] == 3
+    assert not (tmp_path / "data" / "codec" / "codec.pt").exists()
+    with pytest.raises(CodecDataError, match="offline stand-in only"):
+        _run(params, "--no-track", "--train")
