@@ -14,7 +14,7 @@ import yaml
 from vaura.cli import main
 from vaura.codec import CodecConfig, CodecWeightsError, load_codec
 from vaura.codec.offline import CodecDataError
-from vaura.config import load_section
+from vaura.config import ConfigError, load_section
 from vaura.data.synthetic import SyntheticConfig, generate_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,3 +196,13 @@ def test_pretrained_kind_measures_the_gate_without_training(bench, tmp_path):
     assert not (tmp_path / "data" / "codec" / "codec.pt").exists()
     with pytest.raises(CodecDataError, match="offline stand-in only"):
         _run(params, "--no-track", "--train")
+
+
+def test_more_quantizers_than_trained_codebooks_fails_before_training(bench, tmp_path):
+    params = _project(bench, tmp_path)
+    p = yaml.safe_load(params.read_text())
+    p["codec"]["n_quantizers"] = 4
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"n_quantizers=4"):
+        _run(params, "--no-track", "--train")
+    assert not (tmp_path / "data" / "codec").exists()

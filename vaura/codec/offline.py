@@ -31,6 +31,7 @@ from vaura.codec.codec import (
 )
 from vaura.codec.config import CodecConfig
 from vaura.codec.train import quality_gate, train_offline_codec
+from vaura.config import ConfigError
 from vaura.io import atomic_torch_save, atomic_write_json
 
 RETRAIN_HINT = "retrain it with `vaura codec --params params.yaml --train --ship`, or set codec.train.source: train"
@@ -145,6 +146,9 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run the ``codec`` stage; returns the metrics also written to ``<data>/codec/metrics.json``."""
     t0 = time.monotonic()
+    if cfg.kind == "offline" and not 1 <= cfg.n_quantizers <= cfg.offline.n_codebooks:
+        raise ConfigError(f"params.codec.n_quantizers={cfg.n_quantizers} must be in [1, codec.offline.n_codebooks="
+                          f"{cfg.offline.n_codebooks}] (checked before any training)")
     root = Path(root)
     data_rel = params.get("paths", {}).get("data", "data")
     data_dir = root / data_rel
