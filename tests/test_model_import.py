@@ -21,6 +21,7 @@ from vaura.model.official import (
     OfficialCheckpointError,
     load_official_checkpoint,
     load_official_vaura,
+    official_sampler,
     read_lightning_checkpoint,
     sampler_from_state,
 )
@@ -44,14 +45,14 @@ class RunsCommand:
         return (os.system, (f"touch {self.marker}",))
 
 
-def lightning_checkpoint(path: Path, state: dict, marker: Path) -> None:
+def lightning_checkpoint(path: Path, state: dict, marker: Path, num_layers: int = 2) -> None:
     """Write a checkpoint shaped like PL 2.2's dump_checkpoint, with hostile and non-tensor hparams."""
     param = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([param], lr=1.08e-4, betas=(0.9, 0.95))
     hparams = AttributeDict(
         learning_rate=1.08e-4,
         sampler_config=OmegaConf.create({"target": "models.modules.sampler.llama.Transformer",
-                                         "params": {"num_layers": 2, "nhead": 2}}),
+                                         "params": {"num_layers": num_layers, "nhead": 2, "d_model": 48}}),
         lr_scheduler={"params": {"optimizer": optimizer, "warmup_steps": 1000}},
         payload=RunsCommand(marker),
     )
@@ -218,7 +219,10 @@ def test_imported_weights_reproduce_reference_logits(tmp_path):
     state["audio_encoder.model.quantizer.quantizers.0.codebook.weight"] = torch.randn(4, 2).half()
     lightning_checkpoint(ckpt, state, tmp_path / "marker")
     loaded = load_official_checkpoint(ckpt, check_counts=False)
-    model = sampler_from_state(loaded.sampler, n_head=H)
+    assert loaded.hparams["learning_rate"] == 1.08e-4  # read from the pickled OmegaConf/AttributeDict records
+    assert loaded.sampler_params == {"num_layers": 2, "nhead": H, "d_model": D}
+    model = official_sampler(loaded)  # head count from the hyper-parameters
+    assert model.cfg.n_head == H
     assert model.cfg.alignment == "reference" and model.cfg.conditioning == "fusion"
 
     torch.manual_seed(0)
@@ -248,3 +252,11 @@ def test_load_official_vaura_refuses_a_shrunk_checkpoint(tmp_path):
     lightning_checkpoint(ckpt, {f"sampler.{k}": v for k, v in tiny_released_state().items()}, tmp_path / "m")
     with pytest.raises(OfficialCheckpointError, match="tensor counts"):
         load_official_vaura(ckpt)
+
+
+def test_hparams_that_contradict_the_tensors_are_refused(tmp_path):
+    ckpt = tmp_path / "tiny.ckpt"
+    lightning_checkpoint(ckpt, {f"sampler.{k}": v for k, v in tiny_released_state().items()}, tmp_path / "m",
+                         num_layers=5)
+    with pytest.raises(OfficialCheckpointError, match="num_layers"):
+        official_sampler(load_official_checkpoint(ckpt, check_counts=False))

@@ -203,6 +203,29 @@ def read_lightning_checkpoint(path: str | Path) -> tuple[Any, set[str]]:
     return obj, unpickler.placeholders
 
 
+def to_plain(obj: Any, depth: int = 0) -> Any:
+    """Plain-Python view of unpickled hyper-parameters: recorded OmegaConf containers/nodes become dicts, lists
+    and values (their ``_content`` / ``_val`` state); other placeholders stay placeholders. Never calls them."""
+    if depth > 64:
+        return None
+    if isinstance(obj, Placeholder):
+        state = obj.state if isinstance(obj.state, dict) else {}
+        if "_content" in state:
+            return to_plain(state["_content"], depth + 1)
+        if "_val" in state:
+            return to_plain(state["_val"], depth + 1)
+        if obj.set_items:
+            return {k: to_plain(v, depth + 1) for k, v in obj.set_items.items()}
+        if obj.appended:
+            return [to_plain(v, depth + 1) for v in obj.appended]
+        return obj
+    if isinstance(obj, dict):
+        return {k: to_plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v, depth + 1) for v in obj]
+    return obj
+
+
 @dataclass
 class OfficialCheckpoint:
     """The released checkpoint split by owner; prefixes stripped."""
@@ -213,6 +236,13 @@ class OfficialCheckpoint:
     placeholders: set[str] = field(default_factory=set)
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sampler_params(self) -> dict[str, Any]:
+        """``hyper_parameters.sampler_config.params`` (num_layers, d_model, nhead, ...) when readable."""
+        params = (self.hparams.get("sampler_config") or {}).get("params") if isinstance(self.hparams, dict) else None
+        return params if isinstance(params, dict) else {}
 
 
 def split_state_dict(state: dict[str, Any], source: str = "state_dict") -> dict[str, dict[str, torch.Tensor]]:
@@ -259,8 +289,9 @@ def load_official_checkpoint(path: str | Path, check_counts: bool = True) -> Off
             raise OfficialCheckpointError(f"{ckpt_path}: tensor counts {wrong} differ from the released "
                                           f"{EXPECTED_COUNTS}")
     meta = {k: obj[k] for k in ("epoch", "global_step", "pytorch-lightning_version") if k in obj}
+    hparams = to_plain(obj.get("hyper_parameters"))
     return OfficialCheckpoint(groups["sampler"], groups["visual"], groups["codec"], placeholders, meta,
-                              str(ckpt_path))
+                              str(ckpt_path), hparams if isinstance(hparams, dict) else {})
 
 
 def sampler_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEAD,
@@ -296,9 +327,24 @@ def _multiple_for(d_model: int, ffn_hidden: int) -> int:
     raise OfficialCheckpointError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
 
 
+def official_sampler(ckpt: OfficialCheckpoint) -> VAURA:
+    """The checkpoint's decoder; head count from its hyper-parameters (``nhead``), else the paper's 16.
+
+    Sizes visible in the hyper-parameters must agree with the tensors' shapes.
+    """
+    params = ckpt.sampler_params
+    model = sampler_from_state(ckpt.sampler, n_head=int(params.get("nhead", PAPER_N_HEAD)))
+    seen = {"num_layers": model.cfg.n_layer, "d_model": model.cfg.d_model, "num_codebooks": model.n_codebooks}
+    wrong = {k: (params[k], v) for k, v in seen.items() if k in params and params[k] != v}
+    if wrong:
+        raise OfficialCheckpointError(f"{ckpt.source}: hyper-parameters disagree with tensor shapes "
+                                      f"(hparams vs tensors): {wrong}")
+    return model
+
+
 def load_official_vaura(path: str | Path) -> VAURA:
     """The released decoder, ready for generation in the mode it was trained with (fusion, reference)."""
-    return sampler_from_state(load_official_checkpoint(path).sampler)
+    return official_sampler(load_official_checkpoint(path))
 
 
 def official_codec(ckpt: OfficialCheckpoint, n_quantizers: int = 9):

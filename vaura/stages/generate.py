@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.media import MediaError, mux_audio
     from vaura.model.config import GenerationConfig
     from vaura.model.official import (OfficialCheckpointError, load_official_checkpoint, official_codec,
-                                      official_visual_encoder, sampler_from_state)
+                                      official_sampler, official_visual_encoder)
     from vaura.model.video import GenerateError, audio_for_video, check_compatible
     from vaura.train.checkpoint import CheckpointError as TrainCheckpointError
     from vaura.visual import CheckpointError as VisualCheckpointError
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if _is_official(checkpoint):
             ckpt = load_official_checkpoint(checkpoint)
-            model = sampler_from_state(ckpt.sampler)
+            model = official_sampler(ckpt)
             codec, encoder = official_codec(ckpt), official_visual_encoder(ckpt, device)
         else:
             model = load_trained_model(checkpoint, device=device)
