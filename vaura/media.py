@@ -134,6 +134,22 @@ def probe(path: str | Path) -> MediaInfo:
         )
 
 
+def _origin(container: av.container.InputContainer) -> float:
+    """Time zero of the clip: the container's start time (MPEG-TS/PS streams start at e.g. 1.4 s), shared by
+    audio and video so their sync is kept, as FFmpeg does when it re-encodes."""
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def _seek(container: av.container.InputContainer, stream: av.stream.Stream, t_abs: float) -> None:
+    """Jump near ``t_abs`` (absolute seconds) before decoding a late window; unseekable inputs decode from 0."""
+    if stream.time_base is None:
+        return
+    try:
+        container.seek(int(t_abs / stream.time_base), stream=stream, backward=True)
+    except av.error.FFmpegError:
+        pass
+
+
 def _check_window(path: Path, start_sec: float, duration: float | None, clip_s: float | None) -> None:
     if start_sec < 0:
         raise WindowError(f"{path}: start_sec must be >= 0, got {start_sec}")
@@ -201,11 +217,10 @@ def iter_video(
             raise ZeroSizeFrameError(f"{path}: the video stream has zero-sized frames ({cc.width}x{cc.height})")
         clip_s = _duration(container, stream) or _duration(container)
         _check_window(path, start_sec, duration, clip_s)
-        n_out = round(duration * fps) if duration is not None else None
-        if n_out is None and clip_s is not None:
-            n_out = math.floor((clip_s - start_sec) * fps + 1e-6)
-        if start_sec > 2.0 and stream.time_base is not None:
-            container.seek(int((start_sec - 1.0) / stream.time_base), stream=stream, backward=True)
+        n_out = round(duration * fps) if duration is not None else None  # else: known at the last frame
+        origin = _origin(container)
+        if start_sec > 2.0:
+            _seek(container, stream, origin + start_sec - 1.0)
 
         src_rate = float(stream.average_rate or stream.guessed_rate or fps)
         state: dict = {"size": None, "crop": None}
@@ -250,7 +265,7 @@ def iter_video(
 
         last_time = None
         for k, frame in enumerate(_decode_frames(container, stream, path)):
-            t = frame.time if frame.time is not None else (last_time + 1.0 / src_rate if last_time is not None else 0.0)
+            t = frame.time - origin if frame.time is not None else (last_time + 1.0 / src_rate if last_time is not None else 0.0)
             last_time = t
             if prev is None:
                 prev = (t, frame, k)
@@ -272,11 +287,15 @@ def iter_video(
         stream_end = p_t + 1.0 / src_rate
         if n_out is None:
             n_out = max(emitted, math.floor((stream_end - start_sec) * fps + 1e-6))
-        missing_s = (start_sec + n_out / fps) - stream_end
-        if missing_s > WINDOW_TOLERANCE_S:
+            if clip_s is not None and clip_s - stream_end > 0.5 + WINDOW_TOLERANCE_S:  # headers are approximate
+                raise CorruptMediaError(
+                    f"{path}: truncated or damaged video: frames stop at {stream_end:.2f} s but the header says "
+                    f"the clip is {clip_s:.2f} s"
+                )
+        elif start_sec + n_out / fps - stream_end > WINDOW_TOLERANCE_S:
             raise CorruptMediaError(
-                f"{path}: truncated or damaged video: frames stop at {stream_end:.2f} s but "
-                f"{start_sec + n_out / fps:.2f} s were expected (header says {clip_s} s)"
+                f"{path}: truncated or damaged video: frames stop at {stream_end:.2f} s, the window needs "
+                f"{start_sec + n_out / fps:.2f} s"
             )
         while emitted < n_out:  # the last frame is shown until the end of the window
             yield pick(p_k, p_frame)
@@ -317,8 +336,9 @@ def read_audio(path: str | Path, sample_rate: int, start_sec: float = 0.0, durat
         stream = container.streams.audio[0]
         clip_s = _duration(container, stream) or _duration(container)
         _check_window(path, start_sec, duration, clip_s)
-        if start_sec > 2.0 and stream.time_base is not None:
-            container.seek(int((start_sec - 1.0) / stream.time_base), stream=stream, backward=True)
+        origin = _origin(container)
+        if start_sec > 2.0:
+            _seek(container, stream, origin + start_sec - 1.0)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
         first_time: float | None = None
@@ -327,7 +347,7 @@ def read_audio(path: str | Path, sample_rate: int, start_sec: float = 0.0, durat
         try:
             for frame in container.decode(stream):
                 if first_time is None:
-                    first_time = float(frame.time) if frame.time is not None else 0.0
+                    first_time = float(frame.time) - origin if frame.time is not None else 0.0
                     if duration is not None:
                         need = round((start_sec + duration - first_time) * sample_rate) + sample_rate // 10
                 if frame.layout.nb_channels and not frame.layout.name:
