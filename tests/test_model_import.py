@@ -260,3 +260,16 @@ def test_hparams_that_contradict_the_tensors_are_refused(tmp_path):
                          num_layers=5)
     with pytest.raises(OfficialCheckpointError, match="num_layers"):
         official_sampler(load_official_checkpoint(ckpt, check_counts=False))
+
+
+def test_visual_and_codec_parts_fit_their_owners_modules():
+    """The split halves go to vaura.visual / vaura.codec loaders: their modules must have exactly these tensors."""
+    import dac
+
+    from vaura.visual import PAPER_SIZE, MotionFormer
+
+    with torch.device("meta"):
+        codec, visual = dac.DAC(), MotionFormer(PAPER_SIZE)
+    for prefix, module in (("audio_encoder.model.", codec), ("visual_feature_extractor.", visual)):
+        released = {k[len(prefix):]: shape for k, (shape, _) in MANIFEST.items() if k.startswith(prefix)}
+        assert {k: list(v.shape) for k, v in module.state_dict().items()} == released, prefix
