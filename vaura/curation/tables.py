@@ -21,7 +21,8 @@ def write_table(path: str | Path, rows: pd.DataFrame) -> None:
     """Atomically write ``rows`` with its ``path`` column made relative to ``path``'s folder."""
     path = Path(path)
     out = rows.copy()
-    out["path"] = [os.path.relpath(Path(p).resolve(), path.parent.resolve()) for p in out["path"]]
+    # abspath, not resolve(): a symlinked data folder (e.g. DVC symlink checkouts) must stay as the user sees it
+    out["path"] = [os.path.relpath(os.path.abspath(p), os.path.abspath(path.parent)) for p in out["path"]]
     atomic_write_csv(path, out)
 
 
@@ -38,5 +39,5 @@ def read_table(path: str | Path, required: set[str], hint: str = "") -> pd.DataF
     missing -= set(df.columns)
     if missing:
         raise TableError(f"{path}: missing column(s) {sorted(missing)}")
-    df["path"] = [str((path.parent / p).resolve()) for p in df["path"]]
+    df["path"] = [os.path.abspath(path.parent / p) for p in df["path"]]
     return df
