@@ -104,6 +104,18 @@ def test_variable_frame_rate_resampled_by_timestamp(tmp_path: Path) -> None:
         assert read_index(frame) in nearest, f"output frame {i} at {i / 25:.2f}s"
 
 
+def test_transport_stream_time_starts_at_container_start(tmp_path: Path) -> None:
+    path = write_av(tmp_path / "cam.ts", _index_video(50), vcodec="mpeg2video", audio=click_track(2.0, 48000, 0.8)[None],
+                    sample_rate=48000, acodec="mp2", fmt="mpegts")
+    assert media.probe(path).duration_s == pytest.approx(2.0, abs=0.05)
+    video = media.read_video(path, short_side=None, crop=None)
+    assert [read_index(f) for f in video] == list(range(50))  # TS timestamps do not start at 0: no repeated first frames
+    window = media.read_video(path, short_side=None, crop=None, start_sec=0.4, duration=0.8)
+    assert [read_index(f) for f in window] == list(range(10, 30))
+    sound = media.read_audio(path, 48000)
+    assert abs(np.argmax(np.abs(sound)) / 48000 - 0.8) < 0.02
+
+
 def test_window(tmp_path: Path) -> None:
     path = tmp_path / "w.mp4"
     media.write_video(path, _index_video(50), 25.0, click_track(2.0, SR, at_s=1.0), SR)
