@@ -154,3 +154,27 @@ def test_stage_records_undecodable_clips_and_strict_fails(micro_project, tmp_pat
         bad.unlink()
     assert code == 1
     assert rejected["clip"].tolist() == ["syn-train-00000x"] and "syn-train-00000x.mp4" in rejected["reason"][0]
+
+
+def test_stage_logs_training_curve_and_metrics_to_mlflow(micro_project, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root = micro_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlruns.db'}", artifact_root=str(tmp_path / "art"),
+                              system_metrics=False)
+    params_file = root / "params_tracked.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    assert main(["avclip", "--params", str(params_file), "--no-progress"]) == 0
+    metrics = json.loads((root / "data" / "avclip" / "metrics.json").read_text())
+    client = MlflowClient(params["tracking"]["uri"])
+    exp = client.get_experiment_by_name(params["tracking"]["experiment"])
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`vaura.stage` = 'avclip'")
+    assert len(runs) == 1
+    run = runs[0]
+    logged = run.data.metrics
+    assert logged["avclip/retrieval/within_clip_top1"] == pytest.approx(metrics["retrieval"]["within_clip_top1"])
+    assert logged["avclip/probe/event_ap"] == pytest.approx(metrics["probe"]["event_ap"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "avclip/train_loss")] == [0]  # every 10 steps
+    assert run.data.params["avclip.steps"] == "4" and run.data.params["visual.dim"] == "16"
+    assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
