@@ -245,3 +245,25 @@ def test_offline_standin_roundtrip_and_architecture_check(tmp_path):
     assert torch.allclose(enc.encode(clip), expected.reshape(16, 32), atol=1e-5)
     with pytest.raises(CheckpointError, match=r"different architecture.*'depth': \(2, 3\)"):
         load_visual_encoder(replace(cfg, depth=3), root=tmp_path)
+
+
+class _Hostile:
+    """Pickles as a call to os.system: a checkpoint reader that executes pickled code would run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_reader_never_runs_pickled_code(tmp_path):
+    marker = tmp_path / "pwned"
+    weights = _random_state(MotionFormer(TINY), seed=9)
+    path = tmp_path / "epoch_best.pt"
+    torch.save({"state_dict": {"v_encoder." + k: v for k, v in weights.items()}, "args": _Hostile(marker)}, path)
+    model = load_segment_avclip(MotionFormer(TINY), path)
+    assert not marker.exists()
+    assert torch.equal(model.pos_embed, weights["pos_embed"])
