@@ -184,6 +184,11 @@ def test_local_folder_and_retry_backoff(tmp_path: Path) -> None:
     counts = acquire(out, AcquireConfig(source="local", uri=str(src)))
     assert counts == {"skipped": 3, "resumed": 0, "downloaded": 1}
     assert (out / "clip1.mp4").read_bytes() == BLOBS["clip1.mp4"]
+    (out / "clip2.mp4").unlink()
+    (out / "clip2.mp4.part").write_bytes(BLOBS["clip2.mp4"][:777])  # an interrupted copy is continued
+    assert acquire(out, AcquireConfig(source="local", uri=str(src)))["resumed"] == 1
+    assert (out / "clip2.mp4").read_bytes() == BLOBS["clip2.mp4"]
+    assert {p.name: p.read_bytes() for p in src.glob("*.mp4")} == BLOBS  # the source is only read
 
     calls = []
 
