@@ -137,3 +137,11 @@ def test_learned_null_condition_is_trained_and_buffer_is_not():
     codes, visual = torch.randint(0, 16, (2, 3, 20)), torch.randn(2, 5, 12)
     learned.loss(codes, visual, torch.tensor([True, False]))[0].backward()
     assert learned.cls_embeddings.uncond_embedding.grad[:5].abs().sum() > 0
+
+
+def test_half_precision_model_keeps_fp32_rotary_angles():
+    model = tiny_model()
+    table = model.rope_on(torch.device("cpu")).clone()
+    model.half()
+    assert model.rope_on(torch.device("cpu")).dtype == torch.float32
+    assert torch.equal(model.rope_on(torch.device("cpu")), table)

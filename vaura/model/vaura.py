@@ -120,8 +120,8 @@ class VAURA(nn.Module):
         self.norm = RMSNorm(d, cfg.norm_eps)
         self.lm_heads = nn.ModuleList(nn.Linear(d, codebook_size, bias=False) for _ in range(n_codebooks))
         self.n_prefix = 0 if self.fusion else self.n_null
-        self.register_buffer("rope", rope_table(self.n_prefix + self.max_frames + n_codebooks, d // cfg.n_head,
-                                                cfg.rope_base), persistent=False)
+        self.n_positions = self.n_prefix + self.max_frames + n_codebooks
+        self._rope: torch.Tensor | None = None  # fp32 (cos, sin) table, built per device by rope_on()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -167,6 +167,14 @@ class VAURA(nn.Module):
         audio = sum(emb(seq[:, q]) for q, emb in enumerate(self.tok_embeddings))
         return torch.cat([cond_steps.to(audio.dtype), audio], dim=-1) if self.fusion else audio
 
+    def rope_on(self, device: torch.device) -> torch.Tensor:
+        """The rotary table on ``device``, always fp32 (a plain attribute, not a buffer, so ``.half()`` or
+        ``.to(bfloat16)`` of the model never rounds the angles — as the reference keeps its ``freqs_cis``)."""
+        if self._rope is None or self._rope.device != device:
+            self._rope = rope_table(self.n_positions, self.cfg.d_model // self.cfg.n_head,
+                                    self.cfg.rope_base).to(device)
+        return self._rope
+
     def run(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
             static: bool = False) -> torch.Tensor:
         """Decoder inputs ``[B, L, d]`` at ``positions`` (default ``0..L-1``) → logits ``[B, K, L, card]``.
@@ -176,10 +184,10 @@ class VAURA(nn.Module):
         n = x.shape[1]
         if positions is None:
             positions = torch.arange(n, device=x.device)
-        if not static and int(positions.max()) >= self.rope.shape[0]:
+        if not static and int(positions.max()) >= self.n_positions:
             raise ValueError(f"sequence position {int(positions.max())} exceeds the model's "
-                             f"{self.rope.shape[0]} positions (model.max_seconds={self.cfg.max_seconds})")
-        rope = self.rope[positions]
+                             f"{self.n_positions} positions (model.max_seconds={self.cfg.max_seconds})")
+        rope = self.rope_on(x.device)[positions]
         h = self.tok_dropout(x)
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, positions if cache is not None else None, cache, i, static)
