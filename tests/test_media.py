@@ -11,6 +11,7 @@ from media_factory import click_track, index_frame, read_index, rotate_mp4_90_cl
 from vaura import media
 
 SR = 44100
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _index_video(n: int, h: int = 48, w: int = 64) -> np.ndarray:
@@ -203,3 +204,15 @@ def test_bad_inputs_raise_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(media.ZeroSizeFrameError, match="out.mp4"):
         media.write_video(tmp_path / "out.mp4", np.zeros((2, 0, 4, 3), np.uint8), 25.0)
     assert not (tmp_path / "out.mp4").exists()  # atomic: a failed write leaves nothing behind
+
+
+def test_decoding_pinned_against_a_stored_reference() -> None:
+    """Decoder/scaler upgrades must not silently change model inputs (Synchformer's authors saw sync accuracy
+    drop with newer PyAV decoding): a committed 29.97 fps clip must decode to the stored 25 fps frames."""
+    ref = np.load(FIXTURES / "media_pin_decoded.npz")
+    video = media.read_video(FIXTURES / "media_pin.mp4", fps=25.0, short_side=48, crop=None)
+    assert video.shape == ref["frames"].shape
+    diff = np.abs(video.astype(int) - ref["frames"].astype(int))
+    assert diff.max() <= 3 and diff.mean() < 0.5  # bit-exact here; room for SIMD differences elsewhere
+    sound = media.read_audio(FIXTURES / "media_pin.mp4", 16000)
+    assert sound.shape == ref["audio"].shape and np.abs(sound - ref["audio"]).max() < 1e-3
