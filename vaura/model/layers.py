@@ -5,8 +5,9 @@ RMSNorm normalises in fp32 then scales by a weight (eps 1e-5); SwiGLU is ``w2(si
 attention uses one fused ``wqkv`` projection split into q, k, v in that order.
 
 RoPE pairing: channels ``(2i, 2i+1)`` of every head form one complex pair rotated by ``pos * base^(-2i/hd)``
-(interleaved pairs, as in LlamaGen / Meta Llama's ``view_as_complex``), *not* the GPT-NeoX half-split
-``(i, i + hd/2)``. The pairing is invisible when training from scratch but decides whether the released
+(interleaved pairs, as in LlamaGen / Meta Llama's ``view_as_complex``; checked in the public V-AURA
+``models/modules/sampler/llama.py`` and LlamaGen ``gpt.py``: the head dim is reshaped to ``(-1, 2)``, positions
+start at 0 for the BOS step, no offset), *not* the GPT-NeoX half-split ``(i, i + hd/2)``. The pairing is invisible when training from scratch but decides whether the released
 checkpoint's attention works, so it is fixed here and checked against a naive re-statement in the tests.
 """
 from __future__ import annotations
