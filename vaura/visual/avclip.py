@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vaura.visual.config import AVClipConfig, VisualConfig
-from vaura.visual.encoder import VisualEncoder, size_from_config
+from vaura.visual.encoder import VisualEncoder, resolve_device, size_from_config
 from vaura.visual.motionformer import MotionFormer
 
 FPS = 25
@@ -145,7 +145,7 @@ class SegmentAVCLIP(nn.Module):
         """Symmetric InfoNCE over the batch; returns (loss, video->audio top-1 accuracy)."""
         v, a = self.embed_video(segs), self.embed_audio(mel)
         logits = self.log_scale.clamp(max=math.log(100.0)).exp() * v @ a.T
-        target = torch.arange(len(v))
+        target = torch.arange(len(v), device=v.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         return loss, float((logits.argmax(1) == target).float().mean())
 
@@ -184,7 +184,8 @@ def train_avclip(
     """Contrastive pretraining; returns the trained two-tower model (eval mode) and training facts."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = SegmentAVCLIP(MotionFormer(size_from_config(vcfg)), cfg)
+    device = resolve_device(vcfg.device)
+    model = SegmentAVCLIP(MotionFormer(size_from_config(vcfg)), cfg).to(device)
     mel_norm = (float(data.mels.mean()), float(data.mels.std()) + 1e-6)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -202,7 +203,7 @@ def train_avclip(
         if cfg.max_seconds > 0 and time.monotonic() - t0 > cfg.max_seconds:
             break
         segs, mel = sample_batch(data, vcfg, cfg, mel_norm, rng)
-        loss, acc = model.loss(segs, mel)
+        loss, acc = model.loss(segs.to(device), mel.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -235,14 +236,17 @@ def retrieval_metrics(
     retrieved start; ``chance_top1``: 1 / number of candidates.
     """
     seg, step = vcfg.frames_per_segment, vcfg.tubelet
+    device = next(model.parameters()).device
     n_frames = data.frames.shape[1]
     starts = np.arange(0, n_frames - seg + 1, step)
     mean, std = mel_norm
     top1, errs = [], []
     for c in range(len(data.clips)):
-        v = model.embed_video(_to_input(np.stack([data.frames[c, s:s + seg] for s in starts])))
-        a = model.embed_audio((torch.stack([data.mels[c, :, 4 * s:4 * (s + seg)] for s in starts]) - mean) / std)
-        pred = (v @ a.T).argmax(1).numpy()
+        v = model.embed_video(_to_input(np.stack([data.frames[c, s:s + seg] for s in starts])).to(device))
+        a = model.embed_audio(
+            ((torch.stack([data.mels[c, :, 4 * s:4 * (s + seg)] for s in starts]) - mean) / std).to(device)
+        )
+        pred = (v @ a.T).argmax(1).cpu().numpy()
         top1.append(np.mean(pred == np.arange(len(starts))))
         errs.append(np.mean(np.abs(starts[pred] - starts)) / FPS * 1000)
     return {"within_clip_top1": float(np.mean(top1)), "within_clip_mae_ms": float(np.mean(errs)),
@@ -344,9 +348,10 @@ def run_stage(
     if events_path.is_file():
         events = pd.read_csv(events_path, dtype={"clip": str, "class": str})
         fit = ClipArrays(train.clips[: cfg.probe_clips], train.frames[: cfg.probe_clips], train.mels[: cfg.probe_clips])
-        trained = VisualEncoder(model.visual, vcfg.short_side, vcfg.batch_size)
+        device = resolve_device(vcfg.device)
+        trained = VisualEncoder(model.visual, vcfg.short_side, vcfg.batch_size, device)
         torch.manual_seed(seed)
-        untrained = VisualEncoder(MotionFormer(size_from_config(vcfg)), vcfg.short_side, vcfg.batch_size)
+        untrained = VisualEncoder(MotionFormer(size_from_config(vcfg)), vcfg.short_side, vcfg.batch_size, device)
         metrics["probe"] = probe_metrics(trained, fit, val, events)
         metrics["probe_random_init"] = probe_metrics(untrained, fit, val, events)
     else:

@@ -201,7 +201,8 @@ def load_visual_encoder(cfg: VisualConfig, root: str | Path = ".") -> VisualEnco
 
 def standin_payload(model: MotionFormer, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What ``avclip`` saves: weights + the architecture they were trained with (weights_only-loadable)."""
-    return {"size": model.size.to_dict(), "state_dict": model.state_dict(), **(dict(extra or {}))}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"size": model.size.to_dict(), "state_dict": state, **(dict(extra or {}))}
 
 
 def load_standin(path: Path, size: MotionFormerSize) -> MotionFormer:
