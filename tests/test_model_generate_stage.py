@@ -1,5 +1,4 @@
 """`vaura generate VIDEO -o OUT.mp4` end to end on tiny offline stand-ins (codec, visual encoder, decoder)."""
-import dataclasses
 
 import numpy as np
 import pytest
