@@ -57,7 +57,7 @@ def test_cache_holds_whole_clip_codes_and_fp16_features_and_records_bad_clips(tm
     plan.insert(2, ClipSpec("short", str(tmp_path / "short.mp4"), "train"))
     out = tmp_path / "cache"
     summary = build_cache(plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=2,
-                          batch_size=2, progress=False)
+                          batch_size=2, workers=2, progress=False)
     assert summary["clips"] == 3 and summary["rejected"] == 2 and summary["shards"] == 3
     rejected = pd.read_csv(out / "rejected.csv").set_index("clip")
     assert "bad.mp4" in rejected.loc["bad", "reason"] and "shorter than one window" in rejected.loc["short", "reason"]

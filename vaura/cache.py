@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -48,6 +49,7 @@ class CacheConfig:
 
     shard_size: int = 16
     batch_size: int = 4
+    workers: int = 2
 
 
 class CodecLike(Protocol):
@@ -142,6 +144,17 @@ def _fits(n_frames: int, n_feats: int, start_sec: float | None, t_win: int, n_wi
     return None
 
 
+def _load_clip(spec: ClipSpec, read_audio: Callable[[str], np.ndarray], read_frames: Callable[[str], np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray] | str:
+    """``(audio, frames)`` of a clip, or the reason it cannot be decoded."""
+    from vaura.media import MediaError
+
+    try:
+        return read_audio(spec.path), read_frames(spec.path)
+    except MediaError as exc:
+        return str(exc)
+
+
 def _encode_shard(
     clips: Sequence[ClipSpec],
     codec: CodecLike,
@@ -152,22 +165,29 @@ def _encode_shard(
     window_s: float,
     device: torch.device,
     bar: tqdm,
+    pool: ThreadPoolExecutor | None,
 ) -> dict[str, Any]:
-    from vaura.media import MediaError
-
     t_win = window_frames(window_s, codec.sample_rate, codec.hop_length)
     n_win = round(window_s * visual.frame_rate)
     out: dict[str, Any] = {"clips": [], "codes": [], "feats": [], "splits": [], "start_sec": [], "rejected": []}
-    for b in range(0, len(clips), batch_size):
-        batch = clips[b : b + batch_size]
+    batches = [clips[b : b + batch_size] for b in range(0, len(clips), batch_size)]
+
+    def submit(batch: Sequence[ClipSpec]) -> list[Any]:
+        if pool is None:
+            return [_load_clip(spec, read_audio, read_frames) for spec in batch]
+        return [pool.submit(_load_clip, spec, read_audio, read_frames) for spec in batch]
+
+    pending = submit(batches[0]) if batches else []
+    for bi, batch in enumerate(batches):
+        results = [r.result() if isinstance(r, Future) else r for r in pending]
+        # Decode the next batch in the background while this one is encoded (PyAV decodes without the GIL).
+        pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else []
         loaded: list[tuple[ClipSpec, np.ndarray, np.ndarray]] = []
-        for spec in batch:
-            try:
-                audio = read_audio(spec.path)
-                frames = read_frames(spec.path)
-            except MediaError as exc:
-                out["rejected"].append([spec.clip, spec.split, str(exc)])
+        for spec, res in zip(batch, results):
+            if isinstance(res, str):
+                out["rejected"].append([spec.clip, spec.split, res])
                 continue
+            audio, frames = res
             n_frames = math.ceil(len(audio) / codec.hop_length)
             why = _fits(n_frames, visual.n_tokens(len(frames)), spec.start_sec, t_win, n_win, visual.frame_rate,
                         codec.frame_rate)
@@ -207,6 +227,7 @@ def build_cache(
     *,
     shard_size: int = 16,
     batch_size: int = 4,
+    workers: int = 0,
     window_s: float = WINDOW_S,
     fingerprint: str = "",
     device: str | torch.device = "cpu",
@@ -216,7 +237,8 @@ def build_cache(
 
     ``read_audio(path)`` must return mono float32 audio at ``codec.sample_rate``; ``read_frames(path)`` uint8
     frames at 25 fps as the visual encoder expects them. ``fingerprint`` identifies the encoders (a shard made
-    with other weights is recomputed). Returns a summary (clip/shard counts, how many shards were reused).
+    with other weights is recomputed). ``workers`` > 0 decodes the next batch in that many threads while the
+    current one is encoded. Returns a summary (clip/shard counts, how many shards were reused).
     """
     if codec.codebook_size > torch.iinfo(torch.int16).max:
         raise CacheError(f"codebook_size {codec.codebook_size} does not fit the int16 cache format")
@@ -231,19 +253,25 @@ def build_cache(
     device = torch.device(device)
     reused = 0
     bar = tqdm(total=len(plan), desc="cache", unit="clip", disable=not progress)
-    for i, clips in enumerate(shards):
-        key = _shard_plan_key(clips, fingerprint)
-        path = out_dir / shard_name(i)
-        if path.is_file():
-            old = _load_shard(path, mmap=True)
-            if old is not None and old.get("plan") == key:
-                reused += 1
-                bar.update(len(clips))
-                continue
-        shard = _encode_shard(clips, codec, visual, read_audio, read_frames, batch_size, window_s, device, bar)
-        shard.update(plan=key, format=FORMAT)
-        atomic_torch_save(path, shard)
-    bar.close()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="cache-decode") if workers > 0 else None
+    try:
+        for i, clips in enumerate(shards):
+            key = _shard_plan_key(clips, fingerprint)
+            path = out_dir / shard_name(i)
+            if path.is_file():
+                old = _load_shard(path, mmap=True)
+                if old is not None and old.get("plan") == key:
+                    reused += 1
+                    bar.update(len(clips))
+                    continue
+            shard = _encode_shard(clips, codec, visual, read_audio, read_frames, batch_size, window_s, device, bar,
+                                  pool)
+            shard.update(plan=key, format=FORMAT)
+            atomic_torch_save(path, shard)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     index, rejected = rebuild_index(out_dir, len(shards))
     meta = {
         "format": FORMAT,

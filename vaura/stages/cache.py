@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             read_frames=lambda p: media.read_video(p, fps=25.0, short_side=vcfg.short_side, crop=vcfg.crop),
             shard_size=cfg.shard_size,
             batch_size=cfg.batch_size,
+            workers=cfg.workers,
             window_s=fcfg.window_s,
             fingerprint=module_fingerprint(codec, visual),
             device=device,
