@@ -123,6 +123,24 @@ def test_inputs_untouched_rerun_skips_and_strict(run_once: tuple) -> None:
     assert _digest(src) == before
 
 
+def test_changed_format_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the params file's own sqlite store
+    src = tmp_path / "in"
+    src.mkdir()
+    write_av(src / "a.mp4", _moving(10, 96, 128, 0), audio=tone(440, 0.4, 44100)[None])
+    params = tmp_path / "p.yaml"
+    for short_side, rate in ((256, 44100), (64, 16000)):
+        params.write_text(f"paths: {{data: {tmp_path}}}\npreprocess: {{input: in, output: out, fps: 25.0, short_side: "
+                          f"{short_side}, sample_rate: {rate}, require_audio: true, strict: false, workers: 1}}\n"
+                          f"tracking: {{uri: 'sqlite:///{tmp_path}/mlflow.db', artifact_root: {tmp_path}/art, "
+                          f"experiment: t, system_metrics: false, system_metrics_interval_s: 10.0}}\n")
+        assert main(["preprocess", "--params", str(params)]) == 0
+        info = media.probe(tmp_path / "out" / "a.mp4")
+        assert (min(info.width, info.height), info.sample_rate) == (short_side, rate)
+    row = pd.read_csv(tmp_path / "out" / "manifest.csv").iloc[0]
+    assert (row["height"], row["sample_rate"], row["split"]) == (64, 16000, "train")
+
+
 def test_nothing_usable_fails(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.mp4").write_text("not a video")

@@ -350,8 +350,6 @@ def read_audio(path: str | Path, sample_rate: int, start_sec: float = 0.0, durat
                     first_time = float(frame.time) - origin if frame.time is not None else 0.0
                     if duration is not None:
                         need = round((start_sec + duration - first_time) * sample_rate) + sample_rate // 10
-                if frame.layout.nb_channels and not frame.layout.name:
-                    frame.layout = av.AudioLayout(frame.layout.nb_channels)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
                     n_have += out.samples

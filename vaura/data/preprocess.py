@@ -78,8 +78,13 @@ def convert_clip(src: Path, dst: Path, cfg: PreprocessConfig) -> dict:
             "width": width, "height": height}
 
 
-def _facts_of_existing(dst: Path, cfg: PreprocessConfig) -> dict:
+def _facts_of_existing(dst: Path, cfg: PreprocessConfig) -> dict | None:
+    """Facts of an earlier output, or None when it is not in the current format (settings changed: redo)."""
     info = media.probe(dst)
+    audio_ok = info.audio_codec == "aac" and info.sample_rate == cfg.sample_rate and info.channels == 1
+    if (info.video_codec != "h264" or abs(info.fps - cfg.fps) > 1e-6 or min(info.width, info.height) != cfg.short_side
+            or not (audio_ok or (not info.has_audio and not cfg.require_audio))):
+        return None
     n = round(info.duration_s * cfg.fps)
     return {"duration_s": round(n / cfg.fps, 4), "fps": cfg.fps, "sample_rate": info.sample_rate,
             "width": info.width, "height": info.height}
@@ -90,9 +95,11 @@ def _work(src: Path, dst: Path, cfg: PreprocessConfig) -> tuple[dict | None, str
     try:
         if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
             try:
-                return _facts_of_existing(dst, cfg), None, True
+                facts = _facts_of_existing(dst, cfg)
             except media.MediaError:
-                pass  # an unreadable earlier output is simply redone
+                facts = None  # an unreadable earlier output is simply redone
+            if facts is not None:
+                return facts, None, True
         return convert_clip(src, dst, cfg), None, False
     except Exception as exc:  # noqa: BLE001 - every failure becomes a rejected row with its reason
         return None, _reason(exc, src), False
@@ -111,7 +118,8 @@ def _input_manifest(input_dir: Path) -> dict[str, dict]:
 def preprocess_folder(input_dir: str | Path, output_dir: str | Path, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert every input; write ``manifest.csv`` and ``rejected.csv`` in ``output_dir``; return both tables.
 
-    Inputs are only read. Outputs newer than their input are kept (a re-run only does what is missing).
+    Inputs are only read. Outputs newer than their input and in the current format are kept (a re-run only
+    does what is missing).
     Without an input manifest every clip gets ``split=train`` and an empty label.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
