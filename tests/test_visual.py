@@ -259,11 +259,13 @@ class _Hostile:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_checkpoint_reader_never_runs_pickled_code(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_checkpoint_reader_never_runs_pickled_code(tmp_path, zip_format):
     marker = tmp_path / "pwned"
     weights = _random_state(MotionFormer(TINY), seed=9)
     path = tmp_path / "epoch_best.pt"
-    torch.save({"state_dict": {"v_encoder." + k: v for k, v in weights.items()}, "args": _Hostile(marker)}, path)
+    torch.save({"state_dict": {"v_encoder." + k: v for k, v in weights.items()}, "args": _Hostile(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
     model = load_segment_avclip(MotionFormer(TINY), path)
     assert not marker.exists()
     assert torch.equal(model.pos_embed, weights["pos_embed"])

@@ -36,9 +36,6 @@ class _Inert:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
-        return _Inert(*args)
-
 
 _ALLOWED = {
     ("collections", "OrderedDict"),
@@ -64,11 +61,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 class _RestrictedPickleModule:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler only rebuilds tensors and plain containers."""
+    """A ``pickle_module`` for ``torch.load`` whose unpickling (zip and legacy formats) is restricted."""
 
     Unpickler = _RestrictedUnpickler
-    load = pickle.load
     __name__ = "vaura_restricted_pickle"
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _RestrictedUnpickler(file, **kwargs).load()
 
 
 def read_checkpoint(path: str | Path, what: str) -> Mapping[str, Any]:
