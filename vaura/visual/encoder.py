@@ -157,19 +157,33 @@ class VisualEncoder(nn.Module):
 
     @torch.no_grad()
     def encode_many(self, clips: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
-        """Several clips (any lengths); their segments are batched together ``batch_size`` at a time."""
+        """Several clips (any lengths); their segments are batched together ``batch_size`` at a time.
+
+        Only one clip's preprocessed frames and one batch are held at once (a 2.56 s clip at 224² is ~39 MB).
+        """
         sz = self.model.size
-        segs = [to_segments(frames_to_input(c, sz.img_size, False, self.short_side), sz.frames) for c in clips]
-        flat = torch.cat(segs)
-        outs = []
-        for i in range(0, flat.shape[0], self.batch_size):
-            batch = flat[i:i + self.batch_size].to(self.device)
-            outs.append(self.model(batch.unsqueeze(0))[0].float().cpu())  # (n, tokens_per_segment, D)
-        feats = torch.cat(outs)
+        done: list[torch.Tensor] = []  # (tokens_per_segment, D) per segment, in clip order
+        pending: list[torch.Tensor] = []
+
+        def flush() -> None:
+            batch = torch.stack(pending).to(self.device)
+            done.extend(self.model(batch.unsqueeze(0))[0].float().cpu())
+            pending.clear()
+
+        counts = []
+        for clip in clips:
+            segs = to_segments(frames_to_input(clip, sz.img_size, False, self.short_side), sz.frames)
+            counts.append(len(segs))
+            for seg in segs:
+                pending.append(seg)
+                if len(pending) == self.batch_size:
+                    flush()
+        if pending:
+            flush()
         result, start = [], 0
-        for s in segs:
-            result.append(feats[start:start + s.shape[0]].reshape(-1, sz.dim))
-            start += s.shape[0]
+        for n in counts:
+            result.append(torch.cat(done[start:start + n]))
+            start += n
         return result
 
 
