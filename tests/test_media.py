@@ -170,6 +170,23 @@ def test_mux_audio_copies_video_and_replaces_sound(tmp_path: Path) -> None:
     assert np.abs(tail).max() < 0.01
 
 
+def test_writers_accept_odd_sizes_any_rate_and_uncopyable_codecs(tmp_path: Path) -> None:
+    frames = _index_video(10, h=47, w=63)
+    media.write_video(tmp_path / "odd.mp4", frames, 25.0, tone(500.0, 0.4, 20000), 20000)  # 20 kHz: not an AAC rate
+    info = media.probe(tmp_path / "odd.mp4")
+    assert (info.width, info.height, info.sample_rate) == (64, 48, 48000)
+    video = media.read_video(tmp_path / "odd.mp4", short_side=None, crop=None)
+    assert [read_index(f) for f in video] == list(range(10))
+    sound = media.read_audio(tmp_path / "odd.mp4", 20000)
+    assert abs(np.argmax(np.abs(np.fft.rfft(sound))) * 20000 / len(sound) - 500) < 5
+
+    flash = write_av(tmp_path / "old.flv", _index_video(10), vcodec="flv", fmt="flv")
+    media.mux_audio(flash, tone(300.0, 0.4, SR), SR, tmp_path / "muxed.mp4")  # Sorenson H.263 cannot go into MP4
+    info = media.probe(tmp_path / "muxed.mp4")
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert [read_index(f) for f in media.read_video(tmp_path / "muxed.mp4", short_side=None, crop=None)] == list(range(10))
+
+
 def test_bad_inputs_raise_typed_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.mp4"
     write_av(good, _index_video(50), audio=tone(440, 2.0, SR)[None])  # moov atom at the end

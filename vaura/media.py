@@ -26,6 +26,7 @@ _MAGIC_AT_0 = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba
                b"fLaC", b"0&\xb2u", b"\xff\xf1", b"\xff\xf9", b"\xff\xfb")
 _MAGIC_AT_4 = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 _STILL_IMAGE_FORMATS = ("image2", "tty")
+_AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _H264_CRF = "18"  # near-transparent quality: the clips are model inputs, artefacts would be learned
 _AAC_BITRATE = 128_000
 
@@ -395,6 +396,18 @@ def _as_channels(audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(a, -1.0, 1.0))
 
 
+def _aac_ready(chans: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+    """AAC only takes a few sample rates: audio at any other rate (a tiny codec's, say) is resampled to 48 kHz."""
+    if sample_rate in _AAC_RATES:
+        return chans, sample_rate
+    layout = "mono" if chans.shape[0] == 1 else "stereo"
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chans), format="fltp", layout=layout)
+    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=48000)
+    parts = [f.to_ndarray() for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    return np.concatenate(parts, axis=1).astype(np.float32), 48000
+
+
 def _add_audio_stream(out: av.container.OutputContainer, channels: int, sample_rate: int) -> av.stream.Stream:
     stream = out.add_stream("aac", rate=sample_rate)
     stream.layout = "mono" if channels == 1 else "stereo"
@@ -428,8 +441,9 @@ def write_video(
     """Write H.264 (yuv420p) + AAC to ``path`` atomically; returns the number of frames written.
 
     ``frames`` is uint8 [T, H, W, 3] or any iterable of [H, W, 3] frames (so long clips can be streamed).
-    H and W must be even (yuv420p); ``preprocess`` resizes to even sizes for that reason. ``audio`` ([S] or
-    [C<=2, S]) is trimmed or zero-padded to the T / fps seconds of the picture.
+    yuv420p needs even sizes: an odd height/width gets one replicated edge row/column. ``audio`` ([S] or
+    [C<=2, S]) is trimmed or zero-padded to the T / fps seconds of the picture; a sample rate AAC does not
+    support is resampled to 48 kHz.
     """
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
@@ -439,6 +453,8 @@ def write_video(
             vstream = None
             astream = None
             chans = _as_channels(audio) if audio is not None else None
+            if chans is not None:
+                chans, sample_rate = _aac_ready(chans, sample_rate)
             for frame in frames:
                 frame = np.asarray(frame)
                 if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -446,9 +462,10 @@ def write_video(
                 h, w = frame.shape[:2]
                 if h == 0 or w == 0:
                     raise ZeroSizeFrameError(f"{path}: cannot write zero-sized frames ({w}x{h})")
+                if h % 2 or w % 2:
+                    frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                    h, w = frame.shape[:2]
                 if vstream is None:
-                    if h % 2 or w % 2:
-                        raise ValueError(f"{path}: H.264 yuv420p needs even frame sizes, got {w}x{h}")
                     vstream = out.add_stream("libx264", rate=rate)
                     vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
                     vstream.options = {"crf": _H264_CRF, "preset": "veryfast"}  # 4x faster than "fast", same size here
@@ -475,28 +492,30 @@ def mux_audio(video_path: str | Path, audio: np.ndarray, sample_rate: int, out_p
 
     Any audio in the input is dropped; ``audio`` is trimmed or zero-padded to the video's duration so the
     player shows the whole clip with the generated sound underneath (how results are watched in MLflow).
+    A video codec the output container cannot hold (FFV1 into MP4, say) is re-encoded to H.264 instead.
     """
     video_path, out_path = Path(video_path), Path(out_path)
-    chans = _as_channels(audio)
+    chans, sample_rate = _aac_ready(_as_channels(audio), sample_rate)
     with _open(video_path) as src:
         if not src.streams.video:
             raise NoVideoStreamError(f"{video_path}: no video stream to put the audio under")
         vin = src.streams.video[0]
+        fps = float(vin.average_rate or vin.guessed_rate or 25.0)
         video_s = _duration(src, vin) or _duration(src) or chans.shape[1] / sample_rate
         n = round(video_s * sample_rate)
-        if chans.shape[1] < n:
-            chans = np.pad(chans, ((0, 0), (0, n - chans.shape[1])))
-        chans = chans[:, :n]
-        with atomic_path(out_path) as tmp:
-            with av.open(str(tmp), mode="w", format=_container_format(out_path), options={"movflags": "+faststart"}) as out:
-                vout = out.add_stream_from_template(vin)
-                astream = _add_audio_stream(out, chans.shape[0], sample_rate)
-                try:
+        chans = np.pad(chans, ((0, 0), (0, max(0, n - chans.shape[1]))))[:, :n]
+        try:
+            with atomic_path(out_path) as tmp:
+                with av.open(str(tmp), mode="w", format=_container_format(out_path), options={"movflags": "+faststart"}) as out:
+                    vout = out.add_stream_from_template(vin)
+                    astream = _add_audio_stream(out, chans.shape[0], sample_rate)
                     for packet in src.demux(vin):
                         if packet.dts is None:
                             continue
                         packet.stream = vout
                         out.mux(packet)
-                except av.error.FFmpegError as exc:
-                    raise CorruptMediaError(f"{video_path}: corrupt video stream, cannot copy it ({exc})") from exc
-                _encode_audio(out, astream, chans, sample_rate)
+                    _encode_audio(out, astream, chans, sample_rate)
+            return
+        except (av.error.FFmpegError, ValueError):
+            pass  # the stream cannot be copied as is: decode and re-encode it below (damage raises there)
+    write_video(out_path, iter_video(video_path, fps=fps, short_side=None, crop=None), fps, chans, sample_rate)
