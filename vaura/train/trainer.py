@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -411,9 +412,8 @@ def train(params_path: str | Path = "params.yaml", resume: str = "auto", checksu
 
 def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: Any, env: DistEnv, data_dir: Path,
            cache_dir: Path, out_dir: Path, resume: str, checksum_dir: str | Path | None, tracking: Any) -> dict[str, Any]:
-    import mlflow
-
     t_start = time.monotonic()
+    mlflow = importlib.import_module("mlflow") if env.is_main else None  # rank 0 logs; others skip the import
     dims = model_dims(read_meta(cache_dir))
     train_set = SeededWindows(open_cache(cache_dir, "train"), cfg.seed)
     val_set = open_cache(cache_dir, "val")
@@ -457,7 +457,8 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
 
     model: nn.Module = LossModule(raw_model)
     if env.world_size > 1:
-        # find_unused_parameters: the null-condition embedding is unused in batches where no sample drops it.
+        # find_unused_parameters: conditioning parameters may sit out a batch (a learned null condition when no
+        # sample is dropped, the reference alignment's empty-video embedding); costs one extra graph traversal.
         model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                     find_unused_parameters=True)
     if cfg.compile:
@@ -575,7 +576,8 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
             Path(checksum_dir).mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(checksum_dir) / f"rank{env.rank}.sha256", weights_sha256(raw_model.state_dict()) + "\n")
         result = {
-            "steps": step, "final_train_loss": last_loss, "best_val_loss": best_val if math.isfinite(best_val) else None,
+            "steps": step, "final_train_loss": last_loss if math.isfinite(last_loss) else None,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,
             "val_loss": metrics.get("val/loss"), "stopped_early": stopped_early,
             "minutes": (time.monotonic() - t_start) / 60.0, "world_size": env.world_size,
         }
