@@ -99,6 +99,17 @@ def test_rerun_reuses_complete_shards_and_recomputes_missing_or_foreign_ones(tmp
     assert summary["shards_reused"] == 0
 
 
+def test_a_re_encoded_source_file_invalidates_only_its_shard(tmp_path):
+    plan = micro_clips(tmp_path, n=2)
+    out = tmp_path / "cache"
+    args = (plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64)
+    build_cache(*args, shard_size=1, progress=False)
+    st = os.stat(plan[1].path)
+    os.utime(plan[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if preprocess rewrote it
+    summary = build_cache(*args, shard_size=1, progress=False)
+    assert summary["shards_reused"] == 1 and load(out / shard_name(1))["clips"] == ["c1"]
+
+
 def test_plan_rejects_duplicate_clips_and_eval_rows_without_a_window():
     train = pd.DataFrame({"clip": ["a", "b"], "path": ["/x/a.mp4", "/x/b.mp4"]})
     with pytest.raises(CacheError, match="more than once"):
@@ -189,7 +200,7 @@ def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_
     (data / "clips").mkdir(parents=True)
     rows = []
     for src in clips:
-        shutil.copyfile(src, data / "clips" / src.name)
+        shutil.copy2(src, data / "clips" / src.name)  # keeps the mtime, part of the shards' fingerprint
         rows.append({"clip": src.stem, "path": str(data / "clips" / src.name)})
     write_table(data / "splits" / "train.csv", pd.DataFrame(rows[:-2]))
     write_table(data / "splits" / "val.csv", pd.DataFrame(rows[-2:-1]).assign(start_sec=0.0))

@@ -13,7 +13,9 @@ On disk (``data/cache/``):
   ``visual_dim, feature_rate``; ``rejected.csv``: ``clip,split,reason`` of clips that could not be cached.
 
 Resume: shards are planned up front (fixed clip order and ``shard_size``); a rerun keeps every shard whose
-``plan`` fingerprint matches and recomputes the others, so a killed run finishes without redoing finished work.
+``plan`` fingerprint matches (same clips, source file size/mtime, windows, encoder weights and read settings)
+and recomputes the others, so a killed run finishes without redoing finished work. The fingerprint does not
+cover this package's code: after changing how clips are decoded or encoded, delete the cache folder.
 Clips shorter than one window (or whose fixed val/test window does not fit) are rejected at cache time, so the
 dataset never pads.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,8 +118,18 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.pt"
 
 
+def _file_stamp(path: str) -> list[int] | None:
+    """Size and mtime of a source file: a re-encoded clip (e.g. after ``preprocess`` reran) is re-cached."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _shard_plan_key(clips: Sequence[ClipSpec], fingerprint: str) -> str:
-    text = json.dumps([fingerprint, [[c.clip, c.split, c.start_sec] for c in clips]])
+    """What a shard was computed from: its clips, their files and windows, and the encoders/read settings."""
+    text = json.dumps([fingerprint, [[c.clip, c.split, c.start_sec, _file_stamp(c.path)] for c in clips]])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

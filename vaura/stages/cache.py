@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=cfg.batch_size,
             workers=cfg.workers,
             window_s=fcfg.window_s,
-            fingerprint=module_fingerprint(codec, visual),
+            fingerprint=module_fingerprint(codec, visual) + json.dumps(
+                [vcfg.short_side, vcfg.crop, codec.sample_rate, fcfg.window_s]),
             device=device,
             progress=not args.no_progress,
         )
