@@ -206,3 +206,26 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     names = {a.path for d in ("audio", "spectrogram", "video")
              for a in mlflow.artifacts.list_artifacts(run_id=g3["run_id"], artifact_path=d)}
     assert names == {"audio/a.wav", "spectrogram/a.png", "video/a.mp4"}
+
+
+def test_training_hours_follow_the_variant_not_just_the_pipeline() -> None:
+    """An ablation flow runs every variant under one pipeline id: hours must come from the matching train run."""
+    t0 = pd.Timestamp("2026-01-01 10:00", tz="UTC")
+
+    def train(thr: str, minutes: float, world: str | None) -> dict:
+        return {"status": "FINISHED", "start_time": t0, "end_time": t0 + pd.Timedelta(minutes=minutes),
+                "tags.vaura.pipeline_id": "ablation-1", "tags.dvc.exp_name": f"ablation-1-t{thr}",
+                "params.filter.threshold": thr, "params.model.conditioning": "fusion",
+                "tags.vaura.world_size": world, "params.train.nproc": "1", "params.train.device": "cpu"}
+
+    trains = pd.DataFrame([train("0.0", 30, "2"), train("0.4", 6, None)])
+    evals = pd.DataFrame([
+        {"start_time": t0, "tags.vaura.pipeline_id": "ablation-1", "tags.dvc.exp_name": f"ablation-1-t{thr}",
+         "params.filter.threshold": thr, "params.model.conditioning": "fusion", "tags.vaura.eval.test_set": "syn",
+         "tags.vaura.eval.group": "g6", "tags.vaura.eval.cfg_scale": "6", "metrics.data.train_clips": 10.0,
+         "metrics.onset_f1": 0.5}
+        for thr in ("0.0", "0.4")
+    ])
+    table = build_tables(evals, trains, ReportConfig(test_set="syn", cfg_scale=6.0))["threshold"]
+    # 30 min × world size 2 = 1 h; 6 min × train.nproc 1 = 0.1 h
+    assert list(table["training device-hours"]) == ["1.000 CPU-h", "0.100 CPU-h"]

@@ -3,7 +3,8 @@
 Input: the ``evaluate`` runs (``mlflow.search_runs`` → pandas), identified by the contract documented in
 :mod:`vaura.eval.evaluate` — params ``filter.threshold`` / ``model.conditioning`` (the variant), tags
 ``vaura.eval.test_set`` / ``vaura.eval.group`` / ``vaura.eval.cfg_scale``, metric statuses and reasons — plus the
-``train`` runs of the same pipeline (tag ``vaura.pipeline_id``) for training time. When a variant was evaluated
+``train`` run of the same variant (same pipeline id, DVC experiment, threshold and conditioning) for training
+time. When a variant was evaluated
 several times, its latest run counts. A cell whose metric was skipped says ``skipped: <reason>``; a cell with no
 run says why too, so a table never shows a silent gap or a fake zero.
 """
@@ -64,27 +65,37 @@ def _float(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce")
 
 
-def train_hours(train_runs: pd.DataFrame) -> dict[str, tuple[float, str]]:
-    """``pipeline id → (device-hours, device kind)`` of the latest finished train run per pipeline.
+VARIANT_KEYS = ("tags.vaura.pipeline_id", "tags.dvc.exp_name", "params.filter.threshold", "params.model.conditioning")
 
-    Device-hours = wall-clock duration × processes (``train.nproc``); the kind is CPU or GPU from the run's
-    ``train.device`` param and its system metrics (GPU metrics present ⇒ GPU).
+
+def _variant_key(run: pd.Series) -> tuple[str, ...]:
+    """Which training a run belongs to: pipeline id, DVC experiment and the variant's params (an ablation flow
+    runs all its variants under one pipeline id, so the id alone is not enough)."""
+    return tuple("" if pd.isna(run.get(k)) else str(run.get(k)) for k in VARIANT_KEYS)
+
+
+def train_hours(train_runs: pd.DataFrame) -> dict[tuple[str, ...], tuple[float, str]]:
+    """``variant key → (device-hours, device kind)`` of the latest finished train run of each variant.
+
+    Device-hours = wall-clock duration × processes (tag ``vaura.world_size``, else param ``train.nproc``); the
+    kind is GPU when the run's ``train.device`` is cuda or it logged GPU system metrics, else CPU.
     """
     if train_runs.empty:
         return {}
     df = train_runs[_col(train_runs, "status") == "FINISHED"].sort_values("start_time")
-    out: dict[str, tuple[float, str]] = {}
+    out: dict[tuple[str, ...], tuple[float, str]] = {}
     for _, r in df.iterrows():
-        pid = r.get("tags.vaura.pipeline_id")
-        if not isinstance(pid, str) or pd.isna(r.get("end_time")):
+        if pd.isna(r.get("end_time")):
             continue
         hours = (r["end_time"] - r["start_time"]).total_seconds() / 3600.0
-        nproc = pd.to_numeric(r.get("params.train.nproc"), errors="coerce")
-        nproc = 1 if pd.isna(nproc) else int(nproc)
+        procs = pd.to_numeric(r.get("tags.vaura.world_size"), errors="coerce")
+        if pd.isna(procs):
+            procs = pd.to_numeric(r.get("params.train.nproc"), errors="coerce")
+        procs = 1 if pd.isna(procs) else int(procs)
         gpu = str(r.get("params.train.device")) == "cuda" or any(
             c.startswith("metrics.system/gpu") and pd.notna(r[c]) for c in df.columns
         )
-        out[pid] = (hours * nproc, "GPU" if gpu else "CPU")
+        out[_variant_key(r)] = (hours * procs, "GPU" if gpu else "CPU")
     return out
 
 
@@ -154,12 +165,12 @@ def build_tables(
     df["_thr"] = _float(_col(df, "params.filter.threshold"))
     rows = []
     for _, r in _latest(df, "_thr").iterrows():
-        h = hours.get(r.get("tags.vaura.pipeline_id"))
+        h = hours.get(_variant_key(r))
         clips = r.get("metrics.data.train_clips")
         rows.append({
             "threshold": f"{r['_thr']:g}",
             "train clips": "n/a: no data/splits/train.csv" if clips is None or pd.isna(clips) else f"{int(clips)}",
-            "training device-hours": f"{h[0]:.3f} {h[1]}-h" if h else "n/a: no finished train run in this pipeline",
+            "training device-hours": f"{h[0]:.3f} {h[1]}-h" if h else "n/a: no finished train run of this variant",
             **_metric_cells(r, full),
         })
     tables["threshold"] = _frame(rows, ["threshold", "train clips", "training device-hours"], df)
