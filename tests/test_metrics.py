@@ -293,3 +293,12 @@ def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> Non
     torch.save({"model": state}, tmp_path / "bad.pt")
     predictor, reason = load_sync_predictor(tmp_path / "bad.pt", size=size)
     assert predictor is None and "bad.pt" in reason
+
+
+def test_metric_values_serialise_as_strict_json() -> None:
+    import json
+
+    silent = onset_sync([np.zeros(int(2.56 * SR), np.float32)], SR, [np.array([1.0])])
+    assert silent.values["missed"] == 1 and np.isnan(silent.values["offset_ms"])
+    doc = json.loads(json.dumps(silent.to_dict(), allow_nan=False))
+    assert doc["offset_ms"] is None and doc["recall"] == 0.0

@@ -6,6 +6,7 @@ Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whos
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +42,8 @@ class MetricResult:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "backbone": self.backbone}
         if self.status == "ok":
-            out.update(self.values)
+            # NaN (e.g. no matched onset → no offset) is written as null: metrics files must be strict JSON.
+            out.update({k: (None if math.isnan(v) else v) for k, v in self.values.items()})
         else:
             out["reason"] = self.reason
         return out
