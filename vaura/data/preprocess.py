@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
@@ -154,7 +155,8 @@ def preprocess_folder(input_dir: str | Path, output_dir: str | Path, cfg: Prepro
         bar.update()
 
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs))) as pool:
+        # spawn, not fork: stages run inside MLflow runs whose monitor threads may hold locks at fork time
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_work, src, output_dir / f"{stem}.mp4", cfg): stem for stem, src in jobs.items()}
             for fut in as_completed(futures):
                 collect(futures[fut], fut.result())

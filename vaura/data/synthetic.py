@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -304,7 +305,8 @@ def generate_benchmark(out_dir: str | Path, cfg: SyntheticConfig, seed: int) -> 
     jobs = [(p, cfg, str(out_dir)) for p in todo]
     bar = tqdm(total=len(jobs), desc="synthetic clips", unit="clip", disable=not jobs)
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        # spawn, not fork: acquire runs inside an MLflow run whose monitor thread may hold locks at fork time
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn")) as pool:
             for _ in pool.map(_render_clip, jobs, chunksize=4):
                 bar.update()
     else:
