@@ -144,7 +144,7 @@ def test_imagebind_scorer_scores_files_in_batches_consistently(tmp_path):
     from vaura.curation.imagebind_score import ImageBindScorer
 
     torch.manual_seed(0)
-    scorer = ImageBindScorer(tiny_imagebind().eval())
+    scorer = ImageBindScorer(tiny_imagebind().eval(), workers=2)
     write_clip(tmp_path / "a.mp4", 1)
     write_clip(tmp_path / "b.mp4", 2, audio_shift_s=0.5)
     batch = scorer.score_batch([tmp_path / "a.mp4", tmp_path / "b.mp4"])

@@ -119,9 +119,10 @@ class ImageBindScorer:
 
     name = "imagebind"
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", workers: int = 1) -> None:
         self.model = model
         self.device = device
+        self.workers = workers
 
     def _inputs(self, path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         from vaura.media import read_audio, read_video
@@ -139,7 +140,9 @@ class ImageBindScorer:
         return F.cosine_similarity(out[ModalityType.VISION].float(), out[ModalityType.AUDIO].float(), dim=-1).cpu()
 
     def score_batch(self, paths: Sequence[str | Path]) -> list[float]:
-        vis, aud = zip(*(self._inputs(p) for p in paths))
+        from vaura.curation.scoring import thread_map
+
+        vis, aud = zip(*thread_map(self._inputs, list(paths), self.workers))
         return [float(s) for s in self.similarity(torch.stack(vis), torch.stack(aud))]
 
     def score_clip(self, path: str | Path) -> float:

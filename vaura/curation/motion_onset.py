@@ -79,6 +79,7 @@ class MotionOnsetScorer:
     short_side: int = 64
     max_lag_frames: int = 2
     audio_rate: int = 16000
+    workers: int = 1
     name: str = "motion-onset"
 
     def score_clip(self, path: str | Path) -> float:
@@ -91,4 +92,6 @@ class MotionOnsetScorer:
         return sync_score(motion, onsets, self.max_lag_frames)
 
     def score_batch(self, paths: Sequence[str | Path]) -> list[float]:
-        return [self.score_clip(p) for p in paths]
+        from vaura.curation.scoring import thread_map
+
+        return thread_map(self.score_clip, list(paths), self.workers)

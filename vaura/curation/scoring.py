@@ -6,9 +6,10 @@ motion-onset: a normalised cross-correlation in [-1, 1]); ``filter.threshold`` m
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import pandas as pd
 from tqdm import tqdm
@@ -37,6 +38,7 @@ class ScoreConfig:
     scorer: Literal["motion-onset", "imagebind"] = "motion-onset"
     imagebind_weights: str = "weights/imagebind_huge.pth"
     batch_size: int = 4
+    workers: int = 2
     motion_short_side: int = 64
     motion_max_lag_frames: int = 2
     motion_audio_rate: int = 16000
@@ -46,7 +48,8 @@ def _build_motion_onset(cfg: ScoreConfig, root: Path, device: str) -> Scorer:
     from vaura.curation.motion_onset import MotionOnsetScorer
 
     return MotionOnsetScorer(
-        short_side=cfg.motion_short_side, max_lag_frames=cfg.motion_max_lag_frames, audio_rate=cfg.motion_audio_rate
+        short_side=cfg.motion_short_side, max_lag_frames=cfg.motion_max_lag_frames, audio_rate=cfg.motion_audio_rate,
+        workers=cfg.workers,
     )
 
 
@@ -54,7 +57,7 @@ def _build_imagebind(cfg: ScoreConfig, root: Path, device: str) -> Scorer:
     from vaura.curation.imagebind_score import ImageBindScorer, load_imagebind
 
     model = load_imagebind(root / cfg.imagebind_weights, device=device)
-    return ImageBindScorer(model, device=device)
+    return ImageBindScorer(model, device=device, workers=cfg.workers)
 
 
 SCORERS: dict[str, Callable[[ScoreConfig, Path, str], Scorer]] = {
@@ -62,6 +65,14 @@ SCORERS: dict[str, Callable[[ScoreConfig, Path, str], Scorer]] = {
     "motion-onset": _build_motion_onset,
     "imagebind": _build_imagebind,
 }
+
+
+def thread_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]``, decoded in ``workers`` threads (PyAV and torch release the GIL)."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def build_scorer(cfg: ScoreConfig, root: str | Path = ".", device: str = "cpu") -> Scorer:
