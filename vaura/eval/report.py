@@ -28,7 +28,6 @@ METRIC_COLUMNS: dict[str, tuple[str, str, str]] = {
     "missed": ("onset_missed", "onset_sync", "{:.0f}"),
     "extra": ("onset_extra", "onset_sync", "{:.0f}"),
 }
-REASON_CHARS = 90  # markdown cells keep the reason short; the CSV carries it in full
 
 
 @dataclass
@@ -99,16 +98,15 @@ def train_hours(train_runs: pd.DataFrame) -> dict[tuple[str, ...], tuple[float, 
     return out
 
 
-def _cell(run: pd.Series, metric_col: str, metric_name: str, fmt: str, full: bool) -> str:
+def _cell(run: pd.Series, metric_col: str, metric_name: str, fmt: str) -> str:
     value = run.get(f"metrics.{metric_col}")
     if value is not None and not pd.isna(value):
         return fmt.format(float(value))
     status = run.get(f"tags.metric.{metric_name}.status")
     if status == "skipped":
-        reason = str(run.get(f"tags.metric.{metric_name}.reason") or "no reason recorded")
-        if not full and len(reason) > REASON_CHARS:
-            reason = reason[: REASON_CHARS - 1] + "…"
-        return f"skipped: {reason}"
+        return f"skipped: {run.get(f'tags.metric.{metric_name}.reason') or 'no reason recorded'}"
+    if status == "ok":
+        return "n/a: undefined (no matched onsets)" if metric_name == "onset_sync" else "n/a: undefined"
     return "n/a: metric not computed by this run"
 
 
@@ -121,8 +119,8 @@ def _latest(runs: pd.DataFrame, key: str) -> pd.DataFrame:
     return runs.sort_values("start_time").drop_duplicates(key, keep="last").sort_values(key)
 
 
-def _metric_cells(run: pd.Series, full: bool) -> dict[str, str]:
-    return {col: _cell(run, m, name, fmt, full) for col, (m, name, fmt) in METRIC_COLUMNS.items()}
+def _metric_cells(run: pd.Series) -> dict[str, str]:
+    return {col: _cell(run, m, name, fmt) for col, (m, name, fmt) in METRIC_COLUMNS.items()}
 
 
 def _headers(runs: pd.DataFrame) -> dict[str, str]:
@@ -148,13 +146,9 @@ def _select(runs: pd.DataFrame, cfg: ReportConfig, group: str | None, threshold:
     return df
 
 
-def build_tables(
-    eval_runs: pd.DataFrame, train_runs: pd.DataFrame, cfg: ReportConfig, full: bool = False
-) -> dict[str, pd.DataFrame]:
-    """``{"threshold": Table II, "conditioning": Table III, "cfg": Table IV}`` as string-celled DataFrames.
-
-    ``full`` keeps skip reasons unabridged (CSV); otherwise they are cut for markdown.
-    """
+def build_tables(eval_runs: pd.DataFrame, train_runs: pd.DataFrame, cfg: ReportConfig) -> dict[str, pd.DataFrame]:
+    """``{"threshold": Table II, "conditioning": Table III, "cfg": Table IV}`` as string-celled DataFrames
+    (a skipped cell reads ``skipped: <full reason>``)."""
     if eval_runs.empty:
         raise ReportError("no `evaluate` runs in the MLflow experiment (run `vaura evaluate` first)")
     gname = f"g{cfg.cfg_scale:g}"
@@ -171,23 +165,23 @@ def build_tables(
             "threshold": f"{r['_thr']:g}",
             "train clips": "n/a: no data/splits/train.csv" if clips is None or pd.isna(clips) else f"{int(clips)}",
             "training device-hours": f"{h[0]:.3f} {h[1]}-h" if h else "n/a: no finished train run of this variant",
-            **_metric_cells(r, full),
+            **_metric_cells(r),
         })
     tables["threshold"] = _frame(rows, ["threshold", "train clips", "training device-hours"], df)
 
     df = _select(eval_runs, cfg, gname, cfg.baseline_threshold, None).copy()
     df["_cond"] = _col(df, "params.model.conditioning").astype(str)
-    rows = [{"conditioning": r["_cond"], **_metric_cells(r, full)} for _, r in _latest(df, "_cond").iterrows()]
+    rows = [{"conditioning": r["_cond"], **_metric_cells(r)} for _, r in _latest(df, "_cond").iterrows()]
     tables["conditioning"] = _frame(rows, ["conditioning"], df)
 
     df = _select(eval_runs, cfg, None, cfg.baseline_threshold, cfg.baseline_conditioning).copy()
     df["_g"] = _float(_col(df, "tags.vaura.eval.cfg_scale"))
-    rows = [{"γ": f"{r['_g']:g}", **_metric_cells(r, full)} for _, r in _latest(df, "_g").iterrows()]
+    rows = [{"γ": f"{r['_g']:g}", **_metric_cells(r)} for _, r in _latest(df, "_g").iterrows()]
     for ref in ("recon", "reference"):
         extra = _select(eval_runs, cfg, ref, cfg.baseline_threshold, cfg.baseline_conditioning)
         if len(extra):
             label = "codec reconstruction" if ref == "recon" else "reference (real audio)"
-            rows.append({"γ": label, **_metric_cells(extra.sort_values("start_time").iloc[-1], full)})
+            rows.append({"γ": label, **_metric_cells(extra.sort_values("start_time").iloc[-1])})
     tables["cfg"] = _frame(rows, ["γ"], df)
     return tables
 
@@ -198,17 +192,27 @@ def _frame(rows: Sequence[dict[str, Any]], keys: list[str], runs: pd.DataFrame) 
 
 
 def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
-    """A GitHub-markdown table (no extra dependency)."""
-    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    """A GitHub-markdown table (no extra dependency). Skip reasons become numbered notes under the table, so a
+    column skipped in every row reads ``skipped [1]`` instead of repeating a long sentence."""
+    reasons: dict[str, int] = {}
+
+    def cell(v: object) -> str:
+        text = str(v).replace("|", "\\|").replace("\n", " ")
+        if text.startswith("skipped: "):
+            n = reasons.setdefault(text[len("skipped: "):], len(reasons) + 1)
+            return f"skipped [{n}]"
+        return text
+
     lines = [f"# {title}", ""]
     if note:
         lines += [note, ""]
-    lines.append("| " + " | ".join(esc(c) for c in df.columns) + " |")
+    lines.append("| " + " | ".join(cell(c) for c in df.columns) + " |")
     lines.append("|" + "|".join("---" for _ in df.columns) + "|")
-    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     if df.empty:
-        lines.append("")
-        lines.append("_No runs match this table's selection yet._")
+        lines += ["", "_No runs match this table's selection yet._"]
+    if reasons:
+        lines += ["", "Skipped metrics:", ""] + [f"[{n}] {r}  " for r, n in reasons.items()]
     return "\n".join(lines) + "\n"
 
 

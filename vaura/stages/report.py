@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         evals, trains = search_runs(tcfg.experiment, "evaluate"), search_runs(tcfg.experiment, "train")
         tables = build_tables(evals, trains, cfg)
-        full = build_tables(evals, trains, cfg, full=True)
     except ReportError as exc:
         print(f"vaura report: {exc}", file=sys.stderr)
         return 1
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     written = []
     for name, table in tables.items():
         atomic_write_text(out / f"{name}.md", to_markdown(table, TITLES[name], note))
-        atomic_write_csv(out / f"{name}.csv", full[name])
+        atomic_write_csv(out / f"{name}.csv", table)
         written += [out / f"{name}.md", out / f"{name}.csv"]
         print(to_markdown(table, TITLES[name]))
     atomic_write_csv(out / "cfg_curve.csv", cfg_curve(evals, cfg))
