@@ -209,6 +209,9 @@ def test_bad_inputs_raise_typed_errors(tmp_path: Path) -> None:
         with pytest.raises(error, match=name):
             media.read_audio(path, SR) if name != "cut.mp4" else media.read_video(path, duration=2.0)
 
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(media.NotMediaError, match="folder.mp4"):
+        media.probe(tmp_path / "folder.mp4")
     audio_only = write_av(tmp_path / "sound.m4a", audio=tone(440, 1.0, SR)[None], fmt="mp4")
     with pytest.raises(media.NoVideoStreamError, match="sound.m4a"):
         media.read_video(audio_only)
@@ -233,3 +236,15 @@ def test_decoding_pinned_against_a_stored_reference() -> None:
     assert diff.max() <= 3 and diff.mean() < 0.5  # bit-exact here; room for SIMD differences elsewhere
     sound = media.read_audio(FIXTURES / "media_pin.mp4", 16000)
     assert sound.shape == ref["audio"].shape and np.abs(sound - ref["audio"]).max() < 1e-3
+
+
+def test_unreadable_file_is_a_media_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_av(tmp_path / "locked.mp4", _index_video(5))
+
+    def denied(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", denied)  # tests run as root here, so chmod cannot make a file unreadable
+    with pytest.raises(media.MediaError, match="locked.mp4: unreadable file \\(Permission denied\\)"):
+        media.read_video(path)
+

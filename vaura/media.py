@@ -86,8 +86,15 @@ def _looks_like_media(path: Path) -> bool:
 def _open(path: str | Path) -> av.container.InputContainer:
     """Open ``path`` for reading, mapping every failure to a typed :class:`MediaError`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MediaError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise NotMediaError(f"{path}: not a media file (it is a folder or a special file)")
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise MediaError(f"{path}: unreadable file ({exc.strerror or exc})") from exc
     if path.stat().st_size == 0:
         raise NotMediaError(f"{path}: not a media file (the file is empty)")
     try:
