@@ -76,12 +76,14 @@ def test_dvc_lock_dependency_hashes_become_tags(store):
 
 def test_credentials_never_reach_the_store(store):
     tmp, params, client = store
-    secret = {"s3": {"secret_access_key": "hunter2", "endpoint": "http://user:pw@host:9000/b", "region": "x"}}
+    secret = {"s3": {"secret_access_key": "hunter2", "endpoint": "http://user:pw@host:9000/b", "region": "x",
+                     "session_token": "t0k", "max_tokens": 5}}
     with tracking.stage_run("acquire", {**params, **secret}, tags={"remote": "s3://ak:sk@bucket/p"}) as run:
         pass
     r = client.get_run(run.info.run_id)
     assert r.data.params["s3.secret_access_key"] == "***"
     assert r.data.params["s3.endpoint"] == "http://host:9000/b" and r.data.params["s3.region"] == "x"
+    assert r.data.params["s3.session_token"] == "***" and r.data.params["s3.max_tokens"] == "5"
     assert r.data.tags["remote"] == "s3://bucket/p"
     stored = _artifact(client, run.info.run_id, "config/params.json").decode()
     assert "hunter2" not in stored and "pw@" not in stored

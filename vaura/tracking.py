@@ -35,7 +35,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PIPELINE_TAG = "vaura.pipeline_id"
 ROLE_TAG = "vaura.role"
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|credential|access[_-]?key|api[_-]?key)", re.I)
+# credential-like key names (a whole ``token`` component only: ``tokens_per_s`` is a metric, not a secret)
+_SECRET_KEY = re.compile(r"password|passwd|secret|credential|access[_-]?key|api[_-]?key|(^|[._-])token($|[._-])", re.I)
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_PARAM_CHARS = 6000
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
