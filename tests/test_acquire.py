@@ -41,6 +41,7 @@ def test_s3_download_and_resume(s3_endpoint: str, aws_env: None, tmp_path: Path)
     for name, data in BLOBS.items():
         client.put_object(Bucket="videos", Key=f"vggsound/{name}", Body=data)
     client.put_object(Bucket="videos", Key="other/skip.mp4", Body=b"x")  # outside the prefix
+    client.put_object(Bucket="videos", Key="vggsound-old/skip.mp4", Body=b"x")  # a sibling folder, not inside
     cfg = AcquireConfig(source="s3", uri="s3://videos/vggsound", endpoint_url=s3_endpoint, retries=1, backoff_s=0.01)
     out = tmp_path / "raw"
 

@@ -176,6 +176,8 @@ def _s3_items(uri: str, cfg: AcquireConfig) -> list[tuple[RemoteFile, Opener]]:
 
     parsed = urlparse(uri)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # a folder, as `aws s3 sync` reads it: s3://b/videos must not pick up s3://b/videos-old/
     if not bucket:
         raise AcquireError(f"{uri}: not an s3://bucket/prefix URI")
     client = s3_client(cfg.endpoint_url, cfg.timeout_s)
