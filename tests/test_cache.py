@@ -110,6 +110,16 @@ def test_a_re_encoded_source_file_invalidates_only_its_shard(tmp_path):
     assert summary["shards_reused"] == 1 and load(out / shard_name(1))["clips"] == ["c1"]
 
 
+def test_a_shorter_plan_drops_the_shards_it_no_longer_has(tmp_path):
+    plan = micro_clips(tmp_path, n=3)
+    out = tmp_path / "cache"
+    build_cache(plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=1, progress=False)
+    build_cache(plan[:2], out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=1,
+                progress=False)
+    assert sorted(p.name for p in out.glob("shard-*.pt")) == [shard_name(0), shard_name(1)]
+    assert list(pd.read_csv(out / "index.csv")["clip"]) == ["c0", "c1"]
+
+
 def test_plan_rejects_duplicate_clips_and_eval_rows_without_a_window():
     train = pd.DataFrame({"clip": ["a", "b"], "path": ["/x/a.mp4", "/x/b.mp4"]})
     with pytest.raises(CacheError, match="more than once"):

@@ -260,8 +260,9 @@ def build_cache(
     for stale in out_dir.glob(".shard-*.tmp*"):  # temp files of a run killed mid-write
         stale.unlink(missing_ok=True)
     shards = [list(plan[i : i + shard_size]) for i in range(0, len(plan), shard_size)]
-    for extra in out_dir.glob("shard-*.pt"):
-        if int(extra.stem.split("-")[1]) >= len(shards):
+    for extra in out_dir.glob("shard-*.pt"):  # shards of an earlier, longer plan
+        number = extra.stem.removeprefix("shard-")
+        if number.isdigit() and int(number) >= len(shards):
             extra.unlink()
     device = torch.device(device)
     reused = 0
