@@ -114,6 +114,11 @@ def test_deterministic_and_resumable(bench: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
     assert kept.stat().st_mtime == 1_000_000_000
 
+    # another seed into the same folder: the old clips are not kept under the new ground truth
+    generate_benchmark(again, MICRO, SEED + 1)
+    assert not np.array_equal(_decoded(kept)[1], _decoded(bench / kept.name)[1])
+    assert kept.stat().st_mtime != 1_000_000_000
+
     other = plan_benchmark(MICRO, SEED + 1)
     assert [p.events for p in other] != [p.events for p in plan_benchmark(MICRO, SEED)]
     # per-clip seeds: a val clip does not depend on how many train clips there are

@@ -9,8 +9,9 @@ and re-rendered bit-identically.
 """
 from __future__ import annotations
 
+import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vaura.io import atomic_write_csv
+from vaura.io import atomic_write_csv, atomic_write_json
 from vaura.media import write_video
 
 SPLITS = ("train", "val", "test")
@@ -296,11 +297,20 @@ def generate_benchmark(out_dir: str | Path, cfg: SyntheticConfig, seed: int) -> 
     """Render the benchmark into ``out_dir`` (MP4s + manifest/events/relevance CSVs); returns the manifest.
 
     Clips already present are kept (files are written atomically, so an existing file is complete), which
-    makes an interrupted run resumable; the CSVs are always rewritten from the plans.
+    makes an interrupted run resumable, unless ``synthetic.json`` shows they were rendered with another seed
+    or config; the CSVs are always rewritten from the plans.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = plan_benchmark(cfg, seed)
+    # Clips rendered under another seed/config share names with ours but not content: drop them, so kept
+    # files always match the ground truth written below. Stamped before rendering so a killed run resumes.
+    stamp = {"seed": seed, **{k: v for k, v in asdict(cfg).items() if k != "workers"}}
+    stamp_path = out_dir / "synthetic.json"
+    if not stamp_path.exists() or json.loads(stamp_path.read_text()) != stamp:
+        for old in out_dir.glob("syn-*.mp4"):
+            old.unlink()
+        atomic_write_json(stamp_path, stamp)
     todo = [p for p in plans if not (out_dir / f"{p.clip}.mp4").exists()]
     jobs = [(p, cfg, str(out_dir)) for p in todo]
     bar = tqdm(total=len(jobs), desc="synthetic clips", unit="clip", disable=not jobs)
