@@ -118,7 +118,8 @@ def test_stage_writes_frozen_encoder_metrics_and_cache_can_load_it(micro_project
     assert main(["avclip", "--params", str(root / "params.yaml"), "--no-track", "--no-progress"]) == 0
     out = root / "data" / "avclip"
     payload = torch.load(out / "visual.pt", weights_only=True)
-    assert payload["size"]["dim"] == 16 and payload["avclip"]["steps"] == 4 and len(payload["train_clips"]) == 6
+    assert payload["size"]["dim"] == 16 and payload["avclip"]["steps"] == 4
+    assert payload["train_facts"]["train_clips"] == 6 and payload["train_facts"]["steps_done"] == 4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_clips"] == 6 and metrics["val_clips"] == 3 and metrics["steps_done"] == 4
     assert metrics["retrieval"]["candidates_per_clip"] == 25  # 64 frames: starts 0, 2, ..., 48
@@ -178,3 +179,33 @@ def test_stage_logs_training_curve_and_metrics_to_mlflow(micro_project, tmp_path
     assert [m.step for m in client.get_metric_history(run.info.run_id, "avclip/train_loss")] == [0]  # every 10 steps
     assert run.data.params["avclip.steps"] == "4" and run.data.params["visual.dim"] == "16"
     assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, tmp_path):
+    from vaura.visual import CheckpointError
+
+    root = micro_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["avclip"]["shipped"] = str(tmp_path / "shipped.pt")
+    ship_file = root / "params_ship.yaml"
+    ship_file.write_text(yaml.safe_dump(params))
+    assert main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress", "--ship"]) == 0
+    shipped = torch.load(tmp_path / "shipped.pt", weights_only=True)
+    assert shipped["train_facts"]["steps_done"] == 4 and "audio.net.0.weight" in shipped["towers"]
+
+    params["avclip"].update(source="shipped", max_val_clips=2)  # measuring differently keeps the file valid
+    ship_file.write_text(yaml.safe_dump(params))
+    assert main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"]) == 0
+    metrics = json.loads((root / "data" / "avclip" / "metrics.json").read_text())
+    assert metrics["source"] == "shipped" and metrics["val_clips"] == 2 and metrics["steps_done"] == 4
+    used = torch.load(root / "data" / "avclip" / "visual.pt", weights_only=True)
+    assert all(torch.equal(used["state_dict"][k], v) for k, v in shipped["state_dict"].items())
+
+    params["avclip"]["steps"] = 5  # a training knob: the shipped weights no longer match the params
+    ship_file.write_text(yaml.safe_dump(params))
+    with pytest.raises(CheckpointError, match=r"other avclip params.*'steps': \(4, 5\)"):
+        main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])
+    params["avclip"]["steps"], params["visual"]["depth"] = 4, 2
+    ship_file.write_text(yaml.safe_dump(params))
+    with pytest.raises(CheckpointError, match=r"another visual architecture.*'depth': \(1, 2\)"):
+        main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])

@@ -10,6 +10,12 @@ Writes <data>/avclip/visual.pt     the frozen encoder (weights_only-loadable: ar
                                    on a randomly initialised encoder, and timings
        <data>/avclip/rejected.csv  clips that could not be decoded (clip, reason)
 
+avclip.source chooses how the weights are obtained:
+  train    train avclip.steps steps here on the first avclip.max_train_clips TRAIN clips (about a minute of CPU)
+  shipped  use avclip.shipped (a file this stage wrote with --ship), after checking that it was trained with
+           the current params `visual` architecture and `avclip` training knobs; like the released
+           Segment-AVCLIP, it was pretrained on other clips (the project's synthetic benchmark at ship time)
+In both cases the metrics are measured here, on this pipeline's VAL clips.
 The architecture comes from params `visual` (dim, depth, heads, crop, ...); training knobs from `avclip`.
 With params visual.kind: segment_avclip the stage has nothing to train and says so.
 """
@@ -24,6 +30,9 @@ from vaura.config import load_section, load_yaml, to_dict
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--train", action="store_true", help="train even when avclip.source is 'shipped'")
+    parser.add_argument("--ship", action="store_true",
+                        help="train, and also write the result to avclip.shipped (to commit as the shipped stand-in)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any clip could not be decoded")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -42,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     def go(log=None) -> dict:
-        return run_stage(params, vcfg, cfg, root, progress=not args.no_progress, log=log)
+        return run_stage(params, vcfg, cfg, root, progress=not args.no_progress, log=log, force_train=args.train,
+                         ship=args.ship)
 
     if args.no_track:
         metrics = go()
@@ -57,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
             flat = {f"avclip/{g}/{k}": float(v) for g in ("retrieval", "probe", "probe_random_init")
                     if isinstance(metrics.get(g), dict) for k, v in metrics[g].items()}
             mlflow.log_metrics(flat)
+            mlflow.set_tag("avclip.source", metrics["source"])
             mlflow.log_artifact(str(root / params.get("paths", {}).get("data", "data") / "avclip" / "metrics.json"))
     r = metrics["retrieval"]
-    line = (f"avclip: {metrics['train_clips']} train clips, {metrics['steps_done']} steps in "
+    line = (f"avclip ({metrics['source']}): {metrics['train_clips']} train clips, {metrics['steps_done']} steps in "
             f"{metrics['train_seconds']} s; VAL within-clip retrieval top-1 {r['within_clip_top1']:.3f} "
             f"(chance {r['chance_top1']:.3f})")
     if isinstance(metrics.get("probe"), dict):

@@ -309,6 +309,45 @@ def probe_metrics(
     return out
 
 
+# Knobs that only change how the stage *measures* (not the trained weights): a shipped file stays valid when
+# they differ.
+EVAL_ONLY_KEYS = ("source", "shipped", "max_val_clips", "probe_clips")
+
+
+def _training_knobs(cfg: AVClipConfig) -> dict[str, Any]:
+    from vaura.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in EVAL_ONLY_KEYS}
+
+
+def load_shipped(path: Path, vcfg: VisualConfig, cfg: AVClipConfig) -> tuple[SegmentAVCLIP, dict[str, Any]]:
+    """The two-tower model saved by ``vaura avclip --ship``; it must match params ``visual`` and ``avclip``."""
+    from vaura.visual.weights import CheckpointError, load_strict, read_checkpoint
+
+    if not path.is_file():
+        raise CheckpointError(
+            f"shipped avclip stand-in not found: {path}. Produce it with `vaura avclip --params params.yaml "
+            "--ship`, or set params avclip.source: train"
+        )
+    obj = read_checkpoint(path, "vaura avclip stand-in (vaura avclip --ship)")
+    if "towers" not in obj or "size" not in obj or "avclip" not in obj:
+        raise CheckpointError(f"{path}: not a shipped avclip file (needs 'size', 'avclip' and 'towers')")
+    size = size_from_config(vcfg)
+    if obj["size"] != size.to_dict():
+        diffs = {k: (v, size.to_dict().get(k)) for k, v in obj["size"].items() if size.to_dict().get(k) != v}
+        raise CheckpointError(f"{path}: trained for another visual architecture (file vs params: {diffs}); "
+                              "rerun `vaura avclip --ship` or set avclip.source: train")
+    mine, theirs = _training_knobs(cfg), {k: v for k, v in obj["avclip"].items() if k not in EVAL_ONLY_KEYS}
+    if mine != theirs:
+        diffs = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+        raise CheckpointError(f"{path}: trained with other avclip params (file vs params: {diffs}); "
+                              "rerun `vaura avclip --ship` or set avclip.source: train")
+    model = SegmentAVCLIP(MotionFormer(size), cfg)
+    load_strict(model, obj["towers"], str(path))
+    facts = dict(obj.get("train_facts", {}))
+    return model.to(resolve_device(vcfg.device)).eval(), facts
+
+
 def run_stage(
     params: dict[str, Any],
     vcfg: VisualConfig,
@@ -316,9 +355,11 @@ def run_stage(
     root: Path,
     progress: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
+    force_train: bool = False,
+    ship: bool = False,
 ) -> dict[str, Any]:
-    """The ``avclip`` stage: train on TRAIN clips, measure on VAL clips, write ``<data>/avclip/``."""
-    from vaura.config import to_dict
+    """The ``avclip`` stage: get the stand-in (train on TRAIN clips, or the shipped file), measure it on VAL
+    clips, write ``<data>/avclip/``. ``ship`` trains and also writes the file ``avclip.shipped`` points to."""
     from vaura.data.manifest import read_manifest
     from vaura.io import atomic_torch_save, atomic_write_csv, atomic_write_json
     from vaura.visual.encoder import standin_payload
@@ -326,22 +367,28 @@ def run_stage(
     t_start = time.monotonic()
     seed = int(params.get("seed", 0))
     data_dir = root / params.get("paths", {}).get("data", "data")
-    manifest = read_manifest(data_dir / "clips" / "manifest.csv").sort_values("clip")
-    tr = manifest[manifest["split"] == "train"].head(cfg.max_train_clips)
+    manifest_path = data_dir / "clips" / "manifest.csv"
+    manifest = read_manifest(manifest_path).sort_values("clip")
+    train_now = force_train or ship or cfg.source == "train"
+    n_train = cfg.max_train_clips if train_now else cfg.probe_clips
+    tr = manifest[manifest["split"] == "train"].head(n_train)
     va = manifest[manifest["split"] == "val"].head(cfg.max_val_clips)
     if tr.empty or va.empty:
-        raise AVClipDataError(
-            f"{data_dir / 'clips' / 'manifest.csv'}: need train and val clips, got {len(tr)} train, {len(va)} val"
-        )
+        raise AVClipDataError(f"{manifest_path}: need train and val clips, got {len(tr)} train, {len(va)} val")
     train, rej_tr = load_clips([Path(p) for p in tr["path"]], list(tr["clip"]), vcfg, cfg, progress)
     val, rej_va = load_clips([Path(p) for p in va["path"]], list(va["clip"]), vcfg, cfg, progress)
     t_decode = time.monotonic() - t_start
 
-    model, facts = train_avclip(train, vcfg, cfg, seed=seed, progress=progress, log=log)
+    if train_now:
+        model, facts = train_avclip(train, vcfg, cfg, seed=seed, progress=progress, log=log)
+        facts |= {"train_clips": len(train.clips), "data_seed": seed, "data_manifest": str(manifest_path)}
+    else:
+        model, facts = load_shipped(root / cfg.shipped, vcfg, cfg)
     mel_norm = (facts["mel_mean"], facts["mel_std"])
     metrics: dict[str, Any] = {
-        "train_clips": len(train.clips), "val_clips": len(val.clips), "rejected": len(rej_tr) + len(rej_va),
-        "decode_seconds": round(t_decode, 1), **{k: v for k, v in facts.items() if not k.startswith("mel_")},
+        "source": "trained" if train_now else "shipped", "val_clips": len(val.clips),
+        "rejected": len(rej_tr) + len(rej_va), "decode_seconds": round(t_decode, 1),
+        **{k: v for k, v in facts.items() if not k.startswith(("mel_", "data_manifest"))},
         "retrieval": retrieval_metrics(model, val, vcfg, mel_norm),
     }
     events_path = data_dir / "raw" / "events.csv"
@@ -359,8 +406,12 @@ def run_stage(
     metrics["stage_seconds"] = round(time.monotonic() - t_start, 1)
 
     out = data_dir / "avclip"
-    payload = standin_payload(model.visual, {"avclip": to_dict(cfg), "seed": seed, "train_clips": train.clips})
+    towers = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = standin_payload(model.visual, {"avclip": dict(_training_knobs(cfg)), "seed": seed, "towers": towers,
+                                             "train_facts": facts})
     atomic_torch_save(out / "visual.pt", payload)
+    if ship:
+        atomic_torch_save(root / cfg.shipped, payload)
     atomic_write_json(out / "metrics.json", metrics)
     rejected = pd.DataFrame(rej_tr + rej_va, columns=["clip", "reason"])
     atomic_write_csv(out / "rejected.csv", rejected)

@@ -33,6 +33,8 @@ class VisualConfig:
 class AVClipConfig:
     """Offline stand-in pretraining: segment-level audio-visual InfoNCE on synthetic train clips."""
 
+    source: Literal["train", "shipped"] = "train"
+    shipped: str = "vaura/visual/standin/avclip.pt"
     max_train_clips: int = 96
     max_val_clips: int = 24
     probe_clips: int = 48
