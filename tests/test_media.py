@@ -134,6 +134,16 @@ def test_window(tmp_path: Path) -> None:
             media.read_audio(path, SR, start_sec=start, duration=dur)
 
 
+def test_late_window_after_seek(tmp_path: Path) -> None:
+    frames = np.stack([index_frame(k % 256, 24, 32) for k in range(300)])  # 12 s: windows past 2 s seek
+    path = tmp_path / "long.mp4"
+    media.write_video(path, frames, 25.0, click_track(12.0, 16000, at_s=9.0), 16000)
+    video = media.read_video(path, short_side=None, crop=None, start_sec=8.0, duration=2.0)
+    assert [read_index(f) for f in video] == [k % 256 for k in range(200, 250)]
+    sound = media.read_audio(path, 16000, start_sec=8.5, duration=1.0)
+    assert abs(int(np.argmax(np.abs(sound))) - 8000) < 40
+
+
 def test_surround_and_stereo_downmix_and_resample(tmp_path: Path) -> None:
     sig = tone(1000.0, 1.0, 48000, amp=0.5)
     silent = np.zeros_like(sig)
