@@ -8,7 +8,8 @@ not just which objects are in the clip, which is what the V-AURA decoder needs f
 
 The visual segment embedding keeps the token order (the 8 tokens are concatenated before the projection) and
 the audio encoder (a small 1-D CNN on log-mel, written here) keeps time order too, so timing can be matched.
-After training, only the Motionformer is kept (frozen by :class:`vaura.visual.encoder.VisualEncoder`).
+Downstream (``cache``) uses only the Motionformer, frozen by :class:`vaura.visual.encoder.VisualEncoder`; the
+audio tower and heads are saved beside it so a shipped stand-in can be re-measured.
 
 Quality is measured on VAL clips the training never saw: within-clip segment retrieval (which of the
 token-shifted audio segments matches a video segment) and linear probes on the frozen per-token features
@@ -218,7 +219,8 @@ def train_avclip(
         step = cfg.steps
     facts = {
         "steps_done": int(step), "train_seconds": round(time.monotonic() - t0, 1),
-        "final_loss_ema": round(ema_loss or float("nan"), 4), "final_batch_acc_ema": round(ema_acc or 0.0, 4),
+        "final_loss_ema": None if ema_loss is None else round(ema_loss, 4),
+        "final_batch_acc_ema": None if ema_acc is None else round(ema_acc, 4),
         "batch_segments": min(cfg.batch_clips, len(data.clips)) * cfg.segments_per_clip,
         "mel_mean": mel_norm[0], "mel_std": mel_norm[1],
     }
