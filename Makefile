@@ -17,8 +17,20 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 
 venv: $(STAMP)
 
+# The offline profile end to end (`dvc repro`; a second run does nothing), then where to look.
 demo: $(STAMP)
-	$(BIN)/python -m vaura.cli demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo ""
+	@echo "Tables (paper II-IV): $(CURDIR)/reports/threshold.md conditioning.md cfg.md   metrics: $(BIN)/dvc metrics show"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --port 5000  ->  http://127.0.0.1:5000"
+	@echo "           (with the local stack, runs go to its server instead: make stack-up; source .stack/env.sh)"
+
+# The local stack: moto S3, MLflow server, Prefect server + process worker, deployments, DVC remote.
+stack-up: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/vaura stack up
+
+stack-down: $(STAMP)
+	$(BIN)/vaura stack down
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
