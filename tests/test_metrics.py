@@ -150,13 +150,58 @@ def test_kl_divergence_known_value_and_asymmetry() -> None:
 
 
 def test_kld_without_passt_weights_is_skipped(tmp_path) -> None:
-    from vaura.eval.kld import kld_passt
+    from vaura.eval.kld import kld_score, load_kld_model
 
-    res = kld_passt(tmp_path / "passt.pt")
-    assert res.status == "skipped" and "passt-s-f128" in res.reason
-    (tmp_path / "passt.pt").write_bytes(b"x")
-    res = kld_passt(tmp_path / "passt.pt")
-    assert res.status == "skipped" and "not implemented" in res.reason
+    model, reason = load_kld_model(tmp_path / "passt.pt")
+    assert model is None and "passt-s-f128" in reason and str(tmp_path / "passt.pt") in reason
+    res = kld_score(None, [], [], SR, reason)
+    assert res.status == "skipped" and res.reason == reason
+
+
+def _tiny_passt_size():
+    from vaura.eval.passt import PaSSTSize
+
+    return PaSSTSize(dim=32, depth=1, heads=2, n_classes=10)
+
+
+def test_passt_strict_loads_and_kld_compares_clip_pairs(tmp_path) -> None:
+    from vaura.eval.kld import kld_score, load_kld_model
+    from vaura.eval.passt import PaSST, passt_mel
+
+    assert passt_mel(_clicks([0.5]), SR).shape == (128, 256)  # 2.56 s at 32 kHz, hop 320, centred
+    size = _tiny_passt_size()
+    torch.manual_seed(0)
+    net = PaSST(size)
+    for p in net.parameters():  # zero-initialised tokens/embeddings would make every clip look alike
+        torch.nn.init.normal_(p, std=0.5)
+    torch.save({"model": net.state_dict()}, tmp_path / "passt.pt")
+    model, reason = load_kld_model(tmp_path / "passt.pt", size=size)
+    assert model is not None and reason == ""
+    refs = [_clicks([0.5, 1.5], seed=1), _clicks([1.0], seed=2)]
+    same = kld_score(model, refs, refs, SR)
+    assert same.status == "ok" and same.values["kld"] == pytest.approx(0.0, abs=1e-6)
+    t = np.arange(int(2.56 * SR)) / SR
+    tones = [(0.3 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)] * 2
+    assert kld_score(model, tones, refs, SR).values["kld"] > 1e-3
+    state = net.state_dict()
+    state["head.1.weight"] = torch.zeros(9, 32)
+    torch.save(state, tmp_path / "bad.pt")
+    model, reason = load_kld_model(tmp_path / "bad.pt", size=size)
+    assert model is None and "bad.pt" in reason
+
+
+def test_passt_full_size_matches_the_released_layout() -> None:
+    from vaura.eval.passt import PaSST
+
+    with torch.device("meta"):
+        state = PaSST().state_dict()
+    assert {"cls_token", "dist_token", "new_pos_embed", "blocks.11.attn.qkv.bias", "blocks.11.mlp.fc2.weight",
+            "norm.weight", "head.0.weight", "head_dist.bias"} <= set(state)
+    assert "blocks.12.norm1.weight" not in state and state["new_pos_embed"].shape == (1, 2, 768)
+    assert state["time_new_pos_embed"].shape == (1, 768, 1, 99)
+    assert state["freq_new_pos_embed"].shape == (1, 768, 12, 1)
+    assert state["patch_embed.proj.weight"].shape == (768, 1, 16, 16)
+    assert state["head.1.weight"].shape == state["head_dist.weight"].shape == (527, 768)
 
 
 def _fake_predictor(calls: list):

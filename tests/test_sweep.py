@@ -191,7 +191,8 @@ def test_evaluate_sweep_scores_groups_against_ground_truth(tmp_path) -> None:
 
     cfg = EvaluateConfig(fad_backbone="logmel", passt_weights="absent.pt", n_artifact_clips=1)
     groups = evaluate_sweep(tmp_path / "sweep", {"a": "a", "b": "b"}, events, cfg,
-                            Models(sync_reason="Synchformer checkpoint not found at s.pt", ib_reason="no IB at i.pt"),
+                            Models(sync_reason="Synchformer checkpoint not found at s.pt", ib_reason="no IB at i.pt",
+                                   passt_reason="PaSST weights not found at absent.pt"),
                             root=tmp_path, read_audio=read_audio, read_video=read_video)
     by = {g.name: g for g in groups}
     assert list(by) == ["reference", "g0", "g3"]

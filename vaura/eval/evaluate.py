@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from vaura.eval.fad import fad
 from vaura.eval.ib import ib_score
-from vaura.eval.kld import kld_passt
+from vaura.eval.kld import kld_score
 from vaura.eval.onset_sync import onset_sync
 from vaura.eval.results import MetricResult
 from vaura.eval.sync import OffsetPredictor, desync_score, sync_score
@@ -93,6 +93,8 @@ class Models:
     sync_reason: str = "Synchformer not loaded"
     ib: Any = None
     ib_reason: str = "ImageBind not loaded"
+    passt: Any = None
+    passt_reason: str = "PaSST not loaded"
     device: str = "cpu"
 
 
@@ -142,6 +144,7 @@ def score_group(
     audios: Sequence[np.ndarray],
     sample_rate: int,
     reference: Sequence[np.ndarray] | None,
+    paired_reference: Sequence[np.ndarray] | None,
     truths: Sequence[np.ndarray] | None,
     sync_frames: Callable[[], list[np.ndarray]],
     ib_frames: Callable[[], list[np.ndarray]],
@@ -149,7 +152,11 @@ def score_group(
     models: Models,
     root: Path,
 ) -> None:
-    """Fill ``group.metrics``; frames are read lazily (only for metrics whose models are loaded)."""
+    """Fill ``group.metrics``; frames are read lazily (only for metrics whose models are loaded).
+
+    ``reference`` is the test set's real audio (one per clip, for FAD); ``paired_reference[i]`` is the real audio
+    of ``audios[i]``'s own clip (for KLD). Both are ``None`` for the reference group itself.
+    """
     m = group.metrics
     m["onset_sync"] = (
         onset_sync(audios, sample_rate, truths, tol=cfg.onset_tolerance_s) if truths is not None
@@ -160,7 +167,11 @@ def score_group(
         fad(audios, reference, sample_rate, cfg.fad_backbone, root / cfg.vggish_weights) if reference is not None
         else MetricResult.skipped("fad", "the reference set itself (FAD would be 0 by definition)", fad_label)
     )
-    m["kld"] = kld_passt(root / cfg.passt_weights)
+    m["kld"] = (
+        kld_score(models.passt, audios, paired_reference, sample_rate, models.passt_reason)
+        if paired_reference is not None
+        else MetricResult.skipped("kld", "the reference set itself (KLD would be 0 by definition)", "passt")
+    )
     m["ib"] = ib_score(models.ib, ib_frames() if models.ib is not None else [], audios, sample_rate,
                        models.ib_reason, device=models.device)
     frames = sync_frames() if models.sync is not None else []
@@ -224,6 +235,7 @@ def evaluate_sweep(
             score_group(
                 group, audios, sr,
                 reference=None if g_rows is None else [ref[c] for c in start],
+                paired_reference=None if g_rows is None else [ref[c] for c in names],
                 truths=None if truth is None else [truth[c] for c in names],
                 sync_frames=lambda names=names: frames_for("sync", names),
                 ib_frames=lambda names=names: frames_for("ib", names),

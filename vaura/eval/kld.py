@@ -1,22 +1,22 @@
 """KLD: Kullback–Leibler divergence between AudioSet class distributions of reference and generated audio.
 
-The paper's classifier is PaSST (``passt_s_swa_p16_128_ap476``, 32 kHz, 527 AudioSet classes). What vaura
-implements: the divergence itself (:func:`kl_divergence`, tested) and the weight-file check with the download
-hint. What it does NOT implement: the PaSST network — so with weights present the metric is still reported as
-skipped with that reason, never as a number from a different classifier.
+The paper's classifier is PaSST (``passt_s_swa_p16_128_ap476``, 32 kHz, 527 AudioSet classes; network and strict
+loader in :mod:`vaura.eval.passt`). Each generated sample is compared with the real audio of its own test clip:
+class distributions are the softmax over PaSST's 527 logits, KL(reference ‖ generated) is summed over classes and
+averaged over samples. Without the weights the metric is ``skipped`` with the download hint — never a number from
+another classifier.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, MissingWeightsError
 
 EPS = 1e-6
-PASST_HINT = (
-    "download passt-s-f128-p16-s10-ap.476-swa.pt (release v0.0.1 of github.com/kkoutini/PaSST) and put it at {path}"
-)
 
 
 def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray) -> float:
@@ -36,14 +36,32 @@ def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
 
 
-def kld_passt(weights: str | Path) -> MetricResult:
-    """KLD with PaSST: skipped with the precise reason (missing weights, or the network not implemented)."""
-    path = Path(weights)
-    if not path.is_file():
-        return MetricResult.skipped(
-            "kld", f"PaSST weights not found at {path}: " + PASST_HINT.format(path=path), backbone="passt"
-        )
-    return MetricResult.skipped(
-        "kld", f"PaSST weights found at {path}, but the PaSST network is not implemented in vaura yet",
-        backbone="passt",
-    )
+def load_kld_model(
+    weights: str | Path, device: str | torch.device = "cpu", size: Any = None
+) -> tuple[torch.nn.Module | None, str]:
+    """(PaSST, "") or (None, reason) when the weights are missing or not in the released layout."""
+    from vaura.eval.passt import PaSSTSize, load_passt
+
+    try:
+        return load_passt(weights, size or PaSSTSize(), device=device), ""
+    except (MissingWeightsError, ValueError) as exc:
+        return None, str(exc)
+
+
+def kld_score(
+    model: torch.nn.Module | None,
+    generated: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    sample_rate: int,
+    skip_reason: str = "",
+) -> MetricResult:
+    """KLD of generated clips against the real audio of the same test clips (``references[i]`` ↔ ``generated[i]``)."""
+    if model is None:
+        return MetricResult.skipped("kld", skip_reason or "no PaSST model", backbone="passt")
+    from vaura.eval.passt import class_probabilities
+
+    if len(generated) != len(references):
+        raise ValueError(f"kld: {len(generated)} generated clips but {len(references)} references")
+    p_ref = class_probabilities(model, references, sample_rate)
+    p_gen = class_probabilities(model, generated, sample_rate)
+    return MetricResult.ok("kld", {"kld": kl_divergence(p_ref, p_gen)}, backbone="passt")

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         read_clip_paths, read_events,
     )
     from vaura.eval.ib import load_ib_model
+    from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
     from vaura.stages.sweep import resolve_device
@@ -59,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(cfg.device))
     sync, sync_reason = load_sync_predictor(root / cfg.synchformer_weights, device=device)
     ib, ib_reason = load_ib_model(root / cfg.imagebind_weights, device=device)
-    models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, device=device)
+    passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
+    models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
+                    passt_reason=passt_reason, device=device)
     try:
         clip_paths = read_clip_paths(data / cfg.manifest)
         events = read_events(data / cfg.events if cfg.events else None)
