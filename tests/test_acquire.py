@@ -211,3 +211,21 @@ def test_synthetic_source(tmp_path: Path) -> None:
     assert first == {"skipped": 0, "resumed": 0, "downloaded": 3}
     assert {"manifest.csv", "events.csv", "relevance.csv"} <= {p.name for p in tmp_path.iterdir()}
     assert acquire(tmp_path, AcquireConfig(source="synthetic"), cfg, seed=3)["skipped"] == 3
+
+
+def test_stage_cli_overrides(tmp_path: Path) -> None:
+    from vaura.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.mp4").write_bytes(BLOBS["clip0.mp4"])
+    params = tmp_path / "p.yaml"
+    params.write_text(
+        f"seed: 1\npaths: {{data: {tmp_path / 'data'}}}\n"
+        "acquire: {source: synthetic, uri: '', endpoint_url: '', output: raw, retries: 0, backoff_s: 0.1, timeout_s: 5.0, "
+        "default_split: val}\n"
+    )
+    assert main(["acquire", "--params", str(params), "--no-track", "--source", "local", "--uri", str(src)]) == 0
+    manifest = pd.read_csv(tmp_path / "data" / "raw" / "manifest.csv")
+    assert list(manifest["path"]) == ["a.mp4"] and list(manifest["split"]) == ["val"]
+    assert main(["acquire", "--params", str(params), "--no-track", "--source", "local", "--uri", str(tmp_path / "nope")]) == 1

@@ -43,14 +43,14 @@ def run(args: argparse.Namespace) -> int:
         params = load_yaml(args.params)
         cfg: AcquireConfig = load_section(AcquireConfig, "acquire", params)
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        synthetic = load_section(SyntheticConfig, "synthetic", params) if cfg.source == "synthetic" or args.source == "synthetic" else None
+        if args.source is not None:
+            cfg.source = args.source
+        if args.uri is not None:
+            cfg.uri = args.uri
+        synthetic = load_section(SyntheticConfig, "synthetic", params) if cfg.source == "synthetic" else None
     except ConfigError as exc:
         print(f"vaura acquire: {exc}", file=sys.stderr)
         return 1
-    if args.source is not None:
-        cfg.source = args.source
-    if args.uri is not None:
-        cfg.uri = args.uri
     out = args.output if args.output is not None else Path(paths.data) / cfg.output
     seed = int(params.get("seed", 0))
 
