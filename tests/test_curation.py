@@ -8,7 +8,7 @@ import torch
 
 from curate_helpers import write_clip
 from vaura.curation.motion_onset import MotionOnsetScorer, audio_onset_envelope, motion_envelope, sync_score
-from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
+from vaura.curation.scoring import ScoreConfig, ScoringError, build_scorer, relevance_auc, score_clips
 
 
 def test_motion_envelope_is_mean_abs_grey_change_from_previous_frame():
@@ -126,6 +126,8 @@ def test_imagebind_vision_input_samples_first_and_last_frame_of_five_2s_clips():
     # 2.56 s clip: 2 s windows start at 0, 0.14, 0.28, 0.42, 0.56 s -> frames [0,49], [4,53], [7,56], [11,60], [14,63]
     expected = torch.tensor([[0, 49], [4, 53], [7, 56], [11, 60], [14, 63]]).repeat_interleave(3, 0)
     assert torch.equal(idx, expected)
+    with pytest.raises(ScoringError, match="frames"):
+        vision_input(np.zeros((0, 224, 224, 3), np.uint8))
 
 
 def test_imagebind_audio_input_is_three_normalised_fbank_clips():

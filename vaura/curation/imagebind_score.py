@@ -83,8 +83,10 @@ def vision_input(frames: np.ndarray, fps: float = FPS) -> torch.Tensor:
 
     from imagebind.data import NormalizeVideo, SpatialCrop
 
+    from vaura.curation.scoring import ScoringError
+
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"expected frames [T, H, W, 3] with T > 0, got shape {frames.shape}")
+        raise ScoringError(f"ImageBind needs frames [T, H, W, 3] with T > 0, got shape {frames.shape}")
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 255.0  # C,T,H,W
     times = np.arange(video.shape[1]) / fps
     scale = pv_transforms.ShortSideScale(VISION_SIZE)
