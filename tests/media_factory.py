@@ -125,3 +125,17 @@ def rotate_mp4_90_clockwise(path: Path) -> Path:
     data[at : at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
     path.write_bytes(bytes(data))
     return path
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int, layout: str) -> Path:
+    """Float WAV with any channel layout (packed samples: PyAV's planar path stops at 8 planes, 7.1 needs 8)."""
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_f32le", rate=sample_rate)
+        stream.layout = layout
+        for i in range(0, audio.shape[1], 1024):
+            chunk = np.ascontiguousarray(audio[:, i : i + 1024].T.astype(np.float32)).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout=layout)
+            frame.sample_rate, frame.pts, frame.time_base = sample_rate, i, Fraction(1, sample_rate)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

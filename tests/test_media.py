@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media_factory import click_track, index_frame, read_index, rotate_mp4_90_clockwise, tone, write_av, zero_size_mkv
+from media_factory import (click_track, index_frame, read_index, rotate_mp4_90_clockwise, tone, write_av, write_wav,
+                           zero_size_mkv)
 from vaura import media
 
 SR = 44100
@@ -151,8 +152,12 @@ def test_surround_and_stereo_downmix_and_resample(tmp_path: Path) -> None:
         ("c51.m4a", "5.1", [silent, silent, sig, silent, silent, silent]),  # centre only
         ("fl51.m4a", "5.1", [sig, silent, silent, silent, silent, silent]),  # front-left only
         ("st.m4a", "stereo", [sig, sig]),
+        ("c71.wav", "7.1", [silent, silent, sig, silent, silent, silent, silent, silent]),
     ):
-        path = write_av(tmp_path / name, audio=np.stack(channels), sample_rate=48000, layout=layout, fmt="mp4")
+        if layout == "7.1":
+            path = write_wav(tmp_path / name, np.stack(channels), 48000, layout)
+        else:
+            path = write_av(tmp_path / name, audio=np.stack(channels), sample_rate=48000, layout=layout, fmt="mp4")
         info = media.probe(path)
         assert info.channels == len(channels) and info.sample_rate == 48000 and not info.has_video
         mono = media.read_audio(path, SR, duration=1.0)
