@@ -116,6 +116,10 @@ def test_transport_stream_time_starts_at_container_start(tmp_path: Path) -> None
     assert [read_index(f) for f in window] == list(range(10, 30))
     sound = media.read_audio(path, 48000)
     assert abs(np.argmax(np.abs(sound)) / 48000 - 0.8) < 0.02
+    muxed = tmp_path / "cam.mp4"  # generated sound under the copied picture: both must start at 0
+    media.mux_audio(path, click_track(2.0, SR, 0.8), SR, muxed)
+    assert [read_index(f) for f in media.read_video(muxed, short_side=None, crop=None)] == list(range(50))
+    assert abs(np.argmax(np.abs(media.read_audio(muxed, SR))) / SR - 0.8) < 0.005
 
 
 def test_window(tmp_path: Path) -> None:

@@ -516,9 +516,12 @@ def mux_audio(video_path: str | Path, audio: np.ndarray, sample_rate: int, out_p
                 with av.open(str(tmp), mode="w", format=_container_format(out_path), options={"movflags": "+faststart"}) as out:
                     vout = out.add_stream_from_template(vin)
                     astream = _add_audio_stream(out, chans.shape[0], sample_rate)
+                    shift = vin.start_time or 0  # the picture starts at 0 like the new sound (MPEG-TS/PS do not)
                     for packet in src.demux(vin):
                         if packet.dts is None:
                             continue
+                        packet.pts = packet.pts - shift if packet.pts is not None else None
+                        packet.dts -= shift
                         packet.stream = vout
                         out.mux(packet)
                     _encode_audio(out, astream, chans, sample_rate)
