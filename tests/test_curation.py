@@ -77,6 +77,7 @@ def test_relevance_auc_overall_and_per_kind():
     assert out["auc_by_kind"]["shifted"] == pytest.approx(1.0)
     assert out["auc_by_kind"]["music"] == pytest.approx(1 / 3)
     assert (out["n_relevant"], out["n_irrelevant"]) == (3, 3)
+    assert relevance_auc(scores, truth.assign(relevant=1))["auc"] is None  # one class: AUC undefined
 
 
 # --- ImageBind ---------------------------------------------------------------------------------------------

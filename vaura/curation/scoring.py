@@ -142,7 +142,7 @@ def relevance_auc(scores: pd.DataFrame, relevance: pd.DataFrame) -> dict:
     labels = merged["relevant"].astype(int).to_numpy()
     out: dict = {"n_relevant": int((labels == 1).sum()), "n_irrelevant": int((labels == 0).sum())}
     if out["n_relevant"] == 0 or out["n_irrelevant"] == 0:
-        out["auc"] = float("nan")
+        out["auc"] = None  # undefined with one class; None stays valid JSON (NaN would not)
         return out
     out["auc"] = float(roc_auc_score(labels, merged["score"].to_numpy()))
     by_kind = {}

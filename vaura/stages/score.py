@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.log_metrics({f"auc_{k}": v for k, v in metrics.get("auc_by_kind", {}).items()})
         mlflow.log_artifact(str(out / "scores.csv"))
-    auc = f", AUC {metrics['auc']:.3f}" if "auc" in metrics else ""
+    auc = f", AUC {metrics['auc']:.3f}" if metrics.get("auc") is not None else ""
     print(f"scored {len(scores)} clips ({len(rejected)} rejected) with {scorer.name} in {wall:.1f} s{auc}")
     return 1 if args.strict and len(rejected) else 0
