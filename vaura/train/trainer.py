@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vaura import tracking
 from vaura.config import PathsConfig, load_section, load_yaml, to_dict
 from vaura.io import atomic_write_json, atomic_write_text
 from vaura.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -322,7 +323,6 @@ class SampleLogger:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, step: int) -> None:
-        from vaura import tracking
         from vaura.model.sampler import generate
 
         was_training = model.training
@@ -393,7 +393,6 @@ def train(params_path: str | Path = "params.yaml", resume: str = "auto", checksu
     ``resume``: ``auto`` (continue from ``<data>/train/last.pt`` if it exists), ``never`` or a checkpoint path.
     ``checksum_dir``: each rank writes ``rank<R>.sha256`` of its final weights there (DDP consistency check).
     """
-    from vaura import tracking
     from vaura.model import ModelConfig
 
     params = load_yaml(params_path)
@@ -404,14 +403,14 @@ def train(params_path: str | Path = "params.yaml", resume: str = "auto", checksu
     cache_dir, out_dir = data_dir / "cache", data_dir / "train"
     env = setup_distributed(cfg)
     try:
-        return _train(params, params_path, cfg, model_cfg, env, data_dir, cache_dir, out_dir, resume, checksum_dir, tracking)
+        return _train(params, params_path, cfg, model_cfg, env, data_dir, cache_dir, out_dir, resume, checksum_dir)
     finally:
         if env.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: Any, env: DistEnv, data_dir: Path,
-           cache_dir: Path, out_dir: Path, resume: str, checksum_dir: str | Path | None, tracking: Any) -> dict[str, Any]:
+           cache_dir: Path, out_dir: Path, resume: str, checksum_dir: str | Path | None) -> dict[str, Any]:
     t_start = time.monotonic()
     mlflow = importlib.import_module("mlflow") if env.is_main else None  # rank 0 logs; others skip the import
     dims = model_dims(read_meta(cache_dir))
