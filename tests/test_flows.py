@@ -143,3 +143,84 @@ def test_mlflow_runs_lists_the_pipelines_runs_parent_first(flows, tmp_path: Path
     runs = flows.mlflow_runs("p1", uri)
     assert [(r["role"], r["stage"]) for r in runs] == [("pipeline", ""), ("stage", "train")]
     assert all(r["link"] == "" for r in runs)  # a sqlite store has no UI to link to
+
+
+PROBE_STAGE = '''\
+import sys, mlflow, yaml
+from vaura.tracking import stage_run
+stage, p = sys.argv[1], yaml.safe_load(open("params.yaml"))
+with stage_run(stage, {"probe": p["probe"]}, params_file="params.yaml"):
+    value = float(p["probe"]["value"]) * (2 if stage == "evaluate" else 1)
+    mlflow.log_metric("score", value)
+open(stage + ".txt", "w").write(str(value))
+'''
+
+PROBE_DVC = """\
+stages:
+  train:
+    cmd: python probe.py train
+    deps: [probe.py]
+    params: [probe.value]
+    outs: [train.txt]
+  evaluate:
+    cmd: python probe.py evaluate
+    deps: [probe.py, train.txt]
+    params: [probe.value]
+    outs: [evaluate.txt]
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-stage DVC project whose stages log to MLflow through vaura.tracking, as the real stages do."""
+    from pipeline_helpers import DVC, clean_env, run
+
+    proj = tmp_path_factory.mktemp("flows") / "proj"
+    proj.mkdir()
+    (proj / "probe.py").write_text(PROBE_STAGE)
+    (proj / "dvc.yaml").write_text(PROBE_DVC)
+    (proj / "params.yaml").write_text("probe:\n  value: 1\ntracking:\n  uri: sqlite:///mlruns.db\n"
+                                      "  artifact_root: mlartifacts\n  experiment: vaura\n  system_metrics: false\n"
+                                      "  system_metrics_interval_s: 10.0\n")
+    (proj / ".gitignore").write_text("/mlruns.db\n/mlartifacts/\n")
+    env = clean_env()
+    for argv in (["git", "init", "-q"], ["git", "config", "user.email", "ci@vaura"], ["git", "config", "user.name", "ci"],
+                 DVC + ["init", "-q"], DVC + ["config", "core.analytics", "false"], ["git", "add", "-A"],
+                 ["git", "commit", "-qm", "probe"]):
+        run(argv, proj, env)
+    return proj
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_pipeline_and_ablation_flows_group_runs_and_gather_the_table(flows, probe_project: Path, prefect_api,
+                                                                     monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(flows, "PROJECT_DIR", probe_project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert flows.vaura_pipeline() == ["train", "evaluate"]
+    assert (probe_project / "evaluate.txt").read_text() == "2.0"
+
+    table = flows.ablation(variants={"low": {"probe.value": 3}, "high": {"probe.value": 5}})
+    assert [(row["variant"], row["probe.value"], row["score"]) for row in table] == [("low", "3", 6.0),
+                                                                                   ("high", "5", 10.0)]
+    assert (probe_project / "evaluate.txt").read_text() == "2.0"  # experiments ran in temp copies
+
+    client = MlflowClient(f"sqlite:///{probe_project / 'mlruns.db'}")
+    exp_id = client.get_experiment_by_name("vaura").experiment_id
+    runs = client.search_runs([exp_id], max_results=100)
+    pids = {r.data.tags["vaura.pipeline_id"] for r in runs}
+    assert {p.split("-")[0] for p in pids} == {"vaura", "ablation"}
+    ablation_stage_runs = [r for r in runs if r.data.tags["vaura.pipeline_id"].startswith("ablation-")
+                           and r.data.tags["vaura.role"] == "stage"]
+    assert len(ablation_stage_runs) == 4  # 2 variants x (train, evaluate) under one parent
+    assert len({r.data.tags["mlflow.parentRunId"] for r in ablation_stage_runs}) == 1
