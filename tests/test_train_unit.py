@@ -52,11 +52,14 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     assert stopped["stopped_early"] and stopped["steps"] == 0
     assert torch.load(data / "train" / "last.pt", weights_only=True)["step"] == 0
     p = yaml.safe_load(params.read_text())
-    p["train"]["max_minutes"] = 0.0
+    p["train"].update(max_minutes=0.0, total_steps=6)  # resumed with a longer schedule
     params.write_text(yaml.safe_dump(p))
     done = train(params)  # resume=auto picks up last.pt
-    assert done["steps"] == 4 and not done["stopped_early"]
-    assert json.loads((data / "train" / "metrics.json").read_text())["steps"] == 4
+    assert done["steps"] == 6 and not done["stopped_early"]
+    assert json.loads((data / "train" / "metrics.json").read_text())["steps"] == 6
+    lrs = [json.loads(line)["lr"] for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
+    # the current params' cosine (6 steps, warm-up 2): step 6 uses multiplier 0.1 + 0.45 (1 + cos(0.75 pi))
+    assert lrs[-1] == pytest.approx(3e-3 * (0.1 + 0.45 * (1 + np.cos(0.75 * np.pi))))
     p["model"]["d_model"] = 64
     params.write_text(yaml.safe_dump(p))
     with pytest.raises(CheckpointError, match="model config"):

@@ -37,7 +37,7 @@ from vaura.config import PathsConfig, load_section, load_yaml, to_dict
 from vaura.io import atomic_write_json, atomic_write_text
 from vaura.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from vaura.train.config import TrainConfig
-from vaura.train.lr import build_scheduler
+from vaura.train.lr import WarmupCosine, build_scheduler
 
 log = logging.getLogger("vaura.train")
 
@@ -449,6 +449,10 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        # The schedule comes from the current params (an unchanged config resumes exactly; a longer
+        # total_steps extends the cosine instead of being silently replaced by the checkpoint's).
+        scheduler.lr_lambdas[0] = WarmupCosine(cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
+        scheduler.base_lrs = [cfg.lr for _ in scheduler.base_lrs]
         restore_rng(ckpt["rng"][env.rank], cond_gen)
         step, best_val, data_pos = ckpt["step"], ckpt["best_val"], ckpt["data"]
         mlflow_run_id = ckpt.get("mlflow_run_id") or None
