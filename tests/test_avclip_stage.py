@@ -107,7 +107,7 @@ def micro_project(tmp_path_factory) -> Path:
     (root / "data" / "clips").symlink_to(root / "data" / "raw", target_is_directory=True)
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     params["visual"].update(dim=16, depth=1, heads=2, mlp_ratio=2, crop=32, short_side=32, device="cpu")
-    params["avclip"].update(max_train_clips=6, max_val_clips=3, probe_clips=6, n_mels=16, audio_channels=16,
+    params["avclip"].update(source="train", max_train_clips=6, max_val_clips=3, probe_clips=6, n_mels=16, audio_channels=16,
                             embed_dim=16, segments_per_clip=3, batch_clips=4, steps=4)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -209,3 +209,17 @@ def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, 
     ship_file.write_text(yaml.safe_dump(params))
     with pytest.raises(CheckpointError, match=r"another visual architecture.*'depth': \(1, 2\)"):
         main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])
+
+
+def test_repo_shipped_stand_in_matches_repo_params(repo_root):
+    """The committed stand-in must be loadable with the committed offline params (else `make demo` fails)."""
+    from vaura.config import load_section
+    from vaura.visual.avclip import load_shipped
+
+    vcfg = load_section(VisualConfig, "visual", repo_root / "params.yaml")
+    cfg = load_section(AVClipConfig, "avclip", repo_root / "params.yaml")
+    assert cfg.source == "shipped"
+    vcfg.device = "cpu"
+    model, facts = load_shipped(repo_root / cfg.shipped, vcfg, cfg)
+    assert facts["steps_done"] == cfg.steps and facts["train_clips"] == cfg.max_train_clips
+    assert model.visual.size.dim == vcfg.dim and not model.training
