@@ -123,6 +123,7 @@ def test_missing_weights_file_says_what_to_download_and_where(tmp_path):
         load_visual_encoder(cfg, root=tmp_path)
     msg = str(err.value)
     assert "23-12-22T16-10-50/checkpoints/epoch_best.pt" in msg and str(tmp_path / "weights/nope/epoch_best.pt") in msg
+    assert "visual.weights" in msg
 
 
 def test_segment_avclip_kind_refuses_non_paper_sizes(tmp_path):

@@ -49,7 +49,7 @@ def load_segment_avclip(model: MotionFormer, state_dict_or_path: str | Path | Ma
     source = "state dict"
     if isinstance(state_dict_or_path, (str, Path)):
         source = str(state_dict_or_path)
-        obj: Mapping[str, Any] = read_checkpoint(state_dict_or_path, SEGMENT_AVCLIP_URL_HINT)
+        obj: Mapping[str, Any] = read_checkpoint(state_dict_or_path, SEGMENT_AVCLIP_URL_HINT, "visual.weights")
     else:
         obj = state_dict_or_path
     inner = obj.get("state_dict")

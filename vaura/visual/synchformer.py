@@ -334,7 +334,7 @@ def load_synchformer(
     source = "state dict"
     if isinstance(state_dict_or_path, (str, Path)):
         source = str(state_dict_or_path)
-        obj: Mapping[str, Any] = read_checkpoint(state_dict_or_path, SYNCHFORMER_URL_HINT)
+        obj: Mapping[str, Any] = read_checkpoint(state_dict_or_path, SYNCHFORMER_URL_HINT, "evaluate.synchformer_weights")
     else:
         obj = state_dict_or_path
     inner = obj.get("model")

@@ -71,13 +71,15 @@ class _RestrictedPickleModule:
         return _RestrictedUnpickler(file, **kwargs).load()
 
 
-def read_checkpoint(path: str | Path, what: str) -> Mapping[str, Any]:
-    """Load a checkpoint file as a mapping; missing files raise with download instructions (``what``)."""
+def read_checkpoint(path: str | Path, what: str, params_key: str = "") -> Mapping[str, Any]:
+    """Load a checkpoint file as a mapping; missing files raise with download instructions (``what``) and the
+    params key that holds the path."""
     path = Path(path)
     if not path.is_file():
+        where = f" (or set params {params_key} to where you saved it)" if params_key else ""
         raise CheckpointError(
-            f"checkpoint not found: {path}. Download the {what} and put it at {path} "
-            "(or point the params key at where you saved it); weights are never downloaded at run time."
+            f"checkpoint not found: {path}. Download the {what} and put it at {path}{where}; "
+            "weights are never downloaded at run time."
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
