@@ -223,3 +223,15 @@ def test_repo_shipped_stand_in_matches_repo_params(repo_root):
     model, facts = load_shipped(repo_root / cfg.shipped, vcfg, cfg)
     assert facts["steps_done"] == cfg.steps and facts["train_clips"] == cfg.max_train_clips
     assert model.visual.size.dim == vcfg.dim and not model.training
+
+
+def test_training_is_reproducible_from_the_seed():
+    """DVC caches the stage output by its inputs: the same data, params and seed must give the same weights."""
+    cfg = AVClipConfig(n_mels=8, audio_channels=16, embed_dim=16, segments_per_clip=3, batch_clips=2, steps=3)
+    data = _toy_clips(3, 48, seed=4)
+    a, _ = train_avclip(data, VCFG, cfg, seed=11, progress=False)
+    b, _ = train_avclip(data, VCFG, cfg, seed=11, progress=False)
+    c, _ = train_avclip(data, VCFG, cfg, seed=12, progress=False)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["visual.blocks.0.attn.qkv.weight"], sc["visual.blocks.0.attn.qkv.weight"])
