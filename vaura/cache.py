@@ -53,6 +53,7 @@ class CacheConfig:
     shard_size: int = 16
     batch_size: int = 4
     workers: int = 2
+    torch_threads: int = 0
 
 
 class CodecLike(Protocol):

@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     device = resolve_device(vcfg.device)
     codec.to(device)
+    if cfg.torch_threads > 0:
+        # CPU intra-op threads of the encoders; oversubscribed cores (decode threads, other jobs) make
+        # multi-threaded convolutions far slower than one thread.
+        torch.set_num_threads(cfg.torch_threads)
     with stage_run("cache", {"cache": vars(cfg)}, params_file=args.params):
         import mlflow
 
