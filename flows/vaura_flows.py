@@ -30,11 +30,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # Where the DVC project lives: the deployment's working directory (prefect.yaml pull step) or this repo.
 PROJECT_DIR = Path(os.environ.get("VAURA_PROJECT_DIR") or Path(__file__).resolve().parents[1])
 
-# Default ablations (paper Tables II-IV). Threshold and conditioning need retraining, so they are DVC
-# experiments; the CFG scale table comes from the `sweep` stage's guidance grid inside each experiment.
+# Default ablations (paper Tables II-IV) around the params.yaml baseline. Threshold and conditioning need
+# retraining, so they are DVC experiments; the CFG table (IV) comes from the `sweep` stage's γ grid inside each.
+# Thresholds are on the scorer's scale (offline: motion-onset correlation; see filter.report_thresholds).
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
-    "fusion": {"model.conditioning": "fusion"},
+    "baseline": {},
     "prepend": {"model.conditioning": "prepend"},
+    "threshold-0.0": {"filter.threshold": 0.0},
+    "threshold-0.4": {"filter.threshold": 0.4},
 }
 
 _live_groups: set[int] = set()
@@ -317,13 +320,27 @@ def ablation_table(runs: list[dict[str, Any]], variants: dict[str, dict[str, Any
     return rows
 
 
+@task(name="paper-tables", retries=0)
+def paper_tables(project: str, pipeline_id: str, timeout_s: float | None = None) -> None:
+    """Re-run the ``report`` stage (it reads every ``evaluate`` run in MLflow) and publish its tables."""
+    proj = Path(project)
+    argv = _dvc() + ["repro", "--force", "--single-item", "report"]
+    run_in_group(argv, proj, stage_env(proj, pipeline_id), timeout_s, get_run_logger().info)
+    params = yaml.safe_load((proj / "params.yaml").read_text()) or {}
+    reports = proj / str((params.get("paths") or {}).get("reports", "reports"))
+    for md in sorted(reports.glob("*.md")):
+        create_markdown_artifact(md.read_text(), key=f"table-{re.sub(r'[^a-z0-9-]', '-', md.stem.lower())}",
+                                 description=f"{md.name} from `vaura report`")
+
+
 @flow(name="ablation", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def ablation(variants: dict[str, dict[str, Any]] | None = None, target: str = "evaluate",
+def ablation(variants: dict[str, dict[str, Any]] | None = None, target: str = "evaluate", report: bool = True,
              timeout_s: float = 6 * 3600.0) -> list[dict[str, Any]]:
     """Fan out parameter variants as DVC experiments under one MLflow parent, then gather their metrics table.
 
-    Variants run one at a time by default (a CPU or single GPU is saturated by one); each is
-    ``dvc exp run --temp -n ablation-<id>-<variant> -S ...``.
+    Variants run one at a time (a CPU or single GPU is saturated by one); each is
+    ``dvc exp run --temp -n ablation-<id>-<variant> -S ...``. With ``report``, the ``report`` stage then
+    rebuilds the paper's tables from all ``evaluate`` runs and they are attached to the flow run.
     """
     install_termination_handler()
     project = PROJECT_DIR
@@ -338,4 +355,6 @@ def ablation(variants: dict[str, dict[str, Any]] | None = None, target: str = "e
     runs = publish_links(pid, uri)
     table = ablation_table(runs, variants, pid, stage=target)
     create_table_artifact(table, key=f"ablation-{run_id}", description=f"ablation {pid}: metrics per variant")
+    if report:
+        paper_tables(str(project), pid, timeout_s)
     return table

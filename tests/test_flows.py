@@ -210,7 +210,7 @@ def test_pipeline_and_ablation_flows_group_runs_and_gather_the_table(flows, prob
     assert flows.vaura_pipeline() == ["train", "evaluate"]
     assert (probe_project / "evaluate.txt").read_text() == "2.0"
 
-    table = flows.ablation(variants={"low": {"probe.value": 3}, "high": {"probe.value": 5}})
+    table = flows.ablation(variants={"low": {"probe.value": 3}, "high": {"probe.value": 5}}, report=False)
     assert [(row["variant"], row["probe.value"], row["score"]) for row in table] == [("low", "3", 6.0),
                                                                                    ("high", "5", 10.0)]
     assert (probe_project / "evaluate.txt").read_text() == "2.0"  # experiments ran in temp copies

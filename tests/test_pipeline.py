@@ -3,23 +3,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_helpers import DVC, REPO, clean_env, make_micro_repo, ran_stages, run
 
 from vaura.cli import COMMANDS
 from vaura.config import flatten
-from vaura.profiles import render
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-DVC = [sys.executable, "-m", "dvc"]
 
 
 def _stages() -> dict:
@@ -68,63 +60,30 @@ def test_every_stage_is_a_vaura_command_with_known_params() -> None:
 
 @pytest.fixture(scope="module")
 def micro_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git + DVC clone of the pipeline files with params.yaml switched to the micro profile."""
-    root = tmp_path_factory.mktemp("pipe")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("vaura", "configs", "assets"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, root / name, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(render("micro", root / "configs"))
-    (root / ".gitignore").write_text("/mlruns.db\n/mlartifacts/\n")
-    env = _env()
-    for argv in (["git", "init", "-q"], ["git", "config", "user.email", "ci@vaura"], ["git", "config", "user.name", "ci"],
-                 DVC + ["init", "-q"], DVC + ["config", "core.analytics", "false"], ["git", "add", "-A"],
-                 ["git", "commit", "-qm", "micro pipeline"]):
-        _run(argv, root, env)
-    return root
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
-    for key in ("MLFLOW_TRACKING_URI", "VAURA_PIPELINE_ID", "DVC_EXP_NAME"):
-        env.pop(key, None)
-    return env
-
-
-def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
-    res = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{argv} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}"
-    return res.stdout + res.stderr
-
-
-def _ran(log: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", log)
+    return make_micro_repo(tmp_path_factory.mktemp("pipe") / "repo")
 
 
 @pytest.mark.slow
 def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    root, env = micro_repo, _env()
-    log = _run(DVC + ["repro"], root, env, timeout=1500)
-    assert _ran(log) == list(_stages())
+    root, env = micro_repo, clean_env()
+    log = run(DVC + ["repro"], root, env, timeout=1500)
+    assert ran_stages(log) == list(_stages())
     for out in ("data/train/best.pt", "data/eval/metrics.json", "data/cache/index.csv", "data/sweep/index.csv",
                 "reports/threshold.md", "reports/conditioning.md", "reports/cfg.md", "reports/cfg_curve.csv"):
         assert (root / out).is_file(), out
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(_stages())
 
-    again = _run(DVC + ["repro"], root, env, timeout=300)
-    assert _ran(again) == [] and "Data and pipelines are up to date." in again
+    again = run(DVC + ["repro"], root, env, timeout=300)
+    assert ran_stages(again) == [] and "Data and pipelines are up to date." in again
 
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-qm", "micro results"], root, env)
-    exp = _run(DVC + ["exp", "run", "-n", "prepend", "-S", "model.conditioning=prepend"], root, env, timeout=900)
-    assert _ran(exp) == ["train", "sweep", "evaluate", "report"]
-    shown = _run(DVC + ["exp", "show", "--csv"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "micro results"], root, env)
+    exp = run(DVC + ["exp", "run", "-n", "prepend", "-S", "model.conditioning=prepend"], root, env, timeout=900)
+    assert ran_stages(exp) == ["train", "sweep", "evaluate", "report"]
+    shown = run(DVC + ["exp", "show", "--csv"], root, env)
     rows = {r["Experiment"]: r for r in csv.DictReader(io.StringIO(shown)) if r["Experiment"]}
     assert rows["prepend"]["model.conditioning"] == "prepend"
 

@@ -355,6 +355,9 @@ def status(s: StackSettings) -> list[tuple[str, int, bool, bool]]:
         return []
     rows = []
     for svc in state["services"]:
-        alive = psutil.pid_exists(svc["pid"]) and psutil.Process(svc["pid"]).status() != psutil.STATUS_ZOMBIE
+        try:
+            alive = psutil.Process(svc["pid"]).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
         rows.append((svc["name"], svc["pid"], alive, alive and _http_ok(svc["health_url"])))
     return rows
