@@ -108,7 +108,8 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
 
     db_dir, params = store
     params = {**params, "paths": {"data": "data", "weights": "weights", "reports": "reports"},
-              "report": {"test_set": "syn", "cfg_scale": 6.0, "baseline_threshold": 0.3,
+              "filter": {"threshold": 0.3},  # report.baseline_threshold null → this threshold
+              "report": {"test_set": "syn", "cfg_scale": 6.0, "baseline_threshold": None,
                          "baseline_conditioning": "fusion"}}
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
@@ -128,6 +129,15 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
     assert len(runs) == 1
     arts = mlflow.artifacts.list_artifacts(run_id=runs["run_id"].iloc[0], artifact_path="reports")
     assert {a.path.split("/")[-1] for a in arts} >= {"threshold.md", "cfg.csv"}
+
+
+def test_baseline_threshold_defaults_to_the_pipelines_own_filter_threshold() -> None:
+    from vaura.eval.report import ReportError
+
+    assert ReportConfig().resolved({"filter": {"threshold": 0.3}}).baseline_threshold == 0.3
+    assert ReportConfig(baseline_threshold=0.4).resolved({"filter": {"threshold": 0.3}}).baseline_threshold == 0.4
+    with pytest.raises(ReportError, match="filter.threshold"):
+        ReportConfig().resolved({})
 
 
 def test_report_without_runs_fails_clearly(tmp_path, monkeypatch) -> None:

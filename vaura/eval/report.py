@@ -10,8 +10,9 @@ run says why too, so a table never shows a silent gap or a fake zero.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,20 @@ class ReportConfig:
 
     test_set: str = "test"
     cfg_scale: float = 6.0
-    baseline_threshold: float = 0.3
+    # None = the threshold of the params file the report runs with (``filter.threshold``), so the baseline
+    # follows the pipeline's own setting instead of silently drifting from it.
+    baseline_threshold: float | None = None
     baseline_conditioning: str = "fusion"
+
+    def resolved(self, params: Mapping[str, Any]) -> "ReportConfig":
+        """This config with ``baseline_threshold`` filled from ``params['filter']['threshold']`` when None."""
+        if self.baseline_threshold is not None:
+            return self
+        try:
+            threshold = float(params["filter"]["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportError("report.baseline_threshold is null but params has no numeric filter.threshold") from exc
+        return dataclasses.replace(self, baseline_threshold=threshold)
 
 
 class ReportError(ValueError):

@@ -9,7 +9,7 @@ training time, and writes to <reports>/ (paths.reports):
   cfg_curve.csv            Table IV as numbers (cfg_scale + one column per metric) for `dvc plots`
 
 Each table is restricted to `report.test_set`; Tables II and III at γ = `report.cfg_scale`, Tables III and IV at
-`report.baseline_threshold`, Tables II and IV with `report.baseline_conditioning`. Cells a profile cannot fill
+`report.baseline_threshold` (null: this params file's `filter.threshold`), Tables II and IV with `report.baseline_conditioning`. Cells a profile cannot fill
 say why ("skipped: <reason>"). The tables are logged to MLflow as artifacts of a `report` run.
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tcfg.uri)
     try:
+        cfg = cfg.resolved(params)
         evals, trains = search_runs(tcfg.experiment, "evaluate"), search_runs(tcfg.experiment, "train")
         tables = build_tables(evals, trains, cfg)
     except ReportError as exc:
