@@ -49,8 +49,12 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     params = write_params(tmp_path / "p.yaml", data, f"sqlite:///{tmp_path / 'ml.db'}", total_steps=4,
                           max_minutes=1e-9, eval_every=2, ckpt_every=2)
     stopped = train(params, resume="never")
-    assert stopped["stopped_early"] and stopped["steps"] == 0
-    assert torch.load(data / "train" / "last.pt", weights_only=True)["step"] == 0
+    # The budget ends training after the step in flight, which is then treated as the last one: validated,
+    # best.pt and last.pt written, so a budget-stopped DVC stage still produces all of its outputs.
+    assert stopped["stopped_early"] and stopped["steps"] == 1
+    assert torch.load(data / "train" / "last.pt", weights_only=True)["step"] == 1
+    assert torch.load(data / "train" / "best.pt", weights_only=True)["step"] == 1
+    assert stopped["val_loss"] is not None
     p = yaml.safe_load(params.read_text())
     p["train"].update(max_minutes=0.0, total_steps=6)  # resumed with a longer schedule
     params.write_text(yaml.safe_dump(p))

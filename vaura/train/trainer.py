@@ -509,15 +509,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
             mlflow_run_id = run.info.run_id
             tracking.log_json(resolved, "config/resolved.json")
         raw_model.train()
-        while step < cfg.total_steps:
-            over_budget = torch.tensor(
-                float(cfg.max_minutes > 0 and time.monotonic() - t_start > 60.0 * cfg.max_minutes), device=env.device
-            )
-            if env.world_size > 1:
-                dist.all_reduce(over_budget, op=dist.ReduceOp.MAX)
-            if over_budget.item():
-                stopped_early = True
-                break
+        while step < cfg.total_steps and not stopped_early:
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
             loss_sum = torch.zeros((), device=env.device)
@@ -553,7 +545,15 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
                 steplog.write(rec)
                 mlflow.log_metrics({"train/loss": last_loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
                                     "train/tokens_per_s": tok_s}, step=step)
-            final = step == cfg.total_steps
+            # The wall-clock budget ends training like the last step does (validation, best.pt, last.pt), so a
+            # budget-stopped run still leaves every output; all ranks agree on it through one all-reduce.
+            over_budget = torch.tensor(
+                float(cfg.max_minutes > 0 and time.monotonic() - t_start > 60.0 * cfg.max_minutes), device=env.device
+            )
+            if env.world_size > 1:
+                dist.all_reduce(over_budget, op=dist.ReduceOp.MAX)
+            stopped_early = bool(over_budget.item()) and step < cfg.total_steps
+            final = step == cfg.total_steps or stopped_early
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or final):
                 metrics = evaluate(raw_model, val_set, env, cfg, amp)
                 improved = metrics["val/loss"] < best_val
@@ -571,7 +571,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
                 if env.is_main:
                     save_checkpoint(out_dir / "last.pt", state)
                 saved_step = step
-        if saved_step != step:  # stopped by max_minutes (or nothing to do): keep the resume point current
+        if saved_step != step:  # nothing to do (already at total_steps): keep the resume point current
             state = checkpoint_state()
             if env.is_main:
                 save_checkpoint(out_dir / "last.pt", state)
