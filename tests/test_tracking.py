@@ -132,3 +132,19 @@ def test_pipeline_id_follows_commit_and_params(tmp_path, monkeypatch):
     p.write_text("a: 2\n")
     assert tracking.pipeline_id(p) != first
     assert tracking.pipeline_id(p).endswith(hashlib.md5(b"a: 2\n").hexdigest()[:8])
+
+
+def test_each_stage_run_honours_its_own_params_store(store, tmp_path):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second stage_run in the same process must not
+    # mistake that for the user's override and log into the first run's store.
+    _, params, _ = store
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = {"tracking": {**params["tracking"], "uri": other_uri}}
+    with tracking.stage_run("first", params) as first:
+        pass
+    with tracking.stage_run("second", other) as second:
+        import mlflow
+
+        mlflow.log_metric("x", 1.0)
+    assert MlflowClient(other_uri).get_run(second.info.run_id).data.metrics["x"] == 1.0
+    assert MlflowClient(params["tracking"]["uri"]).get_run(first.info.run_id).info.status == "FINISHED"

@@ -181,8 +181,13 @@ def stage_run(
     from mlflow.tracking import MlflowClient
 
     cfg = tracking_config(params, params_file)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = user_uri or cfg.uri
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that so a later stage_run in the same
+    # process (tests, notebooks, in-process flows) still honours its own params instead of this run's store.
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     client = MlflowClient(uri)
     exp_id = _experiment_id(client, cfg, uri)
     commit, dirty = git_commit()
