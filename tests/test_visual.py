@@ -267,6 +267,10 @@ def test_checkpoint_reader_never_runs_pickled_code(tmp_path, zip_format):
     path = tmp_path / "epoch_best.pt"
     torch.save({"state_dict": {"v_encoder." + k: v for k, v in weights.items()}, "args": _Hostile(marker)}, path,
                _use_new_zipfile_serialization=zip_format)
-    model = load_segment_avclip(MotionFormer(TINY), path)
+    if zip_format:
+        model = load_segment_avclip(MotionFormer(TINY), path)
+        assert torch.equal(model.pos_embed, weights["pos_embed"])
+    else:  # the pre-1.6 format is refused with a clear error rather than unpickled
+        with pytest.raises(CheckpointError, match=r"epoch_best\.pt: not a torch zip checkpoint"):
+            load_segment_avclip(MotionFormer(TINY), path)
     assert not marker.exists()
-    assert torch.equal(model.pos_embed, weights["pos_embed"])

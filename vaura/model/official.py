@@ -1,17 +1,9 @@
 """Import the released V-AURA experiment (``24-08-01T08-34-26``): a PyTorch Lightning ``.ckpt``.
 
 The file cannot be opened with ``torch.load(weights_only=True)``: its ``hyper_parameters`` hold pickled
-OmegaConf configs and a ``torch.optim.AdamW`` object. :func:`read_lightning_checkpoint` therefore reads the
-torch zip container itself with :class:`RestrictedUnpickler`, whose ``find_class`` resolves only
-
-* vaura's own tensor rebuild functions (re-implemented here: a flat storage viewed with size/stride/offset),
-* the legacy storage type names (``torch.FloatStorage`` … — only used to learn a dtype),
-* ``collections.OrderedDict``, ``torch.Size``, dtypes, a few inert builtins (``set``, ``frozenset``, ``complex``)
-  and a latin-1-only ``_codecs.encode`` (how protocol-2 pickles spell bytes).
-
-Every other global (``omegaconf.*``, ``torch.optim.adamw.AdamW``, Lightning classes, ``os.system`` …) becomes an
-inert :class:`Placeholder` that records its name, arguments and state and never calls anything, so nothing in
-the file can execute code. Storages are read straight from the zip records.
+OmegaConf configs and a ``torch.optim.AdamW`` object. :func:`read_lightning_checkpoint` reads it with
+:func:`vaura.safe_pickle.restricted_load`, which rebuilds tensors and plain containers only and records every
+other pickled global as an inert placeholder (nothing in the file can execute code).
 
 Accounting of the 757 ``state_dict`` tensors (all are used; an unknown key is an error):
 
@@ -23,10 +15,6 @@ Accounting of the 757 ``state_dict`` tensors (all are used; an unknown key is an
 """
 from __future__ import annotations
 
-import collections
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +23,7 @@ import torch
 
 from vaura.model.config import named_size
 from vaura.model.vaura import VAURA
+from vaura.safe_pickle import Placeholder, UnsafeCheckpointError, restricted_load
 
 PREFIXES = {
     "sampler": "sampler.",
@@ -55,152 +44,15 @@ class OfficialCheckpointError(ValueError):
     """The file is missing, not a torch zip checkpoint, or its tensors do not match the released layout."""
 
 
-class Placeholder:
-    """Inert stand-in for a class/function named in the pickle. Records, never executes."""
-
-    origin = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
-        # pickle's NEWOBJ calls __new__ without __init__, so the record starts here
-        obj = super().__new__(cls)
-        obj.args, obj.kwargs, obj.state = args, kwargs, None
-        obj.set_items, obj.appended = {}, []
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.set_items[key] = value
-
-    def append(self, value: Any) -> None:
-        self.appended.append(value)
-
-    def extend(self, values: Any) -> None:
-        self.appended.extend(values)
-
-    def __repr__(self) -> str:
-        return f"<placeholder {self.origin}>"
-
-
-_STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-}
-
-
-@dataclass(frozen=True)
-class _StorageType:
-    dtype: torch.dtype
-
-
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple) -> torch.Tensor:
-    if not isinstance(storage, torch.Tensor):
-        raise OfficialCheckpointError(f"tensor rebuilt from a non-storage object {storage!r}")
-    return storage.as_strided(tuple(size), tuple(stride), int(offset))
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    return _rebuild_tensor(storage, offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
-    return data
-
-
-def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    if encoding not in ("latin1", "latin-1"):
-        raise OfficialCheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-_ALLOWED: dict[str, Any] = {
-    "collections.OrderedDict": collections.OrderedDict,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-    "torch.Size": torch.Size,
-    "builtins.set": set,
-    "builtins.frozenset": frozenset,
-    "builtins.complex": complex,
-    "_codecs.encode": _latin1_bytes,
-    **{f"torch.{name}": dt for name in ("float16", "float32", "float64", "bfloat16", "int64", "int32", "int16",
-                                         "int8", "uint8", "bool") for dt in [getattr(torch, name)]},
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for a torch zip checkpoint that can only rebuild tensors and plain containers."""
-
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, source: str):
-        super().__init__(file)
-        self.archive, self.prefix, self.source = archive, prefix, source
-        self.placeholders: set[str] = set()
-        self._storages: dict[str, torch.Tensor] = {}
-        self._placeholder_classes: dict[str, type] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
-        if full in _ALLOWED:
-            return _ALLOWED[full]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        self.placeholders.add(full)
-        if full not in self._placeholder_classes:
-            self._placeholder_classes[full] = type(f"Placeholder[{full}]", (Placeholder,), {"origin": full})
-        return self._placeholder_classes[full]
-
-    def persistent_load(self, pid: Any) -> torch.Tensor:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
-            raise OfficialCheckpointError(f"{self.source}: unsupported persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise OfficialCheckpointError(f"{self.source}: unsupported storage type {storage_type!r}")
-        key = key.decode() if isinstance(key, bytes) else str(key)
-        if not re.fullmatch(r"\w+", key):
-            raise OfficialCheckpointError(f"{self.source}: bad storage key {key!r}")
-        if key not in self._storages:
-            try:
-                raw = self.archive.read(f"{self.prefix}data/{key}")
-            except KeyError:
-                raise OfficialCheckpointError(f"{self.source}: storage record data/{key} is missing") from None
-            flat = torch.frombuffer(bytearray(raw), dtype=storage_type.dtype) if raw else \
-                torch.empty(0, dtype=storage_type.dtype)
-            if flat.numel() != int(numel):
-                raise OfficialCheckpointError(f"{self.source}: storage {key} has {flat.numel()} elements, "
-                                              f"expected {numel}")
-            self._storages[key] = flat
-        return self._storages[key]
-
-
 def read_lightning_checkpoint(path: str | Path) -> tuple[Any, set[str]]:
-    """Unpickle a torch zip checkpoint safely; returns ``(object, names replaced by placeholders)``."""
+    """Unpickle the released ``.ckpt`` with the project's restricted reader; returns ``(object, placeholder names)``."""
     path = Path(path)
     if not path.is_file():
         raise OfficialCheckpointError(f"checkpoint not found: {path}; {DOWNLOAD_HINT}")
-    if not zipfile.is_zipfile(path):
-        raise OfficialCheckpointError(f"{path}: not a torch zip checkpoint (torch.save format since torch 1.6)")
-    with zipfile.ZipFile(path) as archive:
-        pkl = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(pkl) != 1:
-            raise OfficialCheckpointError(f"{path}: expected one <archive>/data.pkl record, found {pkl}")
-        prefix = pkl[0][: -len("data.pkl")]
-        if prefix + "byteorder" in archive.namelist() and archive.read(prefix + "byteorder") != b"little":
-            raise OfficialCheckpointError(f"{path}: big-endian checkpoints are not supported")
-        with archive.open(pkl[0]) as fh:
-            unpickler = RestrictedUnpickler(fh, archive, prefix, str(path))
-            try:
-                obj = unpickler.load()
-            except OfficialCheckpointError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any malformed pickle is reported with the file name
-                raise OfficialCheckpointError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
-    return obj, unpickler.placeholders
+    try:
+        return restricted_load(path)
+    except UnsafeCheckpointError as exc:
+        raise OfficialCheckpointError(str(exc)) from exc
 
 
 def to_plain(obj: Any, depth: int = 0) -> Any:

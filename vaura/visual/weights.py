@@ -1,9 +1,9 @@
 """Reading released checkpoints (Segment-AVCLIP, Synchformer) without executing their pickled objects.
 
 Both files pickle an OmegaConf config next to the weights (``ckpt["args"]``), so
-``torch.load(weights_only=True)`` refuses them. We try ``weights_only=True`` first; if it refuses, a restricted
-unpickler rebuilds tensors and plain containers only and turns every other pickled global into an inert
-placeholder, so no code from the file runs and the config classes need not be importable.
+``torch.load(weights_only=True)`` refuses them. We try ``weights_only=True`` first; if it refuses,
+:func:`vaura.safe_pickle.restricted_load` rebuilds tensors and plain containers only and turns every other pickled
+global into an inert placeholder, so no code from the file runs and the config classes need not be importable.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from vaura.safe_pickle import UnsafeCheckpointError, restricted_load
 
 SEGMENT_AVCLIP_URL_HINT = (
     "Segment-AVCLIP VGGSound checkpoint '23-12-22T16-10-50/checkpoints/epoch_best.pt' from the Synchformer "
@@ -25,50 +27,6 @@ SYNCHFORMER_URL_HINT = (
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not match the expected layout (names the file)."""
-
-
-class _Inert:
-    """Stands in for any non-tensor object pickled in a checkpoint (optimizer state, OmegaConf nodes...)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-_ALLOWED = {
-    ("collections", "OrderedDict"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        is_storage_or_dtype = module == "torch" and (
-            name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)
-        )
-        if (module, name) in _ALLOWED or is_storage_or_dtype:
-            return super().find_class(module, name)
-        return _Inert
-
-
-class _RestrictedPickleModule:
-    """A ``pickle_module`` for ``torch.load`` whose unpickling (zip and legacy formats) is restricted."""
-
-    Unpickler = _RestrictedUnpickler
-    __name__ = "vaura_restricted_pickle"
-
-    @staticmethod
-    def load(file: Any, **kwargs: Any) -> Any:
-        return _RestrictedUnpickler(file, **kwargs).load()
 
 
 def read_checkpoint(path: str | Path, what: str, params_key: str = "") -> Mapping[str, Any]:
@@ -85,9 +43,9 @@ def read_checkpoint(path: str | Path, what: str, params_key: str = "") -> Mappin
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-        except Exception as exc:  # corrupt zip, truncated file...
-            raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+            obj, _ = restricted_load(path)
+        except UnsafeCheckpointError as exc:
+            raise CheckpointError(f"cannot read checkpoint: {exc}") from exc
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
     if not isinstance(obj, Mapping):
