@@ -76,6 +76,7 @@ def test_train_and_ship_writes_weights_and_gate_metrics(shipped, bench):
     root = shipped.parent
     metrics = json.loads((root / "data" / "codec" / "metrics.json").read_text())
     assert metrics["source"] == "trained" and metrics["train_steps"] == 6 and metrics["n_train_clips"] == 3
+    assert metrics["train_device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # device: auto
     assert (metrics["sample_rate"], metrics["hop_length"], metrics["n_codebooks"], metrics["codebook_size"]) == (
         8000, 8, 2, 16)
     # the gate scores the relevant VAL clips against every ground-truth event of those clips
@@ -102,6 +103,24 @@ def test_shipped_weights_are_reused_and_give_the_same_gate(shipped, tmp_path):
     assert again["source"] == "shipped" and again["train_steps"] == 6
     for key in ("f1_original", "f1_reconstructed", "n_events", "log_mel_distance"):
         assert again[key] == pytest.approx(trained[key])
+
+
+def test_training_device_is_not_provenance(shipped, tmp_path):
+    """Weights trained on a GPU ship to CPU users: changing codec.train.device (or the time cap) keeps them valid."""
+    params = _copy_project(shipped, tmp_path / "p")
+    _edit(params, "train", device="cpu", max_minutes=1.0)
+    assert _run(params, "--no-track") == 0
+    metrics = json.loads((params.parent / "data" / "codec" / "metrics.json").read_text())
+    assert metrics["source"] == "shipped"
+
+
+def test_training_on_a_missing_gpu_is_a_config_error(shipped, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: asking for it is not an error here")
+    params = _copy_project(shipped, tmp_path / "p")
+    _edit(params, "train", device="cuda")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        _run(params, "--train", "--no-track")
 
 
 def _copy_project(shipped: Path, dest: Path) -> Path:

@@ -49,6 +49,7 @@ class CodecTrainConfig:
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
     max_train_clips: int = 0
+    device: str = "auto"
 
 
 @dataclass

@@ -104,8 +104,12 @@ def data_fingerprint(train: pd.DataFrame, events_table: pd.DataFrame) -> str:
 
 
 def provenance(cfg: CodecConfig, seed: int, fingerprint: str) -> dict[str, Any]:
-    """Everything that determines the trained weights (and nothing that does not: paths, time cap, source)."""
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in ("source", "shipped_path", "max_minutes")}
+    """Everything that determines the trained weights (and nothing that does not: paths, time cap, source, device).
+
+    The device changes results only by floating-point rounding, so GPU-trained weights ship to CPU users.
+    """
+    excluded = ("source", "shipped_path", "max_minutes", "device")
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in excluded}
     return {"kwargs": cfg.offline.dac_kwargs(), "train": train, "seed": int(seed), "data_fingerprint": fingerprint}
 
 
@@ -177,6 +181,7 @@ def run_stage(
                 steps_done=result.steps,
                 train_wall_s=result.wall_s,
                 history=result.history,
+                train_device=result.device,
             )
             if ship:
                 shipped = root / cfg.train.shipped_path
@@ -198,6 +203,7 @@ def run_stage(
             metrics["source"] = "shipped"
         metrics["train_steps"] = int(blob["steps_done"])
         metrics["train_wall_s"] = float(blob["train_wall_s"])
+        metrics["train_device"] = str(blob.get("train_device", "cpu"))
         if blob.get("history"):
             metrics.update({f"train_final_{k}": v for k, v in blob["history"][-1].items() if k != "step"})
         codec_path = offline_codec_path(root, data_rel)

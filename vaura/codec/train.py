@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from vaura.codec.codec import Codec, _new_dac
 from vaura.codec.config import CodecConfig, CodecGateConfig
+from vaura.devices import resolve_device
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -58,6 +59,7 @@ class TrainResult:
     model: nn.Module
     steps: int
     wall_s: float
+    device: str
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -85,7 +87,8 @@ def train_offline_codec(
     """Train ``dac.DAC(**cfg.offline)`` on mono float32 clips at ``cfg.offline.sample_rate``.
 
     Stops after ``cfg.train.steps`` steps or ``cfg.train.max_minutes`` of wall time, whichever comes first
-    (``steps`` is the reproducible criterion; the time cap only protects the pipeline's budget).
+    (``steps`` is the reproducible criterion; the time cap only protects the pipeline's budget). Trains on
+    ``cfg.train.device``; the returned model is on the CPU, in eval mode.
     """
     tc, arch = cfg.train, cfg.offline
     if not audio:
@@ -97,24 +100,25 @@ def train_offline_codec(
     if odd:
         raise ValueError(f"codec.offline: rates must be even (got {odd}): dac's strided convolutions then map "
                          "T frames to exactly T * hop samples")
+    device = resolve_device(tc.device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = _new_dac(arch.dac_kwargs())
+    model = _new_dac(arch.dac_kwargs()).to(device)
     model.train()
     hop = int(model.hop_length)
     length = max(hop, round(tc.segment_s * arch.sample_rate) // hop * hop)
-    mel_loss = MultiScaleMelLoss(arch.sample_rate)
+    mel_loss = MultiScaleMelLoss(arch.sample_rate).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: tc.lr_final_ratio + (1 - tc.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * min(s / tc.steps, 1.0)))
     )
     history: list[dict[str, float]] = []
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
     t0 = time.monotonic()
     step = 0
     bar = tqdm(total=tc.steps, desc="codec train", unit="step", disable=not progress)
     while step < tc.steps and time.monotonic() - t0 < tc.max_minutes * 60:
-        x = _crop_batch(audio, tc.batch_size, length, rng)
+        x = _crop_batch(audio, tc.batch_size, length, rng).to(device, non_blocking=True)
         out = model(x, arch.sample_rate)
         parts = {
             "mel": mel_loss(out["audio"], x),
@@ -135,10 +139,10 @@ def train_offline_codec(
         sched.step()
         step += 1
         for k, v in {"loss": loss, **parts}.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
+            running[k] = running[k] + v.detach() if k in running else v.detach().clone()
         if step % log_every == 0 or step == tc.steps:
             n = step % log_every or log_every
-            entry = {k: v / n for k, v in running.items()}
+            entry = {k: float(v) / n for k, v in running.items()}
             entry["step"] = float(step)
             history.append(entry)
             running = {}
@@ -147,7 +151,8 @@ def train_offline_codec(
                 on_log(step, entry)
         bar.update(1)
     bar.close()
-    return TrainResult(model=model.eval(), steps=step, wall_s=time.monotonic() - t0, history=history)
+    wall_s = time.monotonic() - t0
+    return TrainResult(model=model.cpu().eval(), steps=step, wall_s=wall_s, device=str(device), history=history)
 
 
 @torch.no_grad()

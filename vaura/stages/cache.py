@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, load_codec
     from vaura.tracking import stage_run
     from vaura.visual import VisualConfig, load_visual_encoder
-    from vaura.visual.encoder import resolve_device
+    from vaura.devices import resolve_device
 
     try:
         params = load_yaml(args.params)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
-    from vaura.stages.sweep import resolve_device
+    from vaura.devices import resolve_device
 
     try:
         params = load_yaml(args.params)

@@ -21,18 +21,12 @@ from pathlib import Path
 import torch
 
 from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
+from vaura.devices import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from vaura.devices import resolve_device
 from vaura.visual.config import AVClipConfig, VisualConfig
-from vaura.visual.encoder import VisualEncoder, resolve_device, size_from_config
+from vaura.visual.encoder import VisualEncoder, size_from_config
 from vaura.visual.motionformer import MotionFormer
 
 FPS = 25

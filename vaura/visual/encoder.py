@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaura.devices import resolve_device
 from vaura.visual.config import VisualConfig
 from vaura.visual.motionformer import PAPER_SIZE, MotionFormer, MotionFormerSize
 from vaura.visual.weights import (
@@ -113,12 +114,6 @@ def to_segments(x: torch.Tensor, frames_per_segment: int) -> torch.Tensor:
         raise VisualInputError(f"{x.shape[0]} frames: need at least {frames_per_segment} (one segment)")
     x = x[: n * frames_per_segment].reshape(n, frames_per_segment, *x.shape[1:])
     return x.permute(0, 2, 1, 3, 4)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class VisualEncoder(nn.Module):
