@@ -66,7 +66,8 @@ def test_kv_cache_logits_equal_full_recompute(conditioning, alignment):
     cond = model.condition(visual, torch.zeros(2, dtype=torch.bool))
     steps = model.align(cond, seq.shape[-1]) if model.fusion else None
     prefix = 0 if model.fusion else cond.shape[1]
-    for static in (False, True):  # dynamic and CUDA-graph-style full-cache attention
+    # end read from positions (one sync), end given by the caller (sync-free), CUDA-graph-style full-cache attention
+    for mode in ("read", "given", "static"):
         cache = model.new_cache(2, prefix + seq.shape[-1], "cpu", torch.float32)
         x = model.embed_steps(seq[..., :3], None if steps is None else steps[:, :3])  # prefill 3 steps
         if prefix:
@@ -74,10 +75,11 @@ def test_kv_cache_logits_equal_full_recompute(conditioning, alignment):
         outs = [model.run(x, torch.arange(x.shape[1]), cache)[:, :, prefix:]]
         for s in range(3, seq.shape[-1]):
             x = model.embed_steps(seq[..., s:s + 1], None if steps is None else steps[:, s:s + 1])
-            outs.append(model.run(x, torch.tensor([prefix + s]), cache, static=static))
+            end = prefix + s + 1 if mode == "given" else None
+            outs.append(model.run(x, torch.tensor([prefix + s]), cache, static=mode == "static", end=end))
         kv = revert_logits(torch.cat(outs, dim=2), 37)
         rel = (kv - full).abs().max() / full.abs().max()
-        assert rel < 1e-5, (static, rel)
+        assert rel < 1e-5, (mode, rel)
 
 
 def test_fusion_input_uses_the_aligned_visual_token():
@@ -126,6 +128,14 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 3, 41, dtype=torch.long), torch.randn(1, 4, 12))
     with pytest.raises(ValueError, match="reference"):
         named_size("tiny", conditioning="prepend", alignment="reference")
+    # a cached step past the last position fails whether its end is read from the positions or given
+    last = model.n_positions
+    cache = model.new_cache(1, last + 1, "cpu", torch.float32)
+    x = torch.zeros(1, 1, model.cfg.d_model)
+    with pytest.raises(ValueError, match=f"position {last} exceeds"):
+        model.run(x, torch.tensor([last]), cache)
+    with pytest.raises(ValueError, match=f"position {last} exceeds"):
+        model.run(x, torch.tensor([last]), cache, end=last + 1)
 
 
 def test_learned_null_condition_is_trained_and_buffer_is_not():

@@ -74,7 +74,8 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, positions: torch.Tensor | None,
-                cache: KVCache | None, layer: int, static: bool) -> torch.Tensor:
+                cache: KVCache | None, layer: int, n_keys: int) -> torch.Tensor:
+        """``n_keys``: cache positions to attend over, a host int so that decoding never waits on the GPU."""
         b, n, d = x.shape
         q, k, v = self.wqkv(x).split(d, dim=-1)
         q = apply_rope(q.view(b, n, self.n_head, self.head_dim), rope).transpose(1, 2)
@@ -85,9 +86,8 @@ class Attention(nn.Module):
         else:
             cache.k[layer].index_copy_(2, positions, k)
             cache.v[layer].index_copy_(2, positions, v)
-            # static: attend over the whole preallocated cache (fixed shapes for CUDA graphs); else up to the
-            # newest position. Either way the mask lets query position p see keys 0..p only.
-            n_keys = cache.max_len if static else int(positions[-1]) + 1
+            # the mask lets query position p see keys 0..p only, whether n_keys stops at the newest position
+            # or spans the whole preallocated cache (fixed shapes for CUDA graphs)
             keys, values = cache.k[layer][:, :, :n_keys], cache.v[layer][:, :, :n_keys]
             mask = torch.arange(n_keys, device=x.device)[None, :] <= positions[:, None]
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
@@ -117,6 +117,6 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(d_model, eps)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, positions: torch.Tensor | None,
-                cache: KVCache | None, layer: int, static: bool) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, positions, cache, layer, static)
+                cache: KVCache | None, layer: int, n_keys: int) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, positions, cache, layer, n_keys)
         return h + self.feed_forward(self.ffn_norm(h))

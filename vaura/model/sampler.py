@@ -91,7 +91,7 @@ def generate(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float
     x = model.embed_steps(rows_of(seq[..., : p + 1]), None if cond_steps is None else cond_steps[:, : p + 1])
     if not model.fusion:
         x = torch.cat([cond.to(x.dtype), x], dim=1)
-    logits = model.run(x, torch.arange(x.shape[1], device=device), cache)[:, :, -1]
+    logits = model.run(x, torch.arange(x.shape[1], device=device), cache, end=x.shape[1])[:, :, -1]
     for s in tqdm(range(p, n_steps), disable=not progress, desc="generate", leave=False):
         if s > p:
             tok = rows_of(seq[..., s : s + 1])
@@ -100,7 +100,7 @@ def generate(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float
             if step_fn is not None:
                 logits = step_fn(tok, c, pos)[:, :, -1]
             else:
-                logits = model.run(model.embed_steps(tok, c), pos, cache)[:, :, -1]
+                logits = model.run(model.embed_steps(tok, c), pos, cache, end=n_prefix + s + 1)[:, :, -1]
         if guided:
             cond_l, uncond_l = logits[:b].float(), logits[b:].float()
             logits = uncond_l + cfg_scale * (cond_l - uncond_l)

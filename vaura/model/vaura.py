@@ -176,21 +176,28 @@ class VAURA(nn.Module):
         return self._rope
 
     def run(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
-            static: bool = False) -> torch.Tensor:
+            static: bool = False, end: int | None = None) -> torch.Tensor:
         """Decoder inputs ``[B, L, d]`` at ``positions`` (default ``0..L-1``) → logits ``[B, K, L, card]``.
 
-        With a cache, keys/values of these positions are stored and earlier cached ones attended to.
+        With a cache, keys/values of these positions are stored and earlier cached ones attended to: up to
+        ``end`` (1 + the largest position, known to the caller), or over the whole cache when ``static`` (the
+        fixed shapes CUDA graphs need). Passing ``end`` keeps decoding free of device-to-host syncs; without it
+        it is read from ``positions`` (one sync).
         """
         n = x.shape[1]
         if positions is None:
             positions = torch.arange(n, device=x.device)
-        if not static and int(positions.max()) >= self.n_positions:
-            raise ValueError(f"sequence position {int(positions.max())} exceeds the model's "
-                             f"{self.n_positions} positions (model.max_seconds={self.cfg.max_seconds})")
+            end = n
+        if not static:
+            end = int(positions.max()) + 1 if end is None else end
+            if end > self.n_positions:
+                raise ValueError(f"sequence position {end - 1} exceeds the model's "
+                                 f"{self.n_positions} positions (model.max_seconds={self.cfg.max_seconds})")
+        n_keys = cache.max_len if static and cache is not None else (end or n)
         rope = self.rope_on(x.device)[positions]
         h = self.tok_dropout(x)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, positions if cache is not None else None, cache, i, static)
+            h = layer(h, rope, positions if cache is not None else None, cache, i, n_keys)
         h = self.norm(h)
         return torch.stack([head(h) for head in self.lm_heads], dim=1)
 
