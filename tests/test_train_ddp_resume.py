@@ -1,8 +1,6 @@
 """Exact resume under DDP: a 2-rank torchrun job SIGKILLed (launcher and workers) after a checkpoint and
 relaunched reproduces an uninterrupted 2-rank run of the same seed, step by step and in its final weights."""
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +9,7 @@ import time
 import pytest
 import torch
 
-from train_helpers import write_micro_cache, write_params
+from train_helpers import read_losses, resume_jobs
 
 TOTAL = 12
 pytestmark = pytest.mark.slow
@@ -22,25 +20,9 @@ def _cmd(params, sums):
             "-m", "vaura.train", "--params", str(params), "--checksum-dir", str(sums)]
 
 
-def _losses(data):
-    return {r["step"]: r["loss"] for r in map(json.loads, (data / "train" / "train_log.jsonl").read_text().splitlines())}
-
-
 def test_killed_ddp_job_resumes_to_the_uninterrupted_result(tmp_path):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'ml.db'}"
-    mlflow.MlflowClient(uri).search_experiments()  # create the store's tables once, before two jobs race
-    cache = write_micro_cache(tmp_path / "cache_src")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    jobs = {}
-    for name in ("ref", "killed"):
-        data = tmp_path / name / "data"
-        shutil.copytree(cache, data / "cache")
-        params = write_params(tmp_path / name / "params.yaml", data, uri, total_steps=TOTAL, eval_every=3,
-                              ckpt_every=3, grad_accum=2)
-        jobs[name] = (data, params, tmp_path / name / "sums")
+    env, made = resume_jobs(tmp_path, TOTAL)
+    jobs = {name: (data, params, tmp_path / name / "sums") for name, (data, params) in made.items()}
 
     def launch(name):
         data, params, sums = jobs[name]
@@ -64,7 +46,7 @@ def test_killed_ddp_job_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ref.wait(timeout=300) == 0, ref.stderr.read()[-3000:]
 
-    ref_losses, got_losses = _losses(jobs["ref"][0]), _losses(jobs["killed"][0])
+    ref_losses, got_losses = read_losses(jobs["ref"][0]), read_losses(jobs["killed"][0])
     assert sorted(ref_losses) == sorted(got_losses) == list(range(1, TOTAL + 1))
     for step in ref_losses:
         assert got_losses[step] == pytest.approx(ref_losses[step], rel=1e-6, abs=0), step

@@ -1,8 +1,6 @@
 """Exact resume: a training process really SIGKILLed after a checkpoint and restarted reproduces the
 per-step losses and final weights of an uninterrupted run of the same seed."""
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +9,7 @@ import time
 import pytest
 import torch
 
-from train_helpers import write_micro_cache, write_params
+from train_helpers import read_losses, resume_jobs
 
 TOTAL = 12
 
@@ -20,30 +18,14 @@ def _cmd(params):
     return [sys.executable, "-m", "vaura.train", "--params", str(params)]
 
 
-def _losses(data):
-    return {r["step"]: r["loss"] for r in map(json.loads, (data / "train" / "train_log.jsonl").read_text().splitlines())}
-
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run and a killed-then-resumed run (started side by side to save wall time)."""
-    import mlflow
-
     tmp = tmp_path_factory.mktemp("resume")
-    uri = f"sqlite:///{tmp / 'ml.db'}"
-    mlflow.MlflowClient(uri).search_experiments()  # create the store's tables once, before two writers race
-    cache = write_micro_cache(tmp / "cache_src")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    dirs = {}
-    for name in ("ref", "killed"):
-        data = tmp / name / "data"
-        shutil.copytree(cache, data / "cache")
-        dirs[name] = (data, write_params(tmp / name / "params.yaml", data, uri, total_steps=TOTAL, eval_every=3,
-                                         ckpt_every=3, grad_accum=2))
+    env, dirs = resume_jobs(tmp, TOTAL)
     popen = lambda name: subprocess.Popen(_cmd(dirs[name][1]), cwd=dirs[name][0].parent, env=env,  # noqa: E731
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ref, victim = popen("ref"), popen("killed")
@@ -61,7 +43,7 @@ def runs(tmp_path_factory):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ref.wait(timeout=240) == 0, ref.stderr.read()[-3000:]
     return {"ref": dirs["ref"][0], "killed": dirs["killed"][0], "killed_rc": killed_rc, "killed_at": killed_at,
-            "uri": uri}
+            "uri": f"sqlite:///{tmp / 'ml.db'}"}
 
 
 def test_process_was_really_killed_mid_run(runs):
@@ -70,7 +52,7 @@ def test_process_was_really_killed_mid_run(runs):
 
 
 def test_resumed_losses_and_weights_equal_uninterrupted(runs):
-    ref, got = _losses(runs["ref"]), _losses(runs["killed"])
+    ref, got = read_losses(runs["ref"]), read_losses(runs["killed"])
     assert sorted(ref) == sorted(got) == list(range(1, TOTAL + 1))
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step

@@ -119,3 +119,35 @@ def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out, index=False)
     return out
+
+
+def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path, Path]]]:
+    """Two identical micro training jobs ("ref", "killed") sharing one MLflow store, for the kill-and-resume tests.
+
+    Returns the subprocess environment and ``{name: (data_dir, params_path)}``; checkpoints every 3 steps.
+    """
+    import os
+    import shutil
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp / 'ml.db'}"
+    mlflow.MlflowClient(uri).search_experiments()  # create the store's tables once, before two writers race
+    cache = write_micro_cache(tmp / "cache_src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    jobs = {}
+    for name in ("ref", "killed"):
+        data = tmp / name / "data"
+        shutil.copytree(cache, data / "cache")
+        jobs[name] = (data, write_params(tmp / name / "params.yaml", data, uri, total_steps=total_steps,
+                                         eval_every=3, ckpt_every=3, grad_accum=2))
+    return env, jobs
+
+
+def read_losses(data_dir: Path) -> dict[int, float]:
+    """Per-step training loss from ``train_log.jsonl``."""
+    import json
+
+    lines = (data_dir / "train" / "train_log.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
