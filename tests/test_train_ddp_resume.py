@@ -4,12 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from train_helpers import read_losses, resume_jobs
+from train_helpers import read_losses, resume_jobs, wait_for_file
 
 TOTAL = 12
 pytestmark = pytest.mark.slow
@@ -31,11 +30,7 @@ def test_killed_ddp_job_resumes_to_the_uninterrupted_result(tmp_path):
 
     ref, victim = launch("ref"), launch("killed")
     last = jobs["killed"][0] / "train" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists():
-        assert victim.poll() is None, f"torchrun exited before its first checkpoint: {victim.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_file(victim, last, 300, "torchrun")
     os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks, as a node failure would
     assert victim.wait() == -signal.SIGKILL
     killed_at = torch.load(last, weights_only=True)["step"]

@@ -4,12 +4,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from train_helpers import read_losses, resume_jobs
+from train_helpers import read_losses, resume_jobs, wait_for_file
 
 TOTAL = 12
 
@@ -30,11 +29,7 @@ def runs(tmp_path_factory):
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ref, victim = popen("ref"), popen("killed")
     last = dirs["killed"][0] / "train" / "last.pt"
-    deadline = time.monotonic() + 240
-    while not last.exists():
-        assert victim.poll() is None, f"training exited before its first checkpoint: {victim.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_file(victim, last, 240, "training")
     victim.send_signal(signal.SIGKILL)
     killed_rc = victim.wait()
     killed_at = torch.load(last, weights_only=True)["step"]

@@ -151,3 +151,14 @@ def read_losses(data_dir: Path) -> dict[int, float]:
 
     lines = (data_dir / "train" / "train_log.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def wait_for_file(proc, path: Path, timeout_s: float, what: str) -> None:
+    """Poll until ``path`` exists; fail with the process's stderr if it exits first, or after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, f"{what} exited before writing {path.name}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {path.name} appeared within {timeout_s:.0f} s"
+        time.sleep(0.01)
