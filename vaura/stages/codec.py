@@ -9,7 +9,7 @@ codec.train.source chooses how the weights are obtained:
   shipped  verify that codec.train.shipped_path was trained with the current params and data, then use it
            (seconds; the default, so `make demo` fits its CPU budget)
   train    train codec.train.steps steps here, on codec.train.device (auto: CUDA when present). The default
-           recipe takes ~75 min on 2 CPU cores and ~2.5 min on one H200
+           recipe takes ~85 min on 2 CPU cores and ~2.5 min on one H200
 The shipped file is produced by this stage:  vaura codec --params params.yaml --train --ship
 With codec.kind: dac44 the stage trains nothing; it measures the same gate for the pretrained 44.1 kHz DAC.
 """
