@@ -225,3 +225,17 @@ def test_more_quantizers_than_trained_codebooks_fails_before_training(bench, tmp
     with pytest.raises(ConfigError, match=r"n_quantizers=4"):
         _run(params, "--no-track", "--train")
     assert not (tmp_path / "data" / "codec").exists()
+
+
+def test_committed_stand_in_matches_the_default_params():
+    """`make demo` uses assets/codec_offline.pt: editing params.yaml's codec section without re-shipping must fail
+    here, not minutes into the demo. (The data fingerprint needs the generated benchmark; the demo checks it.)"""
+    from vaura.codec.codec import read_offline_checkpoint
+    from vaura.codec.offline import provenance, provenance_mismatches
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = load_section(CodecConfig, "codec", params)
+    blob = read_offline_checkpoint(REPO / cfg.train.shipped_path)
+    recorded = blob["provenance"]["data_fingerprint"]
+    assert provenance_mismatches(blob, provenance(cfg, int(params["seed"]), recorded)) == []
+    assert blob["n_quantizers"] >= cfg.n_quantizers
