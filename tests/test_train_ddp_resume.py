@@ -20,7 +20,7 @@ def _cmd(params, sums):
 
 
 def test_killed_ddp_job_resumes_to_the_uninterrupted_result(tmp_path):
-    env, made = resume_jobs(tmp_path, TOTAL)
+    env, made, _ = resume_jobs(tmp_path, TOTAL)
     jobs = {name: (data, params, tmp_path / name / "sums") for name, (data, params) in made.items()}
 
     def launch(name):

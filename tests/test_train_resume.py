@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def runs(tmp_path_factory):
     """An uninterrupted run and a killed-then-resumed run (started side by side to save wall time)."""
     tmp = tmp_path_factory.mktemp("resume")
-    env, dirs = resume_jobs(tmp, TOTAL)
+    env, dirs, uri = resume_jobs(tmp, TOTAL)
     popen = lambda name: subprocess.Popen(_cmd(dirs[name][1]), cwd=dirs[name][0].parent, env=env,  # noqa: E731
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ref, victim = popen("ref"), popen("killed")
@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ref.wait(timeout=240) == 0, ref.stderr.read()[-3000:]
     return {"ref": dirs["ref"][0], "killed": dirs["killed"][0], "killed_rc": killed_rc, "killed_at": killed_at,
-            "uri": f"sqlite:///{tmp / 'ml.db'}"}
+            "uri": uri}
 
 
 def test_process_was_really_killed_mid_run(runs):

@@ -121,10 +121,11 @@ def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> 
     return out
 
 
-def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path, Path]]]:
+def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path, Path]], str]:
     """Two identical micro training jobs ("ref", "killed") sharing one MLflow store, for the kill-and-resume tests.
 
-    Returns the subprocess environment and ``{name: (data_dir, params_path)}``; checkpoints every 3 steps.
+    Returns the subprocess environment, ``{name: (data_dir, params_path)}`` and the tracking URI; checkpoints
+    every 3 steps.
     """
     import os
     import shutil
@@ -142,7 +143,7 @@ def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path
         shutil.copytree(cache, data / "cache")
         jobs[name] = (data, write_params(tmp / name / "params.yaml", data, uri, total_steps=total_steps,
                                          eval_every=3, ckpt_every=3, grad_accum=2))
-    return env, jobs
+    return env, jobs, uri
 
 
 def read_losses(data_dir: Path) -> dict[int, float]:

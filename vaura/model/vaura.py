@@ -188,12 +188,13 @@ class VAURA(nn.Module):
         if positions is None:
             positions = torch.arange(n, device=x.device)
             end = n
-        if not static:
-            end = int(positions.max()) + 1 if end is None else end
-            if end > self.n_positions:
-                raise ValueError(f"sequence position {end - 1} exceeds the model's "
+        if static:
+            n_keys = cache.max_len if cache is not None else n
+        else:
+            n_keys = int(positions.max()) + 1 if end is None else end
+            if n_keys > self.n_positions:
+                raise ValueError(f"sequence position {n_keys - 1} exceeds the model's "
                                  f"{self.n_positions} positions (model.max_seconds={self.cfg.max_seconds})")
-        n_keys = cache.max_len if static and cache is not None else (end or n)
         rope = self.rope_on(x.device)[positions]
         h = self.tok_dropout(x)
         for i, layer in enumerate(self.layers):
