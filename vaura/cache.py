@@ -29,7 +29,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -338,10 +338,12 @@ class CachedClips(torch.utils.data.Dataset):
     ``round(k / feature_rate · frame_rate)``), drawn from ``generator`` if ``seed`` is given, else from torch's
     global RNG (which a DataLoader seeds differently per worker). Val/test: the fixed ``start_sec`` from the
     index. ``T_win = ceil(window_s · sample_rate / hop)`` (``Codec.n_frames``), ``N_win = window_s · feature_rate``.
-    Shards are memory-mapped, so a large cache does not have to fit in RAM.
+    Shards are memory-mapped, so a large cache does not have to fit in RAM. ``clips`` restricts the split to
+    those clip ids (an ablation variant's split list; clips the cache rejected are simply absent).
     """
 
-    def __init__(self, cache_dir: str | Path, split: str, window_s: float = WINDOW_S, seed: int | None = None) -> None:
+    def __init__(self, cache_dir: str | Path, split: str, window_s: float = WINDOW_S, seed: int | None = None,
+                 clips: Collection[str] | None = None) -> None:
         cache_dir = Path(cache_dir)
         for name in ("meta.json", "index.csv"):
             if not (cache_dir / name).is_file():
@@ -349,8 +351,11 @@ class CachedClips(torch.utils.data.Dataset):
         self.meta = json.loads((cache_dir / "meta.json").read_text())
         index = pd.read_csv(cache_dir / "index.csv", dtype={"clip": str, "split": str})
         index = index[index["split"] == split].reset_index(drop=True)
+        if clips is not None:
+            index = index[index["clip"].isin(set(clips))].reset_index(drop=True)
         if index.empty:
-            raise CacheError(f"{cache_dir / 'index.csv'}: no clips in split {split!r}")
+            raise CacheError(f"{cache_dir / 'index.csv'}: no clips in split {split!r}"
+                             + (f" among the {len(clips)} listed" if clips is not None else ""))
         self.split = split
         self.window_s = window_s
         self.frame_rate = float(self.meta["frame_rate"])

@@ -156,6 +156,7 @@ SECTIONS: dict[str, str] = {
     "sweep": "vaura.eval.sweep:SweepConfig",
     "evaluate": "vaura.eval.evaluate:EvaluateConfig",
     "report": "vaura.eval.report:ReportConfig",
+    "ablation": "vaura.variants:AblationConfig",
 }
 
 

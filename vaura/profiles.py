@@ -18,6 +18,8 @@ from vaura.config import ConfigError, validate_params
 from vaura.io import atomic_write_text
 
 BASE_PROFILE = "offline"
+# Free-form mappings (names chosen by the profile): an overlay replaces them whole instead of key by key.
+REPLACED_WHOLE = ("ablation.variants", "sweep.test_sets")
 
 
 class ProfileError(ConfigError):
@@ -30,6 +32,9 @@ def available(configs_dir: str | Path = "configs") -> list[str]:
 
 def _merge(base: Any, overlay: Mapping, where: str, source: Path) -> None:
     for key, value in overlay.items():
+        if f"{where}{key}" in REPLACED_WHOLE:
+            base[key] = value
+            continue
         if key not in base:
             raise ProfileError(f"{source}: key '{where}{key}' does not exist in the {BASE_PROFILE} profile")
         if isinstance(value, Mapping) and isinstance(base[key], Mapping):

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vaura.eval.bootstrap import BootstrapConfig
 from vaura.eval.fad import fad
 from vaura.eval.ib import ib_score
 from vaura.eval.kld import kld_score
@@ -69,6 +70,7 @@ class EvaluateConfig:
     window_s: float = 2.56
     n_artifact_clips: int = 2
     device: str = "auto"
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
 
 @dataclass
@@ -151,20 +153,27 @@ def score_group(
     cfg: EvaluateConfig,
     models: Models,
     root: Path,
+    clips: Sequence[str] | None = None,
+    reference_clips: Sequence[str] | None = None,
 ) -> None:
     """Fill ``group.metrics``; frames are read lazily (only for metrics whose models are loaded).
 
     ``reference`` is the test set's real audio (one per clip, for FAD); ``paired_reference[i]`` is the real audio
-    of ``audios[i]``'s own clip (for KLD). Both are ``None`` for the reference group itself.
+    of ``audios[i]``'s own clip (for KLD). Both are ``None`` for the reference group itself. ``clips[i]`` names
+    the clip of ``audios[i]`` and ``reference_clips`` those of ``reference``: with them, onset-sync and FAD get
+    bootstrap intervals over clips × samples (``cfg.bootstrap``).
     """
     m = group.metrics
+    boot = cfg.bootstrap if clips is not None else None
     m["onset_sync"] = (
-        onset_sync(audios, sample_rate, truths, tol=cfg.onset_tolerance_s) if truths is not None
+        onset_sync(audios, sample_rate, truths, tol=cfg.onset_tolerance_s, clips=clips, boot=boot)
+        if truths is not None
         else MetricResult.skipped("onset_sync", "no ground-truth event table (synthetic benchmark only)")
     )
     fad_label = "log-mel, weight-free" if cfg.fad_backbone == "logmel" else cfg.fad_backbone
     m["fad"] = (
-        fad(audios, reference, sample_rate, cfg.fad_backbone, root / cfg.vggish_weights) if reference is not None
+        fad(audios, reference, sample_rate, cfg.fad_backbone, root / cfg.vggish_weights, clips=clips,
+            reference_clips=reference_clips, boot=boot) if reference is not None
         else MetricResult.skipped("fad", "the reference set itself (FAD would be 0 by definition)", fad_label)
     )
     m["kld"] = (
@@ -239,7 +248,7 @@ def evaluate_sweep(
                 truths=None if truth is None else [truth[c] for c in names],
                 sync_frames=lambda names=names: frames_for("sync", names),
                 ib_frames=lambda names=names: frames_for("ib", names),
-                cfg=cfg, models=models, root=root,
+                cfg=cfg, models=models, root=root, clips=names, reference_clips=list(start),
             )
             seen: set[str] = set()
             for c, a in zip(names, audios):
@@ -263,9 +272,15 @@ def flat_metrics(group: Group) -> dict[str, float]:
     return out
 
 
-def metrics_json(groups: Sequence[Group], variant: Mapping[str, Any]) -> dict[str, Any]:
-    """The DVC metrics file: ``{variant, <test_set>: {<group>: {cfg_scale, n_clips, n_samples, <metric>: {...}}}}``."""
+def metrics_json(groups: Sequence[Group], variant: Mapping[str, Any],
+                 boot: BootstrapConfig | None = None) -> dict[str, Any]:
+    """The DVC metrics file: ``{variant, bootstrap, <test_set>: {<group>: {cfg_scale, n_clips, n_samples,
+    <metric>: {status, <value>, <value>_low, <value>_high, ...}}}}`` (``<value>_low/_high``: the bootstrap
+    interval described by ``bootstrap``)."""
     out: dict[str, Any] = {"variant": dict(variant)}
+    if boot is not None:
+        out["bootstrap"] = {"n": boot.n, "fad_n": boot.fad_n, "seed": boot.seed, "level": boot.level,
+                            "over": "test clips, then samples within each drawn clip (percentile interval)"}
     for g in groups:
         out.setdefault(g.test_set, {})[g.name] = {
             "cfg_scale": g.cfg_scale, "n_clips": g.n_clips, "n_samples": g.n_samples,
@@ -298,6 +313,7 @@ def log_groups(
     variant_label: str,
     data_files: Sequence[str | Path] = (),
     params_file: str | Path = "params.yaml",
+    tags: Mapping[str, str] | None = None,
 ) -> list[str]:
     """One MLflow run per group (``vaura.tracking.stage_run``): metrics, tags, metrics.json and, for the group's
     example clips, audio (wav), spectrogram (png) and the test video muxed with that audio (mp4). Returns run ids."""
@@ -307,7 +323,7 @@ def log_groups(
 
     run_ids = []
     for g in groups:
-        with stage_run("evaluate", params, tags=group_tags(g, variant_label), params_file=params_file,
+        with stage_run("evaluate", params, tags={**group_tags(g, variant_label), **(tags or {})}, params_file=params_file,
                        data_files=data_files) as run:
             extra = {"eval.n_clips": g.n_clips, "eval.n_samples": g.n_samples}
             if train_clips is not None:

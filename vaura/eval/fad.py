@@ -10,14 +10,15 @@ Two backbones, never mixed in one table (the backbone name travels with every re
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
-import scipy.linalg
 import torch
 import torchaudio
 
+from vaura.eval.bootstrap import BootstrapConfig, bootstrap
 from vaura.eval.results import MetricResult, MissingWeightsError
 
 EMBED_SR = 16000  # both backbones embed 16 kHz audio (VGGish's rate), so they share one front-end
@@ -97,13 +98,12 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
         raise ValueError(f"frechet_distance: need ≥ 2 embeddings per set, got {len(x)} and {len(y)}")
     mu_x, mu_y = x.mean(0), y.mean(0)
     cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    covmean = scipy.linalg.sqrtm(cov_x @ cov_y)
-    if not np.isfinite(covmean).all():
-        # Singular product (few samples, D large): regularise both covariances slightly, as FID code does.
-        eps = np.eye(cov_x.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((cov_x + eps) @ (cov_y + eps))
-    covmean = np.real(covmean)
-    dist = float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x) + np.trace(cov_y) - 2.0 * np.trace(covmean))
+    # tr((Σx Σy)^½) = Σ sqrt(eig(Σx^½ Σy Σx^½)): two symmetric eigendecompositions, exact for PSD covariances,
+    # and no sqrtm of a non-symmetric (possibly singular) product; fast enough to bootstrap.
+    w, v = np.linalg.eigh(cov_x)
+    root_x = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    trace_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh(root_x @ cov_y @ root_x), 0.0, None)).sum())
+    dist = float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x) + np.trace(cov_y) - 2.0 * trace_covmean)
     return max(dist, 0.0)
 
 
@@ -124,13 +124,30 @@ def fad(
     sample_rate: int,
     backbone: str = "logmel",
     vggish_weights: str | Path | None = None,
+    clips: Sequence[str] | None = None,
+    reference_clips: Sequence[str] | None = None,
+    boot: BootstrapConfig | None = None,
 ) -> MetricResult:
-    """FAD between generated and reference audio sets; skipped (with the reason) when weights are missing."""
+    """FAD between generated and reference audio sets; skipped (with the reason) when weights are missing.
+
+    With ``clips`` (the clip of each generated item), ``reference_clips`` (the clip of each reference item) and
+    ``boot``, the FAD gets a bootstrap interval: each resample draws clips × samples of the generated set and
+    pairs every drawn item with its own clip's reference (``boot.fad_n`` resamples: each costs two eigen
+    decompositions).
+    """
     label = "log-mel, weight-free" if backbone == "logmel" else backbone
     try:
         embedder = make_embedder(backbone, vggish_weights)
     except MissingWeightsError as exc:
         return MetricResult.skipped("fad", str(exc), backbone=label)
-    gen = embedder(generated, sample_rate)
-    ref = embedder(reference, sample_rate)
-    return MetricResult.ok("fad", {"fad": frechet_distance(gen, ref)}, backbone=label)
+    gen = [embedder([a], sample_rate) for a in generated]
+    ref = [embedder([a], sample_rate) for a in reference]
+    result = MetricResult.ok("fad", {"fad": frechet_distance(np.concatenate(gen), np.concatenate(ref))}, backbone=label)
+    if clips is not None and reference_clips is not None and boot is not None:
+        ref_of = dict(zip(reference_clips, ref))
+        paired = [ref_of[c] for c in clips]
+        cfg = dataclasses.replace(boot, n=boot.fad_n)
+        result.intervals = bootstrap(
+            lambda idx: {"fad": frechet_distance(np.concatenate([gen[i] for i in idx]),
+                                                 np.concatenate([paired[i] for i in idx]))}, clips, cfg)
+    return result

@@ -11,8 +11,27 @@ from typing import Sequence
 
 import numpy as np
 
+from vaura.eval.bootstrap import BootstrapConfig, bootstrap
 from vaura.eval.onsets import detect_onsets, match_events
 from vaura.eval.results import MetricResult
+
+# Values that get a bootstrap interval (the counts pool over the resampled items, as the point values do).
+INTERVAL_KEYS = ("f1", "precision", "recall", "offset_ms", "missed", "extra")
+
+
+def _pooled(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, offsets: list[np.ndarray], idx: np.ndarray
+            ) -> dict[str, float]:
+    """Micro-averaged onset statistics of the items at ``idx`` (repeats count repeatedly)."""
+    t, f_p, f_n = float(tp[idx].sum()), float(fp[idx].sum()), float(fn[idx].sum())
+    off = np.concatenate([offsets[i] for i in idx]) if len(idx) else np.zeros(0)
+    precision = t / (t + f_p) if t + f_p else 0.0
+    recall = t / (t + f_n) if t + f_n else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "offset_ms": float(np.mean(np.abs(off)) * 1000.0) if off.size else float("nan"),
+        "signed_offset_ms": float(np.mean(off) * 1000.0) if off.size else float("nan"),
+        "precision": precision, "recall": recall, "f1": f1, "matched": t, "missed": f_n, "extra": f_p,
+    }
 
 
 def onset_sync(
@@ -20,39 +39,30 @@ def onset_sync(
     sample_rate: int,
     true_times: Sequence[np.ndarray],
     tol: float = 0.1,
+    clips: Sequence[str] | None = None,
+    boot: BootstrapConfig | None = None,
 ) -> MetricResult:
     """Pool onset matches over a batch of generated clips.
 
     ``generated[i]`` is mono float audio, ``true_times[i]`` the ground-truth event times (s) *relative to the
     clip's start*. Counts are pooled (micro-average) so clips with more events weigh more, as in event-detection
     benchmarks; ``offset_ms`` is NaN-free only when at least one pair matched (otherwise it is reported as NaN).
+    With ``clips`` (the clip of each item) and ``boot``, every value of :data:`INTERVAL_KEYS` gets a bootstrap
+    interval over clips × samples.
     """
     if len(generated) != len(true_times):
         raise ValueError(f"onset_sync: {len(generated)} clips but {len(true_times)} ground-truth lists")
     if not generated:
         return MetricResult.skipped("onset_sync", "no generated clips to score", backbone="spectral-flux onsets")
-    tp = fp = fn = 0
-    offsets: list[np.ndarray] = []
-    for audio, truth in zip(generated, true_times):
-        m = match_events(detect_onsets(audio, sample_rate), np.asarray(truth, dtype=np.float64), tol)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        offsets.append(m.offsets_s)
-    off = np.concatenate(offsets) if offsets else np.zeros(0)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return MetricResult.ok(
-        "onset_sync",
-        {
-            "offset_ms": float(np.mean(np.abs(off)) * 1000.0) if off.size else float("nan"),
-            "signed_offset_ms": float(np.mean(off) * 1000.0) if off.size else float("nan"),
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "matched": tp,
-            "missed": fn,
-            "extra": fp,
-            "n_clips": len(generated),
-        },
-        backbone=f"spectral-flux onsets, ±{tol * 1000:.0f} ms",
-    )
+    matches = [match_events(detect_onsets(audio, sample_rate), np.asarray(truth, dtype=np.float64), tol)
+               for audio, truth in zip(generated, true_times)]
+    tp, fp, fn = (np.asarray([getattr(m, k) for m in matches], dtype=np.float64) for k in ("tp", "fp", "fn"))
+    offsets = [np.asarray(m.offsets_s, dtype=np.float64) for m in matches]
+    values = _pooled(tp, fp, fn, offsets, np.arange(len(matches)))
+    result = MetricResult.ok("onset_sync", {**values, "n_clips": len(generated)},
+                             backbone=f"spectral-flux onsets, ±{tol * 1000:.0f} ms")
+    if clips is not None and boot is not None:
+        result.intervals = bootstrap(
+            lambda idx: {k: v for k, v in _pooled(tp, fp, fn, offsets, idx).items() if k in INTERVAL_KEYS},
+            clips, boot)
+    return result

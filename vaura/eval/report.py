@@ -1,34 +1,40 @@
-"""Paper-shaped ablation tables from MLflow: threshold (Table II), conditioning (Table III), CFG γ (Table IV).
+"""Paper-shaped ablation tables from the variants' metrics files: threshold (Table II), conditioning (Table III),
+CFG γ (Table IV), plus every variant side by side.
 
-Input: the ``evaluate`` runs (``mlflow.search_runs`` → pandas), identified by the contract documented in
-:mod:`vaura.eval.evaluate` — params ``filter.threshold`` / ``model.conditioning`` (the variant), tags
-``vaura.eval.test_set`` / ``vaura.eval.group`` / ``vaura.eval.cfg_scale``, metric statuses and reasons — plus the
-``train`` run of the same variant (same pipeline id, DVC experiment, threshold and conditioning) for training
-time. When a variant was evaluated
-several times, its latest run counts. A cell whose metric was skipped says ``skipped: <reason>``; a cell with no
-run says why too, so a table never shows a silent gap or a fake zero.
+Input: one ``metrics.json`` per ablation variant (``<data>/eval/<variant>/metrics.json``, written by
+``vaura evaluate --variant``; see :func:`vaura.eval.evaluate.metrics_json`) — the report stage's DVC deps, and
+nothing else: what else sits in an MLflow store cannot change a table. Which variant lands in which table
+follows from its overrides (``ablation.variants``): only ``filter`` keys → Table II; only
+``model.conditioning`` → Table III; the baseline is in both and alone in Table IV. Each cell is the value with
+its bootstrap interval (``evaluate.bootstrap``); a metric that did not run says why.
 """
 from __future__ import annotations
 
-import dataclasses
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
-# table column → (metric column in MLflow, metric name for status/reason tags, number format)
-METRIC_COLUMNS: dict[str, tuple[str, str, str]] = {
-    "KLD": ("kld", "kld", "{:.2f}"),
-    "FAD": ("fad", "fad", "{:.2f}"),
-    "IB": ("ib", "ib", "{:.2f}"),
-    "Sync (ms)": ("sync_ms", "sync", "{:.0f}"),
-    "DeSync (s)": ("desync_s", "desync", "{:.3f}"),
-    "onset F1": ("onset_f1", "onset_sync", "{:.3f}"),
-    "onset |offset| (ms)": ("onset_offset_ms", "onset_sync", "{:.1f}"),
-    "missed": ("onset_missed", "onset_sync", "{:.0f}"),
-    "extra": ("onset_extra", "onset_sync", "{:.0f}"),
+from vaura.eval.evaluate import METRIC_KEYS
+
+# table column → (metric name in metrics.json, value key, number format, higher is better)
+METRIC_COLUMNS: dict[str, tuple[str, str, str, bool]] = {
+    "onset F1": ("onset_sync", "f1", "{:.3f}", True),
+    "FAD": ("fad", "fad", "{:.2f}", False),
+    "KLD": ("kld", "kld", "{:.2f}", False),
+    "IB": ("ib", "ib", "{:.2f}", True),
+    "Sync (ms)": ("sync", "sync_ms", "{:.0f}", False),
+    "DeSync (s)": ("desync", "desync_s", "{:.3f}", False),
+    "onset |offset| (ms)": ("onset_sync", "offset_ms", "{:.1f}", False),
+    "missed": ("onset_sync", "missed", "{:.0f}", False),
+    "extra": ("onset_sync", "extra", "{:.0f}", False),
 }
+# The metric that chooses γ on the validation split and decides the conclusions (the offline benchmark's
+# ground-truth alignment metric), and the one that backs it up.
+PRIMARY, SECONDARY = "onset F1", "FAD"
 
 
 @dataclass
@@ -36,207 +42,267 @@ class ReportConfig:
     """params.yaml section ``report``."""
 
     test_set: str = "test"
-    cfg_scale: float = 6.0
-    # None = the threshold of the params file the report runs with (``filter.threshold``), so the baseline
-    # follows the pipeline's own setting instead of silently drifting from it.
-    baseline_threshold: float | None = None
-    baseline_conditioning: str = "fusion"
-
-    def resolved(self, params: Mapping[str, Any]) -> "ReportConfig":
-        """This config with ``baseline_threshold`` filled from ``params['filter']['threshold']`` when None."""
-        if self.baseline_threshold is not None:
-            return self
-        try:
-            threshold = float(params["filter"]["threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReportError("report.baseline_threshold is null but params has no numeric filter.threshold") from exc
-        return dataclasses.replace(self, baseline_threshold=threshold)
+    # γ of Tables II and III; None = the baseline's best onset F1 on ``select_set`` (a validation split).
+    cfg_scale: float | None = 6.0
+    select_set: str = "val"
 
 
 class ReportError(ValueError):
-    """No runs to build a table from (says which runs were looked for)."""
+    """Metrics files missing or not matching the variants (says which file and why)."""
 
 
-def search_runs(experiment: str, stage: str) -> pd.DataFrame:
-    """All runs of one stage in ``experiment`` as a DataFrame (empty when there are none)."""
-    import mlflow
+@dataclass
+class Cell:
+    """One table value: the point estimate and its interval, or why there is none."""
 
-    if mlflow.get_experiment_by_name(experiment) is None:
-        return pd.DataFrame()
-    return mlflow.search_runs(
-        experiment_names=[experiment], filter_string=f"tags.`vaura.stage` = '{stage}'", output_format="pandas",
-        max_results=50000,
-    )
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    why: str = ""
 
-
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
-
-
-def _float(series: pd.Series) -> pd.Series:
-    return pd.to_numeric(series, errors="coerce")
+    def text(self, fmt: str) -> str:
+        if self.value is None:
+            return self.why
+        if self.low is None or self.high is None:
+            return fmt.format(self.value)
+        return f"{fmt.format(self.value)} [{fmt.format(self.low)}, {fmt.format(self.high)}]"
 
 
-VARIANT_KEYS = ("tags.vaura.pipeline_id", "tags.dvc.exp_name", "params.filter.threshold", "params.model.conditioning")
-
-
-def _variant_key(run: pd.Series) -> tuple[str, ...]:
-    """Which training a run belongs to: pipeline id, DVC experiment and the variant's params (an ablation flow
-    runs all its variants under one pipeline id, so the id alone is not enough)."""
-    return tuple("" if pd.isna(run.get(k)) else str(run.get(k)) for k in VARIANT_KEYS)
-
-
-def train_hours(train_runs: pd.DataFrame) -> dict[tuple[str, ...], tuple[float, str]]:
-    """``variant key → (device-hours, device kind)`` of the latest finished train run of each variant.
-
-    Device-hours = wall-clock duration × processes (tag ``vaura.world_size``, else param ``train.nproc``); the
-    kind is GPU when the run's ``train.device`` is cuda or it logged GPU system metrics, else CPU.
-    """
-    if train_runs.empty:
-        return {}
-    df = train_runs[_col(train_runs, "status") == "FINISHED"].sort_values("start_time")
-    out: dict[tuple[str, ...], tuple[float, str]] = {}
-    for _, r in df.iterrows():
-        if pd.isna(r.get("end_time")):
-            continue
-        hours = (r["end_time"] - r["start_time"]).total_seconds() / 3600.0
-        procs = pd.to_numeric(r.get("tags.vaura.world_size"), errors="coerce")
-        if pd.isna(procs):
-            procs = pd.to_numeric(r.get("params.train.nproc"), errors="coerce")
-        procs = 1 if pd.isna(procs) else int(procs)
-        gpu = str(r.get("params.train.device")) == "cuda" or any(
-            c.startswith("metrics.system/gpu") and pd.notna(r[c]) for c in df.columns
-        )
-        out[_variant_key(r)] = (hours * procs, "GPU" if gpu else "CPU")
-    return out
-
-
-def _cell(run: pd.Series, metric_col: str, metric_name: str, fmt: str) -> str:
-    value = run.get(f"metrics.{metric_col}")
-    if value is not None and not pd.isna(value):
-        return fmt.format(float(value))
-    status = run.get(f"tags.metric.{metric_name}.status")
-    if status == "skipped":
-        return f"skipped: {run.get(f'tags.metric.{metric_name}.reason') or 'no reason recorded'}"
-    if status == "ok":
-        return "n/a: undefined (no matched onsets)" if metric_name == "onset_sync" else "n/a: undefined"
-    return "n/a: metric not computed by this run"
-
-
-def _backbone(runs: pd.DataFrame, metric_name: str) -> str:
-    vals = sorted({str(v) for v in _col(runs, f"tags.metric.{metric_name}.backbone").dropna() if str(v)})
-    return ", ".join(vals)
-
-
-def _latest(runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    return runs.sort_values("start_time").drop_duplicates(key, keep="last").sort_values(key)
-
-
-def _metric_cells(run: pd.Series) -> dict[str, str]:
-    return {col: _cell(run, m, name, fmt) for col, (m, name, fmt) in METRIC_COLUMNS.items()}
-
-
-def _headers(runs: pd.DataFrame) -> dict[str, str]:
-    """Column → header with the backbone named (e.g. ``FAD (log-mel, weight-free)``)."""
+def read_metrics(eval_dir: str | Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``variant → metrics.json`` for every variant (a missing or foreign file is a :class:`ReportError`)."""
     out = {}
-    for col, (_, name, _) in METRIC_COLUMNS.items():
-        bb = _backbone(runs, name) if name in ("fad", "kld", "ib") else ""
-        out[col] = f"{col.split(' (')[0]} ({bb})" if bb else col
+    for name in names:
+        path = Path(eval_dir) / name / "metrics.json"
+        if not path.is_file():
+            raise ReportError(f"{path}: not found (run `dvc repro` so `evaluate@{name}` writes it)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: not JSON ({exc})") from exc
+        got = (data.get("variant") or {}).get("name")
+        if got != name:
+            raise ReportError(f"{path}: written for variant {got!r}, expected {name!r}")
+        out[name] = data
     return out
 
 
-def _select(runs: pd.DataFrame, cfg: ReportConfig, group: str | None, threshold: float | None,
-            conditioning: str | None) -> pd.DataFrame:
-    df = runs[_col(runs, "tags.vaura.eval.test_set") == cfg.test_set]
-    if group is not None:
-        df = df[_col(df, "tags.vaura.eval.group") == group]
+def cell(metrics: Mapping[str, Any], test_set: str, group: str, column: str) -> Cell:
+    """The value of ``column`` for one group (``g6``, ``recon``, ``reference``) of one test set."""
+    name, key, _, _ = METRIC_COLUMNS[column]
+    groups = metrics.get(test_set)
+    if not isinstance(groups, Mapping):
+        return Cell(why=f"n/a: no test set '{test_set}' in this variant's sweep")
+    g = groups.get(group)
+    if not isinstance(g, Mapping):
+        return Cell(why=f"n/a: no group '{group}' (γ not in sweep.cfg_scales?)")
+    res = g.get(name) or {}
+    if res.get("status") == "skipped":
+        return Cell(why=f"skipped: {res.get('reason') or 'no reason recorded'}")
+    if res.get("status") != "ok":
+        return Cell(why="n/a: metric not computed")
+    value = res.get(key)
+    if value is None:
+        return Cell(why="n/a: undefined (no matched onsets)" if name == "onset_sync" else "n/a: undefined")
+    return Cell(float(value), res.get(f"{key}_low"), res.get(f"{key}_high"))
+
+
+def gamma_group(gamma: float) -> str:
+    return f"g{gamma:g}"
+
+
+def choose_cfg_scale(metrics: Mapping[str, Any], cfg: ReportConfig) -> tuple[float, str]:
+    """γ for Tables II/III and the sentence that says where it came from (never chosen on the test set)."""
+    if cfg.cfg_scale is not None:
+        return cfg.cfg_scale, f"γ = {cfg.cfg_scale:g}, fixed by report.cfg_scale (the paper's choice is γ = 6)."
+    if cfg.select_set == cfg.test_set:
+        raise ReportError("report.select_set equals report.test_set: γ must not be chosen on the test set")
+    groups = metrics.get(cfg.select_set)
+    if not isinstance(groups, Mapping):
+        raise ReportError(f"report.cfg_scale is null but the baseline's sweep has no test set "
+                          f"'{cfg.select_set}' (report.select_set) to choose γ on")
+    scores = {}
+    for g in groups.values():
+        if isinstance(g, Mapping) and g.get("cfg_scale") is not None and float(g["cfg_scale"]) > 0:
+            c = cell(metrics, cfg.select_set, gamma_group(float(g["cfg_scale"])), PRIMARY)
+            if c.value is not None:
+                scores[float(g["cfg_scale"])] = c.value
+    if not scores:
+        raise ReportError(f"report.cfg_scale is null but no γ > 0 has an {PRIMARY} on '{cfg.select_set}' "
+                          f"(real data has no onset ground truth: set report.cfg_scale, e.g. the paper's 6)")
+    best = max(scores, key=lambda k: (scores[k], -k))
+    listing = ", ".join(f"γ={k:g}: {v:.3f}" for k, v in sorted(scores.items()))
+    return best, (f"γ = {best:g}, chosen as the baseline's best {PRIMARY} on the validation set "
+                  f"'{cfg.select_set}' ({listing}); never on the test set.")
+
+
+def _touches_only(overrides: Mapping[str, Any], prefixes: Sequence[str]) -> bool:
+    return bool(overrides) and all(any(k == p or k.startswith(p + ".") for p in prefixes) for k in overrides)
+
+
+def _threshold_label(v: Mapping[str, Any]) -> str:
+    if "train" not in (v.get("filter.apply_to") or []):
+        return "unfiltered"
+    return f"{float(v['filter.threshold']):g}"
+
+
+def _train_cost(v: Mapping[str, Any]) -> str:
+    t = v.get("train") or {}
+    if t.get("minutes") is None:
+        return "n/a: no train metrics"
+    hours = float(t["minutes"]) / 60.0 * int(t.get("world_size") or 1)
+    capped = " (stopped by train.max_minutes)" if t.get("stopped_early") else ""
+    return f"{hours:.3f} {str(t.get('device') or '?').upper()}-h, {t.get('steps')} steps{capped}"
+
+
+def _row(metrics: Mapping[str, Any], test_set: str, group: str) -> dict[str, Cell]:
+    return {col: cell(metrics, test_set, group, col) for col in METRIC_COLUMNS}
+
+
+@dataclass
+class Table:
+    """Rows of labelled cells, the γ note, the comparisons under the table and the bootstrap note."""
+
+    keys: list[str]
+    rows: list[tuple[dict[str, str], dict[str, Cell]]]
+    note: str = ""
+    conclusions: list[str] | None = None
+
+    def frame(self) -> pd.DataFrame:
+        data = [{**labels, **{c: cells[c].text(METRIC_COLUMNS[c][2]) for c in METRIC_COLUMNS}}
+                for labels, cells in self.rows]
+        return pd.DataFrame(data, columns=self.keys + list(METRIC_COLUMNS))
+
+    def numbers(self) -> pd.DataFrame:
+        """The table as numbers: per metric ``<name>``, ``<name>_low``, ``<name>_high`` (names of
+        :data:`vaura.eval.evaluate.METRIC_KEYS`, e.g. ``onset_f1``; NaN: none)."""
+        data = []
+        for labels, cells in self.rows:
+            row: dict[str, Any] = dict(labels)
+            for col, (name, key, _, _) in METRIC_COLUMNS.items():
+                c = cells[col]
+                col_name = METRIC_KEYS[(name, key)]
+                for suffix, v in (("", c.value), ("_low", c.low), ("_high", c.high)):
+                    row[col_name + suffix] = math.nan if v is None else v
+            data.append(row)
+        return pd.DataFrame(data)
+
+
+def compare(what: str, a_label: str, a: Cell, b_label: str, b: Cell, higher_is_better: bool) -> str:
+    """One conclusion line: does ``a`` beat ``b`` with non-overlapping intervals?"""
+    if a.value is None or b.value is None or None in (a.low, a.high, b.low, b.high):
+        return f"- {what}: not testable ({a_label}: {a.why or 'no interval'}; {b_label}: {b.why or 'no interval'})."
+    a_better = a.value > b.value if higher_is_better else a.value < b.value
+    disjoint = a.low > b.high or b.low > a.high  # type: ignore[operator]
+    vs = f"{a_label} {a.value:.3g} [{a.low:.3g}, {a.high:.3g}] vs {b_label} {b.value:.3g} [{b.low:.3g}, {b.high:.3g}]"
+    if disjoint and a_better:
+        verdict = "HOLDS (intervals do not overlap)"
+    elif disjoint:
+        verdict = "REVERSED (intervals do not overlap, the other way round)"
     else:
-        df = df[_col(df, "tags.vaura.eval.group").astype(str).str.match(r"^g[-0-9.e]+$")]
-    if threshold is not None:
-        df = df[np.isclose(_float(_col(df, "params.filter.threshold")), threshold)]
-    if conditioning is not None:
-        df = df[_col(df, "params.model.conditioning") == conditioning]
-    return df
+        verdict = "NOT SHOWN (the intervals overlap)"
+    return f"- {what}: {verdict}: {vs}."
 
 
-def build_tables(eval_runs: pd.DataFrame, train_runs: pd.DataFrame, cfg: ReportConfig) -> dict[str, pd.DataFrame]:
-    """``{"threshold": Table II, "conditioning": Table III, "cfg": Table IV}`` as string-celled DataFrames
-    (a skipped cell reads ``skipped: <full reason>``)."""
-    if eval_runs.empty:
-        raise ReportError("no `evaluate` runs in the MLflow experiment (run `vaura evaluate` first)")
-    gname = f"g{cfg.cfg_scale:g}"
-    hours = train_hours(train_runs)
-    tables: dict[str, pd.DataFrame] = {}
+def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: ReportConfig
+                 ) -> tuple[dict[str, Table], float]:
+    """``{"threshold": II, "conditioning": III, "cfg": IV, "variants": all}`` and the γ of Tables II/III."""
+    if baseline not in metrics:
+        raise ReportError(f"no metrics for the baseline variant {baseline!r}")
+    base = metrics[baseline]
+    gamma, gamma_note = choose_cfg_scale(base, cfg)
+    g = gamma_group(gamma)
+    ts = cfg.test_set
+    info = {name: m.get("variant") or {} for name, m in metrics.items()}
+    tables: dict[str, Table] = {}
 
-    df = _select(eval_runs, cfg, gname, None, cfg.baseline_conditioning).copy()
-    df["_thr"] = _float(_col(df, "params.filter.threshold"))
-    rows = []
-    for _, r in _latest(df, "_thr").iterrows():
-        h = hours.get(_variant_key(r))
-        clips = r.get("metrics.data.train_clips")
-        rows.append({
-            "threshold": f"{r['_thr']:g}",
-            "train clips": "n/a: no data/splits/train.csv" if clips is None or pd.isna(clips) else f"{int(clips)}",
-            "training device-hours": f"{h[0]:.3f} {h[1]}-h" if h else "n/a: no finished train run of this variant",
-            **_metric_cells(r),
-        })
-    tables["threshold"] = _frame(rows, ["threshold", "train clips", "training device-hours"], df)
+    thr = [n for n in metrics if n == baseline or _touches_only(info[n].get("overrides") or {}, ["filter"])]
+    thr.sort(key=lambda n: (-math.inf if _threshold_label(info[n]) == "unfiltered"
+                            else float(info[n]["filter.threshold"])))
+    rows = [({"variant": n, "threshold": _threshold_label(info[n]),
+              "train clips": "n/a" if info[n].get("train_clips") is None else str(info[n]["train_clips"]),
+              "training cost": _train_cost(info[n])}, _row(metrics[n], ts, g)) for n in thr]
+    lines = []
+    for n in thr:
+        if n != baseline:
+            for col in (PRIMARY, SECONDARY):
+                lines.append(compare(f"filtered ({baseline}) better than {n} on {col}", baseline,
+                                     cell(base, ts, g, col), n, cell(metrics[n], ts, g, col),
+                                     METRIC_COLUMNS[col][3]))
+    tables["threshold"] = Table(["variant", "threshold", "train clips", "training cost"], rows, gamma_note, lines)
 
-    df = _select(eval_runs, cfg, gname, cfg.baseline_threshold, None).copy()
-    df["_cond"] = _col(df, "params.model.conditioning").astype(str)
-    rows = [{"conditioning": r["_cond"], **_metric_cells(r)} for _, r in _latest(df, "_cond").iterrows()]
-    tables["conditioning"] = _frame(rows, ["conditioning"], df)
+    cond = [n for n in metrics if n == baseline
+            or _touches_only(info[n].get("overrides") or {}, ["model.conditioning"])]
+    rows = [({"variant": n, "conditioning": str(info[n].get("model.conditioning"))}, _row(metrics[n], ts, g))
+            for n in cond]
+    lines = []
+    for n in cond:
+        if n != baseline:
+            for col in (PRIMARY, SECONDARY):
+                lines.append(compare(f"{info[baseline].get('model.conditioning')} better than "
+                                     f"{info[n].get('model.conditioning')} on {col}", baseline,
+                                     cell(base, ts, g, col), n, cell(metrics[n], ts, g, col),
+                                     METRIC_COLUMNS[col][3]))
+    tables["conditioning"] = Table(["variant", "conditioning"], rows, gamma_note, lines)
 
-    df = _select(eval_runs, cfg, None, cfg.baseline_threshold, cfg.baseline_conditioning).copy()
-    df["_g"] = _float(_col(df, "tags.vaura.eval.cfg_scale"))
-    rows = [{"γ": f"{r['_g']:g}", **_metric_cells(r)} for _, r in _latest(df, "_g").iterrows()]
-    for ref in ("recon", "reference"):
-        extra = _select(eval_runs, cfg, ref, cfg.baseline_threshold, cfg.baseline_conditioning)
-        if len(extra):
-            label = "codec reconstruction" if ref == "recon" else "reference (real audio)"
-            rows.append({"γ": label, **_metric_cells(extra.sort_values("start_time").iloc[-1])})
-    tables["cfg"] = _frame(rows, ["γ"], df)
-    return tables
+    groups = base.get(ts) or {}
+    gammas = sorted(float(v["cfg_scale"]) for v in groups.values()
+                    if isinstance(v, Mapping) and v.get("cfg_scale") is not None)
+    rows = [({"γ": f"{x:g}" + (" (null condition only)" if x == 0 else "")}, _row(base, ts, gamma_group(x)))
+            for x in gammas]
+    for ref, label in (("recon", "codec reconstruction"), ("reference", "reference (real audio)")):
+        if ref in groups:
+            rows.append(({"γ": label}, _row(base, ts, ref)))
+    lines = []
+    if 0.0 in gammas:
+        for col in (PRIMARY, SECONDARY):
+            lines.append(compare(f"conditioned (γ={gamma:g}) better than the null condition (γ=0) on {col}",
+                                 f"γ={gamma:g}", cell(base, ts, g, col), "γ=0", cell(base, ts, "g0", col),
+                                 METRIC_COLUMNS[col][3]))
+    tables["cfg"] = Table(["γ"], rows, f"Variant `{baseline}`, every γ of the sweep. Tables II/III use {gamma_note}",
+                          lines)
+
+    rows = [({"variant": n, "overrides": ", ".join(f"{k}={v}" for k, v in (info[n].get("overrides") or {}).items())
+              or "(baseline)"}, _row(metrics[n], ts, g)) for n in metrics]
+    tables["variants"] = Table(["variant", "overrides"], rows, gamma_note)
+    return tables, gamma
 
 
-def _frame(rows: Sequence[dict[str, Any]], keys: list[str], runs: pd.DataFrame) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=keys + list(METRIC_COLUMNS))
-    return df.rename(columns=_headers(runs))
-
-
-def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
-    """A GitHub-markdown table (no extra dependency). Skip reasons become numbered notes under the table, so a
-    column skipped in every row reads ``skipped [1]`` instead of repeating a long sentence."""
+def to_markdown(table: Table, title: str, preamble: Sequence[str] = ()) -> str:
+    """A GitHub-markdown table; skip reasons become numbered notes under it, conclusions follow."""
+    df = table.frame()
     reasons: dict[str, int] = {}
 
-    def cell(v: object) -> str:
-        text = str(v).replace("|", "\\|").replace("\n", " ")
-        if text.startswith("skipped: "):
-            n = reasons.setdefault(text[len("skipped: "):], len(reasons) + 1)
+    def text(v: object) -> str:
+        s = str(v).replace("|", "\\|").replace("\n", " ")
+        if s.startswith("skipped: "):
+            n = reasons.setdefault(s[len("skipped: "):], len(reasons) + 1)
             return f"skipped [{n}]"
-        return text
+        return s
 
-    lines = [f"# {title}", ""]
-    if note:
-        lines += [note, ""]
-    lines.append("| " + " | ".join(cell(c) for c in df.columns) + " |")
+    lines = [f"# {title}", ""] + [p for item in preamble for p in (item, "")]
+    if table.note:
+        lines += [table.note, ""]
+    lines.append("| " + " | ".join(text(c) for c in df.columns) + " |")
     lines.append("|" + "|".join("---" for _ in df.columns) + "|")
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in df.itertuples(index=False)]
     if df.empty:
-        lines += ["", "_No runs match this table's selection yet._"]
+        lines += ["", "_No variant of the ablation belongs in this table._"]
+    if table.conclusions:
+        lines += ["", "Conclusions (by the 95 % intervals):", ""] + table.conclusions
     if reasons:
         lines += ["", "Skipped metrics:", ""] + [f"[{n}] {r}  " for r, n in reasons.items()]
     return "\n".join(lines) + "\n"
 
 
-def cfg_curve(eval_runs: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
-    """Table IV as numbers for ``dvc plots``: ``cfg_scale`` + one numeric column per metric (NaN when skipped)."""
-    if eval_runs.empty:
-        return pd.DataFrame(columns=["cfg_scale"] + [m for m, _, _ in METRIC_COLUMNS.values()])
-    df = _select(eval_runs, cfg, None, cfg.baseline_threshold, cfg.baseline_conditioning).copy()
-    df["cfg_scale"] = _float(_col(df, "tags.vaura.eval.cfg_scale"))
-    df = _latest(df, "cfg_scale")
-    out = pd.DataFrame({"cfg_scale": df["cfg_scale"].to_numpy()})
-    for metric, _, _ in METRIC_COLUMNS.values():
-        out[metric] = _float(_col(df, f"metrics.{metric}")).to_numpy()
-    return out
+def bootstrap_note(metrics: Mapping[str, Mapping[str, Any]], test_set: str) -> str:
+    """How the intervals were computed (from the metrics files themselves, so the note cannot drift)."""
+    boots = {json.dumps(m.get("bootstrap"), sort_keys=True) for m in metrics.values()}
+    if len(boots) != 1 or not json.loads(next(iter(boots))):
+        return "Intervals: not available for every variant (metrics files from different evaluate settings)."
+    b = json.loads(next(iter(boots)))
+    sizes = sorted({(g.get("n_clips"), g.get("n_samples")) for m in metrics.values()
+                    for name, g in (m.get(test_set) or {}).items() if name.startswith("g")})
+    sizes_text = ", ".join(f"{c} clips × {s // max(c, 1)} samples" for c, s in sizes if c)
+    return (f"Cells: value on the whole test set [{b['level'] * 100:g} % bootstrap interval], resampling "
+            f"{b['over']}; n = {b['n']} resamples (FAD: {b['fad_n']}), seed {b['seed']}; test set `{test_set}`: "
+            f"{sizes_text}.")

@@ -20,7 +20,8 @@ class MetricResult:
     """One metric over one (test set, variant, γ) batch.
 
     ``values`` holds the numbers (e.g. ``{"f1": 0.7, "offset_ms": 40.0}``); ``backbone`` names the embedding or
-    classifier so tables never mix e.g. VGGish FAD with the weight-free log-mel FAD.
+    classifier so tables never mix e.g. VGGish FAD with the weight-free log-mel FAD; ``intervals`` holds the
+    bootstrap interval of those values that have one.
     """
 
     name: str
@@ -28,6 +29,8 @@ class MetricResult:
     values: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     backbone: str = ""
+    # value key → (low, high) bootstrap interval (vaura.eval.bootstrap); written as <key>_low / <key>_high
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def ok(cls, name: str, values: dict[str, float], backbone: str = "") -> "MetricResult":
@@ -44,6 +47,8 @@ class MetricResult:
         if self.status == "ok":
             # NaN (e.g. no matched onset → no offset) is written as null: metrics files must be strict JSON.
             out.update({k: (None if math.isnan(v) else v) for k, v in self.values.items()})
+            for k, (lo, hi) in self.intervals.items():
+                out[f"{k}_low"], out[f"{k}_high"] = (None if math.isnan(lo) else lo), (None if math.isnan(hi) else hi)
         else:
             out["reason"] = self.reason
         return out

@@ -103,8 +103,10 @@ def select_windows(index: pd.DataFrame, windows_csv: str | Path | None, source: 
     return index[index["clip"].isin(wanted)]
 
 
-def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list[TestItem]:
-    """Fixed-window test items of one test set from the feature/token cache (``vaura.cache.CachedClips``)."""
+def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str,
+                    clips: Sequence[str] | None = None) -> list[TestItem]:
+    """Fixed-window test items of one test set from the feature/token cache (``vaura.cache.CachedClips``),
+    restricted to ``clips`` (an ablation variant's split list) when given."""
     from vaura.cache import CachedClips
 
     cache_dir = Path(cache_dir)
@@ -113,9 +115,11 @@ def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list
         raise SweepError(f"{index_path}: cache index not found; run the `cache` stage first")
     rows = pd.read_csv(index_path)
     rows = rows[rows["split"] == ts.cache_split].reset_index(drop=True)
+    if clips is not None:
+        rows = rows[rows["clip"].isin(set(clips))].reset_index(drop=True)
     if rows.empty:
         raise SweepError(f"{index_path}: test set '{name}' has no clips in split '{ts.cache_split}'")
-    dataset = CachedClips(cache_dir, ts.cache_split)
+    dataset = CachedClips(cache_dir, ts.cache_split, clips=clips)
     if list(rows["clip"]) != list(dataset.clips):
         raise SweepError(f"{index_path}: '{ts.cache_split}' rows differ from the clips the cache dataset holds")
     rows["pos"] = np.arange(len(rows))

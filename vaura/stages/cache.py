@@ -1,6 +1,10 @@
-"""Encode every kept clip into codec tokens + visual features, sharded and resumable (DVC stage `cache`).
+"""Encode every scored clip into codec tokens + visual features, sharded and resumable (DVC stage `cache`).
 
-Reads  <data>/splits/{train,val,test}.csv, the codec (params `codec`: offline stand-in data/codec/codec.pt or
+The cache is shared by all ablation variants: it holds every scored clip that fits one window (no relevance
+threshold applied; val/test at their fixed windows, `filter.eval_start_s`), and each variant's train/sweep
+select their clips from it by the variant's split lists (<data>/splits/<variant>/).
+
+Reads  <data>/scores/scores.csv, the codec (params `codec`: offline stand-in data/codec/codec.pt or
        pretrained DAC 44 kHz) and the visual encoder (params `visual`: offline stand-in data/avclip/visual.pt
        or Segment-AVCLIP).
 Writes <data>/cache/shard-NNNNN.pt  clips, codes (int16 [K, T]), feats (float16 [N, D]) per clip, whole clip
@@ -25,8 +29,8 @@ import torch
 
 from vaura.cache import CacheConfig, CacheError, build_cache, plan_from_splits
 from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
-from vaura.curation.filtering import SPLITS, FilterConfig, read_split
-from vaura.curation.tables import TableError
+from vaura.curation.filtering import FilterConfig, FilterError, filter_scores
+from vaura.curation.tables import TableError, read_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,10 +73,13 @@ def run(args: argparse.Namespace) -> int:
         vcfg = dataclasses.replace(vcfg, device=args.device)
     data = Path(paths.data)
     try:
-        plan = plan_from_splits({s: read_split(data / "splits" / f"{s}.csv") for s in SPLITS})
+        scores_path = data / "scores" / "scores.csv"
+        scores = read_table(scores_path, {"clip", "split", "score", "duration_s"}, hint="run `vaura score` first")
+        pool, _ = filter_scores(scores, dataclasses.replace(fcfg, apply_to=[]), source=str(scores_path))
+        plan = plan_from_splits(pool)
         codec = load_codec(ccfg, ".", paths.data)
         visual = load_visual_encoder(vcfg, ".")
-    except (TableError, CacheError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (TableError, FilterError, CacheError, FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"vaura cache: {exc}", file=sys.stderr)
         return 1
     device = resolve_device(vcfg.device)

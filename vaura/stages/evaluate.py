@@ -5,7 +5,11 @@ reference audio, IB-score and Sync) and, on the synthetic benchmark, the ground-
 (<data>/raw/events.csv) for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
-Writes <data>/eval/metrics.json (DVC metrics) and one MLflow run per (test set, group) nested under the
+With `--variant NAME` (an `ablation.variants` entry) the variant's overrides apply, the sweep is
+<data>/sweep/NAME/ and the metrics go to <data>/eval/NAME/metrics.json, with the variant's name, overrides and
+train-clip count (the `report` stage reads these files, and only these).
+
+Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap) and one MLflow run per (test set, group) nested under the
 pipeline's parent run, with a few clips' audio (wav), spectrogram (png) and the video muxed with the generated
 audio (mp4) as artifacts. `vaura report` builds the paper's tables from these runs.
 """
@@ -24,18 +28,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
     parser.add_argument("--no-mlflow", action="store_true", help="write metrics.json only (no MLflow runs)")
+    parser.add_argument("--variant", default=None, help="ablation variant whose overrides apply (ablation.variants)")
 
 
-def variant_label(params: dict) -> str:
-    """Readable label of the ablation variant a pipeline run is (threshold and conditioning)."""
+def variant_label(params: dict, variant: str | None) -> str:
+    """Readable label of the ablation variant a pipeline run is (name, threshold and conditioning)."""
     flat = flatten(params)
-    return f"threshold={flat.get('filter.threshold', '?')} conditioning={flat.get('model.conditioning', '?')}"
+    label = f"threshold={flat.get('filter.threshold', '?')} conditioning={flat.get('model.conditioning', '?')}"
+    return label if variant is None else f"{variant}: {label}"
 
 
-def train_clip_count(data: Path) -> int | None:
-    """Rows of <data>/splits/train.csv (the paper's Table II 'train clips' column)."""
-    path = data / "splits" / "train.csv"
+def train_clip_count(splits: Path) -> int | None:
+    """Rows of <splits>/train.csv (the paper's Table II 'train clips' column)."""
+    path = splits / "train.csv"
     return len(pd.read_csv(path)) if path.is_file() else None
+
+
+def variant_info(params: dict, variant: str | None, train_clips: int | None, train_metrics: Path) -> dict:
+    """What metrics.json says about the variant: name, overrides, the parameters the tables group by, and the
+    training run's steps / minutes / processes / device (from the train stage's metrics.json, when present)."""
+    import json
+
+    from vaura.variants import overrides
+
+    flat = flatten(params)
+    trained = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
+    return {
+        "name": variant,
+        "overrides": overrides(params, variant) if variant is not None else {},
+        **{k: flat.get(k) for k in ("filter.threshold", "filter.apply_to", "model.conditioning")},
+        "train_clips": train_clips,
+        "train": {k: trained.get(k) for k in ("steps", "minutes", "world_size", "device", "stopped_early")},
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
     from vaura.devices import resolve_device
+    from vaura.variants import output_dir, resolve, variant_tags
 
     try:
-        params = load_yaml(args.params)
+        params = resolve(load_yaml(args.params), args.variant)
         cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
     except ConfigError as exc:
@@ -66,17 +91,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         clip_paths = read_clip_paths(data / cfg.manifest)
         events = read_events(data / cfg.events if cfg.events else None)
-        groups = evaluate_sweep(data / "sweep", clip_paths, events, cfg, models, root=root)
+        groups = evaluate_sweep(output_dir(data, "sweep", args.variant), clip_paths, events, cfg, models, root=root)
     except EvaluateError as exc:
         print(f"vaura evaluate: {exc}", file=sys.stderr)
         return 1
-    flat = flatten(params)
-    variant = {k: flat.get(k) for k in ("filter.threshold", "model.conditioning")}
-    atomic_write_json(data / "eval" / "metrics.json", metrics_json(groups, variant))
+    train_clips = train_clip_count(output_dir(data, "splits", args.variant))
+    atomic_write_json(output_dir(data, "eval", args.variant) / "metrics.json",
+                      metrics_json(groups, variant_info(params, args.variant, train_clips,
+                                                       output_dir(data, "train", args.variant) / "metrics.json"),
+                                   cfg.bootstrap))
     for g in groups:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
     if not args.no_mlflow:
-        log_groups(params, groups, clip_paths, train_clip_count(data), variant_label(params),
-                   data_files=[data / "sweep" / "index.csv"], params_file=args.params)
+        log_groups(params, groups, clip_paths, train_clips, variant_label(params, args.variant),
+                   data_files=[output_dir(data, "sweep", args.variant) / "index.csv"], params_file=args.params,
+                   tags=variant_tags(args.variant))
     return 0

@@ -1,10 +1,12 @@
 """Turn relevance scores into train/val/test lists (DVC stage `filter`).
 
 Reads  <data>/scores/scores.csv
-Writes <data>/splits/train.csv          clip,path                (score >= filter.threshold)
-       <data>/splits/{val,test}.csv     clip,path,start_sec      (fixed 2.56 s evaluation windows)
-       <data>/splits/metrics.json       kept clips per split and, for each of filter.report_thresholds, how
-                                        many train clips that threshold would keep (the paper's Table II column)
+Writes <splits>/train.csv          clip,path                (score >= filter.threshold)
+       <splits>/{val,test}.csv     clip,path,start_sec      (fixed 2.56 s evaluation windows)
+       <splits>/metrics.json       kept clips per split and, for each of filter.report_thresholds, how
+                                   many train clips that threshold would keep (the paper's Table II column)
+where <splits> is <data>/splits, or <data>/splits/<NAME> with `--variant NAME` (an `ablation.variants` entry,
+whose overrides apply: dvc.yaml runs one filter per variant).
 
 The threshold applies to the splits in `filter.apply_to` (default: train only — val/test stay fixed evaluation
 sets so that a threshold ablation is compared on the same clips). Its scale is the scorer's: ImageBind cosine
@@ -25,13 +27,15 @@ from vaura.io import atomic_write_json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--variant", default=None, help="ablation variant whose overrides apply (ablation.variants)")
 
 
 def run(args: argparse.Namespace) -> int:
     from vaura.tracking import stage_run
+    from vaura.variants import output_dir, resolve, variant_tags
 
     try:
-        params = load_yaml(args.params)
+        params = resolve(load_yaml(args.params), args.variant)
         cfg: FilterConfig = load_section(FilterConfig, "filter", params)
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
     except ConfigError as exc:
@@ -45,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
     except (TableError, FilterError) as exc:
         print(f"vaura filter: {exc}", file=sys.stderr)
         return 1
-    with stage_run("filter", {"filter": vars(cfg)}, params_file=args.params):
+    out = output_dir(data, "splits", args.variant)
+    with stage_run("filter", {"filter": vars(cfg)}, variant_tags(args.variant), params_file=args.params):
         import mlflow
 
         for split in SPLITS:
-            write_table(data / "splits" / f"{split}.csv", lists[split])
-        atomic_write_json(data / "splits" / "metrics.json", metrics)
+            write_table(out / f"{split}.csv", lists[split])
+        atomic_write_json(out / "metrics.json", metrics)
         mlflow.log_metrics({f"kept_{s}": n for s, n in metrics["kept"].items()})
         mlflow.log_metrics({f"kept_train_at_{t}": n for t, n in metrics["kept_train_at"].items()})
     kept = ", ".join(f"{s} {n}" for s, n in metrics["kept"].items())

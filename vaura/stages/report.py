@@ -1,21 +1,22 @@
-"""Write the paper's ablation tables from MLflow (the `report` DVC stage).
+"""Write the paper's ablation tables from the variants' metrics files (the `report` DVC stage).
 
-Reads every `evaluate` run of the MLflow experiment (`mlflow.search_runs` → pandas) and the `train` runs for
-training time, and writes to <reports>/ (paths.reports):
+Reads <data>/eval/<variant>/metrics.json of every `ablation.variants` entry (its DVC deps; nothing from MLflow)
+and writes to <reports>/ (paths.reports):
 
-  threshold.md / .csv      Table II: relevance threshold, train clips, training device-hours, KLD, FAD, IB, Sync
-  conditioning.md / .csv   Table III: prepend vs fusion
-  cfg.md / .csv            Table IV: CFG γ (plus the codec-reconstruction and real-audio ceilings)
-  cfg_curve.csv            Table IV as numbers (cfg_scale + one column per metric) for `dvc plots`
+  threshold.md / .csv      Table II: relevance threshold (baseline + variants that override only `filter`)
+  conditioning.md / .csv   Table III: conditioning (baseline + variants that override only `model.conditioning`)
+  cfg.md / .csv            Table IV: the baseline at every CFG γ (plus codec-reconstruction and real-audio rows)
+  variants.md / .csv       every variant at the γ of Tables II/III, with its overrides
+  cfg_curve.csv            Table IV as numbers (cfg_scale, metric, interval) for `dvc plots`
 
-Each table is restricted to `report.test_set`; Tables II and III at γ = `report.cfg_scale`, Tables III and IV at
-`report.baseline_threshold` (null: this params file's `filter.threshold`), Tables II and IV with `report.baseline_conditioning`. Cells a profile cannot fill
-say why ("skipped: <reason>"). The tables are logged to MLflow as artifacts of a `report` run.
+Every value is shown with its 95 % bootstrap interval over test clips × samples (evaluate.bootstrap); each
+table says which γ it uses: `report.cfg_scale`, or when that is null the baseline's best onset F1 on the
+validation set `report.select_set` (never the test set). Under Tables II-IV the report states whether the
+expected ordering holds by non-overlapping intervals. The tables are also logged to MLflow (a `report` run).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,52 +26,52 @@ TITLES = {
     "threshold": "Table II — relevance-threshold ablation",
     "conditioning": "Table III — conditioning: prepend vs channel-wise fusion",
     "cfg": "Table IV — classifier-free guidance scale γ",
+    "variants": "Every ablation variant",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-    parser.add_argument("--no-mlflow-log", action="store_true", help="read MLflow but do not log a report run")
+    parser.add_argument("--no-mlflow-log", action="store_true", help="write the tables without logging a report run")
 
 
 def run(args: argparse.Namespace) -> int:
-    import mlflow
-
-    from vaura.eval.report import ReportConfig, ReportError, build_tables, cfg_curve, search_runs, to_markdown
+    from vaura.eval.report import ReportConfig, ReportError, bootstrap_note, build_tables, read_metrics, to_markdown
     from vaura.io import atomic_write_csv, atomic_write_text
-    from vaura.tracking import stage_run, tracking_config
+    from vaura.variants import ablation_config
 
     try:
         params = load_yaml(args.params)
         cfg: ReportConfig = load_section(ReportConfig, "report", params)
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        tcfg = tracking_config(params)
-    except ConfigError as exc:
-        print(f"vaura report: {exc}", file=sys.stderr)
-        return 1
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tcfg.uri)
-    try:
-        cfg = cfg.resolved(params)
-        evals, trains = search_runs(tcfg.experiment, "evaluate"), search_runs(tcfg.experiment, "train")
-        tables = build_tables(evals, trains, cfg)
-    except ReportError as exc:
+        ablation = ablation_config(params)
+        metrics = read_metrics(args.root / paths.data / "eval", list(ablation.variants))
+        tables, gamma = build_tables(metrics, ablation.baseline, cfg)
+    except (ConfigError, ReportError) as exc:
         print(f"vaura report: {exc}", file=sys.stderr)
         return 1
     out = args.root / paths.reports
-    note = (f"Test set `{cfg.test_set}`; latest `evaluate` run per row (MLflow experiment `{tcfg.experiment}`, "
-            f"{len(evals)} evaluate runs). γ = {cfg.cfg_scale:g} where not varied; baseline threshold "
-            f"{cfg.baseline_threshold:g}, conditioning `{cfg.baseline_conditioning}`.")
+    preamble = [bootstrap_note(metrics, cfg.test_set)]
     written = []
     for name, table in tables.items():
-        atomic_write_text(out / f"{name}.md", to_markdown(table, TITLES[name], note))
-        atomic_write_csv(out / f"{name}.csv", table)
+        text = to_markdown(table, TITLES[name], preamble)
+        atomic_write_text(out / f"{name}.md", text)
+        atomic_write_csv(out / f"{name}.csv", table.frame())
         written += [out / f"{name}.md", out / f"{name}.csv"]
-        print(to_markdown(table, TITLES[name]))
-    atomic_write_csv(out / "cfg_curve.csv", cfg_curve(evals, cfg))
+        print(text)
+    curve = tables["cfg"].numbers()
+    curve = curve[curve["γ"].str.match(r"^[-0-9.e]+")].copy()
+    curve.insert(0, "cfg_scale", curve.pop("γ").str.split(" ").str[0].astype(float))
+    atomic_write_csv(out / "cfg_curve.csv", curve)
     written.append(out / "cfg_curve.csv")
     if not args.no_mlflow_log:
-        with stage_run("report", params, params_file=args.params):
+        import mlflow
+
+        from vaura.tracking import stage_run
+
+        with stage_run("report", params, tags={"vaura.report.cfg_scale": f"{gamma:g}"}, params_file=args.params):
+            mlflow.log_metric("report.cfg_scale", gamma)
             for path in written:
                 mlflow.log_artifact(str(path), artifact_path="reports")
     return 0

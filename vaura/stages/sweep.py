@@ -8,6 +8,10 @@ features from the cache, decodes them with the codec and writes
   <data>/sweep/<test_set>/recon/<clip>.wav           codec reconstruction of the reference (if reconstructions)
   <data>/sweep/index.csv                             test_set,cfg_scale,clip,sample,start_sec,path,sample_rate
 
+With `--variant NAME` (an `ablation.variants` entry) the variant's overrides apply, the model is
+<data>/train/NAME/best.pt, each test set keeps the clips of the variant's split list
+(<data>/splits/NAME/<split>.csv) and the output goes to <data>/sweep/NAME/.
+
 Resumable: batches whose WAVs exist are skipped. Sampling settings (temperature, top-k, top-p) come from the
 `generation` section; γ = 0 samples from the null condition only.
 """
@@ -27,6 +31,7 @@ from vaura.devices import resolve_device
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
+    parser.add_argument("--variant", default=None, help="ablation variant whose overrides apply (ablation.variants)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.sweep import SweepConfig, SweepError, load_test_items, load_trained_model, run_sweep
     from vaura.model.config import GenerationConfig
     from vaura.train.checkpoint import CheckpointError
+    from vaura.curation.tables import TableError
+    from vaura.variants import output_dir, resolve, variant_clips
 
     try:
-        params = load_yaml(args.params)
+        params = resolve(load_yaml(args.params), args.variant)
         cfg: SweepConfig = load_section(SweepConfig, "sweep", params)
         gen: GenerationConfig = load_section(GenerationConfig, "generation", params)
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
@@ -51,17 +58,19 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     try:
         codec = load_codec(codec_cfg, root, paths.data).to(device)
-        model = load_trained_model(data / "train" / "best.pt", device=device)
+        model = load_trained_model(output_dir(data, "train", args.variant) / "best.pt", device=device)
         test_sets = {
             name: load_test_items(
-                data / "cache", dataclasses.replace(ts, windows=str(root / ts.windows) if ts.windows else ""), name
+                data / "cache", dataclasses.replace(ts, windows=str(root / ts.windows) if ts.windows else ""), name,
+                clips=variant_clips(data, args.variant, ts.cache_split),
             )
             for name, ts in cfg.test_sets.items()
         }
-    except (SweepError, CheckpointError, ConfigError, CacheError, CodecWeightsError) as exc:
+    except (SweepError, CheckpointError, ConfigError, CacheError, CodecWeightsError, TableError) as exc:
         print(f"vaura sweep: {exc}", file=sys.stderr)
         return 1
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
-    index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
-    print(f"vaura sweep: {len(index)} clips indexed in {data / 'sweep' / 'index.csv'}")
+    out = output_dir(data, "sweep", args.variant)
+    index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, out, device=device)
+    print(f"vaura sweep: {len(index)} clips indexed in {out / 'index.csv'}")
     return 0

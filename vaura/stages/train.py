@@ -2,6 +2,8 @@
 
 Reads  <data>/cache/ (shards, index.csv, meta.json; the `cache` stage's output) and, when
        train.init_from_codec or train.log_audio_every is set, the codec of section `codec`.
+With `--variant NAME` (an `ablation.variants` entry) the variant's overrides apply, training uses the clips of
+<data>/splits/NAME/{train,val}.csv and every output below goes to <data>/train/NAME/ instead of <data>/train/.
 Writes <data>/train/last.pt        newest checkpoint (every train.ckpt_every steps; exact-resume point)
        <data>/train/best.pt        lowest validation loss so far
        <data>/train/train_log.jsonl per-step loss, lr, grad norm, tokens/s
@@ -23,10 +25,10 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from vaura.config import load_section
+from vaura.config import load_section, load_yaml
 from vaura.train.config import TrainConfig
+from vaura.variants import resolve
 
 _PR_SET_PDEATHSIG = 1
 
@@ -83,14 +85,16 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
            "-m", "vaura.train", "--params", str(args.params), "--resume", str(args.resume)]
     if args.checksum_dir:
         cmd += ["--checksum-dir", str(args.checksum_dir)]
+    if args.variant:
+        cmd += ["--variant", args.variant]
     return cmd
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg: TrainConfig = load_section(TrainConfig, "train", Path(args.params))
+    cfg: TrainConfig = load_section(TrainConfig, "train", resolve(load_yaml(args.params), args.variant))
     if cfg.nproc > 1:
         return launch(torchrun_command(args, cfg.nproc))
     from vaura.train.trainer import train
 
-    train(args.params, resume=args.resume, checksum_dir=args.checksum_dir)
+    train(args.params, resume=args.resume, checksum_dir=args.checksum_dir, variant=args.variant)
     return 0

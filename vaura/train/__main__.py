@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default="auto",
                    help="'auto': continue from <data>/train/last.pt when it exists (exact resume); "
                         "'never': start from scratch; or a checkpoint path")
+    p.add_argument("--variant", default=None,
+                   help="ablation variant (ablation.variants): its overrides, split lists and <data>/train/<variant>/")
     p.add_argument("--checksum-dir", default=None,
                    help="write each rank's final weight SHA-256 to DIR/rank<R>.sha256 (DDP consistency check)")
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from vaura.train.trainer import train
 
-    result = train(args.params, resume=args.resume, checksum_dir=args.checksum_dir)
+    result = train(args.params, resume=args.resume, checksum_dir=args.checksum_dir, variant=args.variant)
     logging.getLogger("vaura.train").info("done: %s", result)
     return 0
 

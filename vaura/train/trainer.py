@@ -38,6 +38,8 @@ from vaura.io import atomic_write_json, atomic_write_text
 from vaura.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from vaura.train.config import TrainConfig
 from vaura.train.lr import WarmupCosine, build_scheduler
+from vaura.curation.tables import TableError
+from vaura.variants import output_dir, resolve, variant_clips, variant_tags
 
 log = logging.getLogger("vaura.train")
 
@@ -172,11 +174,12 @@ class TrainStream:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
 
-def open_cache(cache_dir: Path, split: str) -> Dataset:
-    """The CURATE engineer's cached-clip dataset (codes + visual features, 2.56 s windows)."""
+def open_cache(cache_dir: Path, split: str, clips: list[str] | None = None) -> Dataset:
+    """The cached-clip dataset (codes + visual features, 2.56 s windows), restricted to ``clips`` if given."""
     from vaura.cache import CachedClips
 
-    return CachedClips(cache_dir, split)
+    return CachedClips(cache_dir, split, clips=clips)
+
 
 
 def read_meta(cache_dir: Path) -> dict[str, Any]:
@@ -283,11 +286,11 @@ def evaluate(model: nn.Module, val: Dataset, env: DistEnv, cfg: TrainConfig, amp
     return out
 
 
-def _video_paths(data_dir: Path) -> dict[str, Path]:
-    """clip → source video, from ``data/splits/val.csv`` (paths relative to that folder or the repo root)."""
+def _video_paths(splits_dir: Path) -> dict[str, Path]:
+    """clip → source video, from ``<splits>/val.csv`` (paths relative to that folder or the repo root)."""
     import pandas as pd
 
-    csv = data_dir / "splits" / "val.csv"
+    csv = splits_dir / "val.csv"
     if not csv.is_file():
         return {}
     out = {}
@@ -303,7 +306,7 @@ def _video_paths(data_dir: Path) -> dict[str, Path]:
 class SampleLogger:
     """Generates a few validation clips with the sampler, decodes them with the codec and logs wav + PNG + MP4."""
 
-    def __init__(self, params: Mapping[str, Any], cfg: TrainConfig, val: Dataset, cache_dir: Path, data_dir: Path,
+    def __init__(self, params: Mapping[str, Any], cfg: TrainConfig, val: Dataset, cache_dir: Path, splits_dir: Path,
                  codec: Any, device: torch.device) -> None:
         import pandas as pd
 
@@ -315,10 +318,10 @@ class SampleLogger:
         codes, feats = collate([val[i] for i in range(n)])
         self.codes, self.feats = codes, feats
         index = pd.read_csv(cache_dir / "index.csv")
-        rows = index[index["split"] == "val"].reset_index(drop=True)
+        rows = index[(index["split"] == "val") & index["clip"].isin(set(val.clips))].reset_index(drop=True)
         self.clips = [str(rows.loc[i, "clip"]) for i in range(n)]
         self.starts = [float(rows.loc[i, "start_sec"]) for i in range(n)]
-        self.videos = _video_paths(data_dir)
+        self.videos = _video_paths(splits_dir)
         self.logged_reference = False
 
     @torch.no_grad()
@@ -387,35 +390,45 @@ class JsonlLog:
         self.fh.close()
 
 
-def train(params_path: str | Path = "params.yaml", resume: str = "auto", checksum_dir: str | Path | None = None) -> dict[str, Any]:
+def train(params_path: str | Path = "params.yaml", resume: str = "auto", checksum_dir: str | Path | None = None,
+          variant: str | None = None) -> dict[str, Any]:
     """Train the decoder on the cache under ``paths.data``; returns the final metrics (also ``metrics.json``).
 
-    ``resume``: ``auto`` (continue from ``<data>/train/last.pt`` if it exists), ``never`` or a checkpoint path.
+    ``resume``: ``auto`` (continue from ``<out>/last.pt`` if it exists), ``never`` or a checkpoint path.
     ``checksum_dir``: each rank writes ``rank<R>.sha256`` of its final weights there (DDP consistency check).
+    ``variant``: an ``ablation.variants`` name: its overrides apply, it trains on the clips of its split lists
+    (``<data>/splits/<variant>/``) and writes ``<data>/train/<variant>/``; None = every cached clip, ``<data>/train``.
     """
     from vaura.model import ModelConfig
 
-    params = load_yaml(params_path)
+    params = resolve(load_yaml(params_path), variant)
     cfg: TrainConfig = load_section(TrainConfig, "train", params)
     model_cfg = load_section(ModelConfig, "model", params)
     paths: PathsConfig = load_section(PathsConfig, "paths", params)
     data_dir = Path(paths.data)
-    cache_dir, out_dir = data_dir / "cache", data_dir / "train"
+    cache_dir, out_dir = data_dir / "cache", output_dir(data_dir, "train", variant)
+    splits_dir = output_dir(data_dir, "splits", variant) if variant is not None else None
     env = setup_distributed(cfg)
     try:
-        return _train(params, params_path, cfg, model_cfg, env, data_dir, cache_dir, out_dir, resume, checksum_dir)
+        return _train(params, params_path, cfg, model_cfg, env, data_dir, cache_dir, out_dir, resume, checksum_dir,
+                      splits_dir, variant)
     finally:
         if env.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: Any, env: DistEnv, data_dir: Path,
-           cache_dir: Path, out_dir: Path, resume: str, checksum_dir: str | Path | None) -> dict[str, Any]:
+           cache_dir: Path, out_dir: Path, resume: str, checksum_dir: str | Path | None, splits_dir: Path | None,
+           variant: str | None) -> dict[str, Any]:
     t_start = time.monotonic()
     mlflow = importlib.import_module("mlflow") if env.is_main else None  # rank 0 logs; others skip the import
     dims = model_dims(read_meta(cache_dir))
-    train_set = SeededWindows(open_cache(cache_dir, "train"), cfg.seed)
-    val_set = open_cache(cache_dir, "val")
+    try:
+        train_clips, val_clips = (variant_clips(data_dir, variant, s) for s in ("train", "val"))
+    except TableError as exc:
+        raise TrainError(str(exc)) from exc
+    train_set = SeededWindows(open_cache(cache_dir, "train", train_clips), cfg.seed)
+    val_set = open_cache(cache_dir, "val", val_clips)
     if len(val_set) == 0:
         raise TrainError(f"{cache_dir / 'index.csv'}: no val clips; validation and best.pt need some")
 
@@ -475,13 +488,13 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
     out_dir.mkdir(parents=True, exist_ok=True)
     steplog = JsonlLog(out_dir / "train_log.jsonl", keep_until_step=step) if env.is_main else None
     sampler_log = (
-        SampleLogger(params, cfg, val_set, cache_dir, data_dir, codec, env.device)
+        SampleLogger(params, cfg, val_set, cache_dir, splits_dir or data_dir / "splits", codec, env.device)
         if env.is_main and cfg.log_audio_every > 0 else None
     )
     resolved = {"train": to_dict(cfg), "model": to_dict(model_cfg), "model_dims": dims, "world_size": env.world_size,
                 "device": str(env.device), "bf16": isinstance(amp, torch.autocast)}
     run_ctx = (
-        tracking.stage_run("train", params, tags={"vaura.world_size": str(env.world_size)},
+        tracking.stage_run("train", params, tags={"vaura.world_size": str(env.world_size), **variant_tags(variant)},
                            params_file=params_path, data_files=[cache_dir / "index.csv"], resume_run_id=mlflow_run_id)
         if env.is_main else contextlib.nullcontext()
     )
@@ -582,7 +595,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
             "steps": step, "final_train_loss": last_loss if math.isfinite(last_loss) else None,
             "best_val_loss": best_val if math.isfinite(best_val) else None,
             "val_loss": metrics.get("val/loss"), "stopped_early": stopped_early,
-            "minutes": (time.monotonic() - t_start) / 60.0, "world_size": env.world_size,
+            "minutes": (time.monotonic() - t_start) / 60.0, "world_size": env.world_size, "device": env.device.type,
         }
         if env.is_main:
             steplog.close()
