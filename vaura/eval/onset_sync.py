@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from vaura.eval.bootstrap import BootstrapConfig, bootstrap
-from vaura.eval.onsets import detect_onsets, match_events
+from vaura.onsets import detect_onsets, match_events
 from vaura.eval.results import MetricResult
 
 # Values that get a bootstrap interval (the counts pool over the resampled items, as the point values do).

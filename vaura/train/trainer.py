@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from vaura import tracking
 from vaura.config import PathsConfig, load_section, load_yaml, to_dict
 from vaura.io import atomic_write_json, atomic_write_text
+from vaura.model import VAURA
 from vaura.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from vaura.train.config import TrainConfig
 from vaura.train.lr import WarmupCosine, build_scheduler
@@ -181,7 +182,6 @@ def open_cache(cache_dir: Path, split: str, clips: list[str] | None = None) -> D
     return CachedClips(cache_dir, split, clips=clips)
 
 
-
 def read_meta(cache_dir: Path) -> dict[str, Any]:
     path = cache_dir / "meta.json"
     if not path.is_file():
@@ -209,12 +209,6 @@ def model_dims(meta: Mapping[str, Any]) -> dict[str, Any]:
         }
     except KeyError as exc:
         raise TrainError(f"cache meta.json lacks key {exc}; found {sorted(meta)}") from exc
-
-
-def build_model(model_cfg: Any, dims: Mapping[str, Any]) -> nn.Module:
-    from vaura.model import VAURA
-
-    return VAURA(model_cfg, **dims)
 
 
 class LossModule(nn.Module):
@@ -434,7 +428,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
 
     # Same seed on every rank for the init (DDP also broadcasts rank 0's weights), then per-rank streams.
     torch.manual_seed(cfg.seed)
-    raw_model = build_model(model_cfg, dims).to(env.device)
+    raw_model = VAURA(model_cfg, **dims).to(env.device)
     codec = None
     if cfg.init_from_codec or (cfg.log_audio_every > 0 and env.is_main):
         codec = load_codec_from_params(params, data_dir, env.device)
