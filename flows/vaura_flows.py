@@ -30,16 +30,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # Where the DVC project lives: the deployment's working directory (prefect.yaml pull step) or this repo.
 PROJECT_DIR = Path(os.environ.get("VAURA_PROJECT_DIR") or Path(__file__).resolve().parents[1])
 
-# Default ablations (paper Tables II-IV) around the params.yaml baseline. Threshold and conditioning need
-# retraining, so they are DVC experiments; the CFG table (IV) comes from the `sweep` stage's γ grid inside each.
-# Thresholds are on the scorer's scale (offline: motion-onset correlation; see filter.report_thresholds).
-DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "prepend": {"model.conditioning": "prepend"},
-    "threshold-0.0": {"filter.threshold": 0.0},
-    "threshold-0.4": {"filter.threshold": 0.4},
-}
-
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
 
@@ -203,6 +193,25 @@ def repro_stage(stage: str, project: str, pipeline_id: str, force: bool = False,
                         get_run_logger().info)
 
 
+@task(name="dvc-repro-target", task_run_name="repro {target}", retries=0)
+def repro_target(target: str, project: str, pipeline_id: str, timeout_s: float | None = None) -> str:
+    """``dvc repro <target>``: the target and whatever it needs that is not up to date (e.g. ``evaluate@prepend``
+    runs ``filter@prepend``, ``train@prepend``, ``sweep@prepend`` and the shared stages once)."""
+    argv = _dvc() + ["repro", target]
+    return run_in_group(argv, Path(project), stage_env(Path(project), pipeline_id), timeout_s,
+                        get_run_logger().info)
+
+
+def _ablation(project: Path) -> dict[str, Any]:
+    params = yaml.safe_load((project / "params.yaml").read_text()) or {}
+    return params.get("ablation") or {}
+
+
+def variant_names(project: Path) -> list[str]:
+    """The ablation variants of the project's params.yaml (``ablation.variants``, the list dvc.yaml expands)."""
+    return list(_ablation(project).get("variants") or {})
+
+
 @task(name="dvc-exp-run", task_run_name="exp {name}")
 def exp_run(name: str, overrides: dict[str, Any], target: str, project: str, pipeline_id: str,
             timeout_s: float | None = None) -> str:
@@ -239,6 +248,7 @@ def mlflow_runs(pipeline_id: str, tracking_uri: str) -> list[dict[str, Any]]:
         out.append({
             "run_id": r.info.run_id, "name": r.info.run_name or "", "role": r.data.tags.get("vaura.role", ""),
             "stage": r.data.tags.get("vaura.stage", ""), "exp": r.data.tags.get("dvc.exp_name", ""),
+            "variant": r.data.tags.get("vaura.variant", ""),
             "status": r.info.status, "link": link, "metrics": dict(r.data.metrics), "params": dict(r.data.params),
         })
     out.sort(key=lambda d: d["role"] != "pipeline")
@@ -290,15 +300,17 @@ def vaura_pipeline(target: str = "", force: bool = False, stage_timeout_s: float
 
 
 @flow(name="train-vaura", log_prints=True)
-def train_vaura(overrides: dict[str, Any] | None = None, target: str = "train", name: str = "",
+def train_vaura(overrides: dict[str, Any] | None = None, target: str = "", name: str = "",
                 timeout_s: float = 6 * 3600.0) -> str:
-    """Train with parameter overrides as a DVC experiment (``dvc exp run --temp -S key=value ... train``).
+    """Train with parameter overrides as a DVC experiment (``dvc exp run --temp -S key=value ... <target>``).
 
     ``overrides`` maps dotted params keys to values, e.g. ``{"model.conditioning": "prepend"}``; ``target`` is
-    the last stage to run (``train`` by default; ``evaluate`` to score the variant too).
+    the last stage to run (default ``train@<ablation.baseline>``: the baseline variant's training;
+    ``evaluate@<variant>`` to score it too, ``report`` for every variant and the tables).
     """
     install_termination_handler()
     project = PROJECT_DIR
+    target = target or f"train@{_ablation(project).get('baseline', 'baseline')}"
     run_id = _flow_run_id()
     exp_name = name or f"train-{run_id}"
     pid = f"train-vaura-{run_id}"
@@ -307,25 +319,21 @@ def train_vaura(overrides: dict[str, Any] | None = None, target: str = "train", 
     return exp_name
 
 
-def ablation_table(runs: list[dict[str, Any]], variants: dict[str, dict[str, Any]], prefix: str,
-                   stage: str = "evaluate") -> list[dict[str, Any]]:
-    """One row per variant: its overrides and the metrics of the latest ``stage`` run of experiment
-    ``<prefix>-<variant>`` (only the overrides when that stage logged nothing)."""
+def ablation_table(runs: list[dict[str, Any]], variants: list[str], stage: str = "evaluate") -> list[dict[str, Any]]:
+    """One row per variant: the metrics of its latest ``stage`` run (tag ``vaura.variant``; empty when none)."""
     rows = []
-    for name, overrides in variants.items():
-        evals = [r for r in runs if r["stage"] == stage and r["exp"] == f"{prefix}-{name}"]
-        metrics = evals[-1]["metrics"] if evals else {}
-        rows.append({"variant": name, **{k: str(v) for k, v in overrides.items()},
-                     **{k: round(float(v), 4) for k, v in sorted(metrics.items())}})
+    for name in variants:
+        done = [r for r in runs if r["stage"] == stage and r["variant"] == name]
+        metrics = done[-1]["metrics"] if done else {}
+        rows.append({"variant": name, **{k: round(float(v), 4) for k, v in sorted(metrics.items())}})
     return rows
 
 
 @task(name="paper-tables", retries=0)
 def paper_tables(project: str, pipeline_id: str, timeout_s: float | None = None) -> None:
-    """Re-run the ``report`` stage (it reads every ``evaluate`` run in MLflow) and publish its tables."""
+    """``dvc repro report`` (it reads the variants' metrics files) and publish its tables."""
     proj = Path(project)
-    argv = _dvc() + ["repro", "--force", "--single-item", "report"]
-    run_in_group(argv, proj, stage_env(proj, pipeline_id), timeout_s, get_run_logger().info)
+    run_in_group(_dvc() + ["repro", "report"], proj, stage_env(proj, pipeline_id), timeout_s, get_run_logger().info)
     params = yaml.safe_load((proj / "params.yaml").read_text()) or {}
     reports = proj / str((params.get("paths") or {}).get("reports", "reports"))
     for md in sorted(reports.glob("*.md")):
@@ -334,26 +342,30 @@ def paper_tables(project: str, pipeline_id: str, timeout_s: float | None = None)
 
 
 @flow(name="ablation", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def ablation(variants: dict[str, dict[str, Any]] | None = None, target: str = "evaluate", report: bool = True,
+def ablation(variants: list[str] | None = None, report: bool = True,
              timeout_s: float = 6 * 3600.0) -> list[dict[str, Any]]:
-    """Fan out parameter variants as DVC experiments under one MLflow parent, then gather their metrics table.
+    """Run the ablation variants of params.yaml (``ablation.variants``: the list dvc.yaml expands, so the flow
+    and ``dvc repro`` run the same variants) under one MLflow parent, then gather their metrics table.
 
-    Variants run one at a time (a CPU or single GPU is saturated by one); each is
-    ``dvc exp run --temp -n ablation-<id>-<variant> -S ...``. With ``report``, the ``report`` stage then
-    rebuilds the paper's tables from all ``evaluate`` runs and they are attached to the flow run.
+    ``variants`` picks some of them by name (default: all). Each is ``dvc repro evaluate@<variant>``, one at a
+    time (a CPU or single GPU is saturated by one); shared stages run once. With ``report``, ``dvc repro report``
+    then builds the paper's tables and they are attached to the flow run. Ad-hoc variants: add an entry to
+    ``ablation.variants`` (or ``dvc exp run -S +ablation.variants.<name>.<key>=<value>``).
     """
     install_termination_handler()
     project = PROJECT_DIR
-    variants = dict(variants or DEFAULT_VARIANTS)
+    defined = variant_names(project)
+    names = list(variants or defined)
+    unknown = sorted(set(names) - set(defined))
+    if unknown:
+        raise StageFailed(f"unknown variant(s) {unknown}; params.yaml ablation.variants has {defined}")
     run_id = _flow_run_id()
     pid = f"ablation-{run_id}"
-    futures = [exp_run.submit(f"{pid}-{name}", ov, target, str(project), pid, timeout_s)
-               for name, ov in variants.items()]
+    futures = [repro_target.submit(f"evaluate@{name}", str(project), pid, timeout_s) for name in names]
     for fut in futures:
         fut.result()
-    uri = _tracking_uri(project)
-    runs = publish_links(pid, uri)
-    table = ablation_table(runs, variants, pid, stage=target)
+    runs = publish_links(pid, _tracking_uri(project))
+    table = ablation_table(runs, names)
     create_table_artifact(table, key=f"ablation-{run_id}", description=f"ablation {pid}: metrics per variant")
     if report:
         paper_tables(str(project), pid, timeout_s)

@@ -116,20 +116,15 @@ def test_stage_env_groups_stages_under_one_parent(flows, tmp_path: Path, monkeyp
 
 def test_ablation_table_takes_each_variants_latest_run(flows) -> None:
     runs = [
-        {"stage": "evaluate", "exp": "ablation-x-fusion", "metrics": {"sync_ms": 90.0}},
-        {"stage": "evaluate", "exp": "ablation-x-fusion", "metrics": {"sync_ms": 50.0}},
-        {"stage": "train", "exp": "ablation-x-prepend", "metrics": {"loss": 3.0}},
-        {"stage": "evaluate", "exp": "other-prepend", "metrics": {"sync_ms": 1.0}},
-        {"stage": "evaluate", "exp": "ablation-x-prepend", "metrics": {"sync_ms": 105.0}},
+        {"stage": "evaluate", "variant": "baseline", "metrics": {"sync_ms": 90.0}},
+        {"stage": "evaluate", "variant": "baseline", "metrics": {"sync_ms": 50.0}},
+        {"stage": "train", "variant": "prepend", "metrics": {"loss": 3.0}},
+        {"stage": "evaluate", "variant": "", "metrics": {"sync_ms": 1.0}},
+        {"stage": "evaluate", "variant": "prepend", "metrics": {"sync_ms": 105.0}},
     ]
-    variants = {"fusion": {"model.conditioning": "fusion"}, "prepend": {"model.conditioning": "prepend"},
-                "none": {"model.conditioning": "fusion", "filter.threshold": 0.0}}
-    table = flows.ablation_table(runs, variants, "ablation-x")
-    assert table == [
-        {"variant": "fusion", "model.conditioning": "fusion", "sync_ms": 50.0},
-        {"variant": "prepend", "model.conditioning": "prepend", "sync_ms": 105.0},
-        {"variant": "none", "model.conditioning": "fusion", "filter.threshold": "0.0"},
-    ]
+    table = flows.ablation_table(runs, ["baseline", "prepend", "unfiltered"])
+    assert table == [{"variant": "baseline", "sync_ms": 50.0}, {"variant": "prepend", "sync_ms": 105.0},
+                     {"variant": "unfiltered"}]
 
 
 def test_mlflow_runs_lists_the_pipelines_runs_parent_first(flows, tmp_path: Path) -> None:
@@ -148,25 +143,31 @@ def test_mlflow_runs_lists_the_pipelines_runs_parent_first(flows, tmp_path: Path
 PROBE_STAGE = '''\
 import sys, mlflow, yaml
 from vaura.tracking import stage_run
-stage, p = sys.argv[1], yaml.safe_load(open("params.yaml"))
-with stage_run(stage, {"probe": p["probe"]}, params_file="params.yaml"):
-    value = float(p["probe"]["value"]) * (2 if stage == "evaluate" else 1)
+stage, variant, p = sys.argv[1], sys.argv[2], yaml.safe_load(open("params.yaml"))
+value = float(p["ablation"]["variants"][variant]["value"]) if variant != "-" else float(p["probe"]["value"])
+with stage_run(stage, {"probe": {"value": value}}, {"vaura.variant": variant} if variant != "-" else {},
+               params_file="params.yaml"):
+    value *= 2 if stage == "evaluate" else 1
     mlflow.log_metric("score", value)
-open(stage + ".txt", "w").write(str(value))
+open(f"{stage}-{variant}.txt", "w").write(str(value))
 '''
 
 PROBE_DVC = """\
 stages:
   train:
-    cmd: python probe.py train
+    cmd: python probe.py train -
     deps: [probe.py]
     params: [probe.value]
-    outs: [train.txt]
+    outs: [train--.txt]
   evaluate:
-    cmd: python probe.py evaluate
-    deps: [probe.py, train.txt]
-    params: [probe.value]
-    outs: [evaluate.txt]
+    foreach: ${ablation.variants}
+    do:
+      cmd: python probe.py evaluate ${key}
+      deps: [probe.py, train--.txt]
+      params:
+        - ablation.variants.${key}
+      outs:
+        - evaluate-${key}.txt
 """
 
 
@@ -179,7 +180,9 @@ def probe_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proj.mkdir()
     (proj / "probe.py").write_text(PROBE_STAGE)
     (proj / "dvc.yaml").write_text(PROBE_DVC)
-    (proj / "params.yaml").write_text("probe:\n  value: 1\ntracking:\n  uri: sqlite:///mlruns.db\n"
+    (proj / "params.yaml").write_text("probe:\n  value: 1\nablation:\n  baseline: low\n  variants:\n"
+                                      "    low: {value: 3}\n    high: {value: 5}\n"
+                                      "tracking:\n  uri: sqlite:///mlruns.db\n"
                                       "  artifact_root: mlartifacts\n  experiment: vaura\n  system_metrics: false\n"
                                       "  system_metrics_interval_s: 10.0\n")
     (proj / ".gitignore").write_text("/mlruns.db\n/mlartifacts/\n")
@@ -208,12 +211,15 @@ def test_pipeline_and_ablation_flows_group_runs_and_gather_the_table(flows, prob
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     assert flows.vaura_pipeline() == ["train", "evaluate"]
-    assert (probe_project / "evaluate.txt").read_text() == "2.0"
+    assert (probe_project / "evaluate-low.txt").read_text() == "6.0"
+    assert (probe_project / "evaluate-high.txt").read_text() == "10.0"
+    (probe_project / "evaluate-high.txt").unlink()  # the ablation flow must bring it back, from params.yaml
 
-    table = flows.ablation(variants={"low": {"probe.value": 3}, "high": {"probe.value": 5}}, report=False)
-    assert [(row["variant"], row["probe.value"], row["score"]) for row in table] == [("low", "3", 6.0),
-                                                                                   ("high", "5", 10.0)]
-    assert (probe_project / "evaluate.txt").read_text() == "2.0"  # experiments ran in temp copies
+    table = flows.ablation(report=False)
+    assert [(row["variant"], row["score"]) for row in table] == [("low", 6.0), ("high", 10.0)]
+    assert (probe_project / "evaluate-high.txt").read_text() == "10.0"
+    with pytest.raises(flows.StageFailed, match="unknown variant"):
+        flows.ablation(variants=["nope"], report=False)
 
     client = MlflowClient(f"sqlite:///{probe_project / 'mlruns.db'}")
     exp_id = client.get_experiment_by_name("vaura").experiment_id
@@ -222,5 +228,4 @@ def test_pipeline_and_ablation_flows_group_runs_and_gather_the_table(flows, prob
     assert {p.split("-")[0] for p in pids} == {"vaura", "ablation"}
     ablation_stage_runs = [r for r in runs if r.data.tags["vaura.pipeline_id"].startswith("ablation-")
                            and r.data.tags["vaura.role"] == "stage"]
-    assert len(ablation_stage_runs) == 4  # 2 variants x (train, evaluate) under one parent
-    assert len({r.data.tags["mlflow.parentRunId"] for r in ablation_stage_runs}) == 1
+    assert [r.data.tags["vaura.variant"] for r in ablation_stage_runs] == ["high"]  # low was up to date

@@ -1,4 +1,5 @@
-"""dvc.yaml: structure checks (fast) and the micro profile end to end (`dvc repro`, no-op rerun, `-S` experiment)."""
+"""dvc.yaml: structure checks (fast) and the micro profile end to end (`dvc repro` of every variant, no-op rerun,
+one variant's `-S` override re-running only that variant)."""
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,23 @@ from vaura.config import flatten
 
 
 def _stages() -> dict:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages with ``foreach`` groups expanded over params.yaml's variants (``name@variant``), as DVC
+    does, in file order."""
+    variants = yaml.safe_load((REPO / "params.yaml").read_text())["ablation"]["variants"]
+    out = {}
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        assert stage["foreach"] == "${ablation.variants}", f"{name}: per-variant stages iterate over the variants"
+        for key in variants:
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            out[f"{name}@{key}"] = yaml.safe_load(text)
+    return out
+
+
+def _groups() -> list[str]:
+    return list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
 
 def _interp(text: str, params: dict) -> str:
@@ -28,9 +45,9 @@ def _path(entry: str | dict) -> str:
 
 def test_stages_are_the_issue_dag_in_dependency_order() -> None:
     """Flows run the stages in file order, so every dependency on another stage's output must come earlier."""
+    assert _groups() == ["acquire", "preprocess", "score", "codec", "avclip", "cache", "filter", "train", "sweep",
+                         "evaluate", "report"]
     stages = _stages()
-    assert list(stages) == ["acquire", "preprocess", "score", "filter", "codec", "avclip", "cache", "train", "sweep",
-                            "evaluate", "report"]
     params = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
     produced: dict[str, str] = {}
     for name, stage in stages.items():
@@ -48,13 +65,24 @@ def test_stages_are_the_issue_dag_in_dependency_order() -> None:
 
 
 def test_every_stage_is_a_vaura_command_with_known_params() -> None:
-    params = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
-    sections = {k.split(".")[0] for k in params}
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def exists(key: str) -> bool:
+        node = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
     for name, stage in _stages().items():
-        assert stage["cmd"] == f"vaura {name} --params params.yaml"
-        assert name in COMMANDS
+        group, _, variant = name.partition("@")
+        assert stage["cmd"] == f"vaura {group} --params params.yaml" + (f" --variant {variant}" if variant else "")
+        assert group in COMMANDS
+        if variant:
+            assert f"ablation.variants.{variant}" in stage["params"], f"{name} must re-run when its overrides change"
         for p in stage.get("params", []):
-            assert p in params or p in sections, f"stage {name}: params key {p} not in params.yaml"
+            assert exists(p), f"stage {name}: params key {p} not in params.yaml"
             assert not p.startswith("tracking"), "where runs are logged must not invalidate results"
 
 
@@ -69,10 +97,13 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
 
     root, env = micro_repo, clean_env()
     log = run(DVC + ["repro"], root, env, timeout=1500)
-    assert ran_stages(log) == list(_stages())
-    for out in ("data/train/best.pt", "data/eval/metrics.json", "data/cache/index.csv", "data/sweep/index.csv",
+    assert sorted(ran_stages(log)) == sorted(_stages()) and ran_stages(log)[-1] == "report"
+    for out in ("data/train/baseline/best.pt", "data/train/prepend/best.pt", "data/eval/baseline/metrics.json",
+                "data/eval/prepend/metrics.json", "data/cache/index.csv", "data/sweep/prepend/index.csv",
                 "reports/threshold.md", "reports/conditioning.md", "reports/cfg.md", "reports/cfg_curve.csv"):
         assert (root / out).is_file(), out
+    conditioning = (root / "reports" / "conditioning.md").read_text()
+    assert "| baseline | fusion |" in conditioning and "| prepend | prepend |" in conditioning
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(_stages())
 
@@ -81,11 +112,13 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
 
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "micro results"], root, env)
-    exp = run(DVC + ["exp", "run", "-n", "prepend", "-S", "model.conditioning=prepend"], root, env, timeout=900)
-    assert ran_stages(exp) == ["train", "sweep", "evaluate", "report"]
+    # One variant's override re-runs that variant's stages (and the report), nothing shared, no other variant.
+    exp = run(DVC + ["exp", "run", "-n", "prepend-drop", "-S", "ablation.variants.prepend.model.cfg_dropout=0.3"],
+              root, env, timeout=900)
+    assert ran_stages(exp) == ["filter@prepend", "train@prepend", "sweep@prepend", "evaluate@prepend", "report"]
     shown = run(DVC + ["exp", "show", "--csv"], root, env)
     rows = {r["Experiment"]: r for r in csv.DictReader(io.StringIO(shown)) if r["Experiment"]}
-    assert rows["prepend"]["model.conditioning"] == "prepend"
+    assert rows["prepend-drop"]["ablation.variants.prepend.model.cfg_dropout"] == "0.3"
 
     # MLflow: each pipeline run is one parent with its stages beneath; the experiment's runs form another.
     client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
@@ -101,5 +134,7 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
     assert {"acquire", "preprocess", "score", "filter", "codec", "avclip", "cache", "train", "evaluate",
             "report"} <= first
     assert {"train", "evaluate", "report"} <= second and not second & {"acquire", "preprocess", "cache"}
-    conds = {r.data.params.get("model.conditioning") for r in stage_runs if r.data.tags["vaura.stage"] == "train"}
-    assert conds == {"fusion", "prepend"}
+    trains = [r for r in stage_runs if r.data.tags["vaura.stage"] == "train"]
+    assert sorted((r.data.tags["vaura.variant"], r.data.params["model.conditioning"], r.data.params["model.cfg_dropout"])
+                  for r in trains) == [("baseline", "fusion", "0.1"), ("prepend", "prepend", "0.1"),
+                                       ("prepend", "prepend", "0.3")]

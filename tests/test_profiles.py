@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vaura.config import ConfigError, flatten
-from vaura.profiles import ProfileError, render, switch, validate_params
+from vaura.profiles import REPLACED_WHOLE, ProfileError, render, switch, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -30,10 +30,14 @@ def test_overlay_changes_only_its_keys_and_keeps_comments(name: str) -> None:
     got = flatten(yaml.safe_load(text))
     validate_params(yaml.safe_load(text))
     assert got["profile"] == name
-    changed = {k for k in base if got[k] != base[k]} - {"profile"}
-    assert changed == {k for k, v in overlay.items() if base[k] != v}
+    whole = tuple(f"{p}." for p in REPLACED_WHOLE)  # free-form mappings an overlay replaces as a whole
+    changed = {k for k in base if not k.startswith(whole) and got[k] != base[k]} - {"profile"}
+    assert changed == {k for k, v in overlay.items() if not k.startswith(whole) and base[k] != v}
     for key, value in overlay.items():
         assert got[key] == value
+    for prefix in whole:
+        if any(k.startswith(prefix) for k in overlay):
+            assert {k for k in got if k.startswith(prefix)} == {k for k in overlay if k.startswith(prefix)}
     assert text.count("#") >= (CONFIGS / "offline.yaml").read_text().count("#") - 2
 
 

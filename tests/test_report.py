@@ -1,165 +1,169 @@
-"""evaluate → MLflow (real sqlite store) → report: the three paper tables, skipped cells with reasons."""
+"""evaluate → per-variant metrics.json → report: the paper tables with intervals, γ chosen on val, hermetic."""
 from __future__ import annotations
 
 import argparse
-import time
+import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from vaura.eval.evaluate import Group, flat_metrics, group_tags, log_groups, metrics_json
-from vaura.eval.report import ReportConfig, build_tables, search_runs, to_markdown
+from vaura.eval.evaluate import Group, flat_metrics, group_tags, metrics_json
+from vaura.eval.report import ReportConfig, ReportError, build_tables, read_metrics, to_markdown
 from vaura.eval.results import MetricResult
 
 SKIP_KLD = MetricResult.skipped("kld", "PaSST weights not found at weights/passt.pt: download it", backbone="passt")
 
 
-def _group(name: str, gamma: float | None, f1: float, sync_ms: float | None = None) -> Group:
-    g = Group("syn", name, gamma, n_clips=3, n_samples=6 if gamma is not None else 3, sample_rate=16000)
-    g.metrics = {
-        "onset_sync": MetricResult.ok("onset_sync", {"f1": f1, "offset_ms": 30.0, "missed": 2, "extra": 1,
-                                                     "precision": f1, "recall": f1}, backbone="flux"),
-        "fad": MetricResult.ok("fad", {"fad": 10 * (1 - f1)}, backbone="log-mel, weight-free"),
-        "kld": SKIP_KLD,
-        "sync": (MetricResult.ok("sync", {"sync_ms": sync_ms}, backbone="synchformer") if sync_ms is not None
-                 else MetricResult.skipped("sync", "Synchformer checkpoint not found at w/s.pt", "synchformer")),
-    }
+def _group(test_set: str, name: str, gamma: float | None, f1: float, half_width: float = 0.02) -> Group:
+    g = Group(test_set, name, gamma, n_clips=4, n_samples=8 if gamma is not None else 4, sample_rate=16000)
+    onset = MetricResult.ok("onset_sync", {"f1": f1, "offset_ms": 30.0, "missed": 2, "extra": 1, "precision": f1,
+                                           "recall": f1}, backbone="flux")
+    onset.intervals = {"f1": (f1 - half_width, f1 + half_width)}
+    fad = MetricResult.ok("fad", {"fad": 10 * (1 - f1)}, backbone="log-mel, weight-free")
+    fad.intervals = {"fad": (10 * (1 - f1) - 10 * half_width, 10 * (1 - f1) + 10 * half_width)}
+    g.metrics = {"onset_sync": onset, "fad": fad, "kld": SKIP_KLD}
     return g
 
 
-def _params(tmp_path, threshold: float, conditioning: str, experiment: str = "vaura-test") -> dict:
-    return {
-        "filter": {"threshold": threshold},
-        "model": {"conditioning": conditioning},
-        "train": {"nproc": 2, "device": "cpu"},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),
-                     "experiment": experiment, "system_metrics": False, "system_metrics_interval_s": 10.0},
+def _variant_doc(name: str, overrides: dict, f1_test: dict[float, float], f1_val: dict[float, float],
+                 threshold: float = 0.3, apply_to: tuple = ("train",), conditioning: str = "fusion",
+                 half_width: float = 0.02) -> dict:
+    groups = [_group("test", "reference", None, 0.95), _group("test", "recon", None, 0.9)]
+    groups += [_group("test", f"g{g:g}", g, f, half_width) for g, f in f1_test.items()]
+    groups += [_group("val", f"g{g:g}", g, f, half_width) for g, f in f1_val.items()]
+    info = {"name": name, "overrides": overrides, "filter.threshold": threshold, "filter.apply_to": list(apply_to),
+            "model.conditioning": conditioning, "train_clips": 100 if "train" in apply_to else 160,
+            "train": {"steps": 900, "minutes": 6.0, "world_size": 1, "device": "cpu", "stopped_early": False}}
+    from vaura.eval.bootstrap import BootstrapConfig
+
+    return json.loads(json.dumps(metrics_json(groups, info, BootstrapConfig(n=500, fad_n=100, seed=7))))
+
+
+def _ablation(tmp: Path) -> dict[str, dict]:
+    """Three variants whose val and test disagree on the best γ (val: 3, test: 1)."""
+    docs = {
+        "baseline": _variant_doc("baseline", {}, {0.0: 0.15, 1.0: 0.80, 3.0: 0.70}, {0.0: 0.2, 1.0: 0.5, 3.0: 0.6}),
+        "prepend": _variant_doc("prepend", {"model.conditioning": "prepend"}, {0.0: 0.1, 1.0: 0.5, 3.0: 0.45},
+                                {1.0: 0.3, 3.0: 0.3}, conditioning="prepend"),
+        "unfiltered": _variant_doc("unfiltered", {"filter.apply_to": []}, {0.0: 0.15, 1.0: 0.78, 3.0: 0.69},
+                                   {1.0: 0.5, 3.0: 0.5}, apply_to=()),
     }
+    for name, doc in docs.items():
+        path = tmp / "data" / "eval" / name / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc))
+    return docs
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A real sqlite MLflow store with train + evaluate runs of four pipeline variants."""
-    import mlflow
-
-    tmp_path = tmp_path_factory.mktemp("mlflow")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    variants = [(0.0, "fusion", 0.50), (0.2, "fusion", 0.60), (0.3, "fusion", 0.70), (0.3, "prepend", 0.40)]
-    from vaura.tracking import stage_run
-
-    for thr, cond, f1 in variants:
-        params = _params(tmp_path, thr, cond)
-        mp.setenv("VAURA_PIPELINE_ID", f"pipe-{thr}-{cond}")
-        with stage_run("train", params):
-            time.sleep(0.05)
-        baseline = (thr, cond) == (0.3, "fusion")  # only the baseline is swept over γ (as in the paper)
-        groups = [_group("reference", None, 0.9), _group("recon", None, 0.8)] if baseline else []
-        groups += [_group(f"g{g:g}", g, f1 * (0.5 + g / 12)) for g in ((1.0, 3.0, 6.0) if baseline else (6.0,))]
-        log_groups(params, groups, {}, train_clips=int(100 * (1 - thr)), variant_label=f"{thr} {cond}")
-    # a newer re-evaluation of the 0.3/fusion γ=6 variant replaces the older one in the tables
-    params = _params(tmp_path, 0.3, "fusion")
-    mp.setenv("VAURA_PIPELINE_ID", "pipe-0.3-fusion")
-    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], {}, train_clips=70, variant_label="0.3 fusion")
-    mlflow.set_tracking_uri(params["tracking"]["uri"])
-    yield tmp_path, params
-    mp.undo()
-
-
-@pytest.mark.slow
-def test_tables_from_a_real_sqlite_store(store) -> None:
-    tmp_path, _ = store
-    evals, trains = search_runs("vaura-test", "evaluate"), search_runs("vaura-test", "train")
-    assert len(evals) == 5 + 3 + 1 and len(trains) == 4
-    cfg = ReportConfig(test_set="syn", cfg_scale=6.0, baseline_threshold=0.3, baseline_conditioning="fusion")
-    t = build_tables(evals, trains, cfg)
-
-    thr = t["threshold"]
-    assert list(thr["threshold"]) == ["0", "0.2", "0.3"]  # prepend is not part of Table II
-    assert list(thr["train clips"]) == ["100", "80", "70"]
-    assert all(v.endswith("CPU-h") for v in thr["training device-hours"])
-    f1 = thr["onset F1"].astype(float).tolist()
-    assert f1 == pytest.approx([0.5 * 1.0, 0.6 * 1.0, 0.77], abs=1e-3)  # γ = 6; the latest 0.3 run wins
-    assert "FAD (log-mel, weight-free)" in thr.columns
-    assert all(v.startswith("skipped: PaSST weights not found") for v in thr["KLD (passt)"])
-    assert list(thr["Sync (ms)"])[-1] == "120" and list(thr["Sync (ms)"])[0].startswith("skipped: Synchformer")
-    assert all(v.startswith("n/a") for v in thr["IB"])  # IB never ran in these runs
-
-    cond = t["conditioning"]
+def test_tables_have_every_variant_intervals_and_gamma_chosen_on_val(tmp_path) -> None:
+    docs = _ablation(tmp_path)
+    tables, gamma = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=None, select_set="val"))
+    assert gamma == 3.0  # best on val (0.6); the test set's best (γ=1) must not be what picks it
+    thr = tables["threshold"].frame()
+    assert list(thr["threshold"]) == ["unfiltered", "0.3"] and list(thr["variant"]) == ["unfiltered", "baseline"]
+    assert list(thr["onset F1"]) == ["0.690 [0.670, 0.710]", "0.700 [0.680, 0.720]"]  # the γ=3 test values
+    assert list(thr["train clips"]) == ["160", "100"]
+    cond = tables["conditioning"].frame()
     assert list(cond["conditioning"]) == ["fusion", "prepend"]
-    assert cond["onset F1"].astype(float).tolist() == pytest.approx([0.77, 0.40 * 1.0], abs=1e-3)
+    cfg = tables["cfg"].frame()
+    assert list(cfg["γ"]) == ["0 (null condition only)", "1", "3", "codec reconstruction", "reference (real audio)"]
+    assert cfg["KLD"].str.startswith("skipped").all()
+    assert "chosen as the baseline's best onset F1 on the validation set 'val'" in tables["threshold"].note
+    assert set(tables["variants"].frame()["variant"]) == {"baseline", "prepend", "unfiltered"}
 
-    cfg_t = t["cfg"]
-    assert list(cfg_t["γ"]) == ["1", "3", "6", "codec reconstruction", "reference (real audio)"]
-    assert cfg_t["onset F1"].astype(float).tolist()[:2] == pytest.approx([0.7 * (0.5 + 1 / 12), 0.7 * 0.75], abs=1e-3)
-    md = to_markdown(cfg_t, "Table IV")
-    assert md.count("\n|") == 2 + 5
-    # the KLD reason is stated once as a note; cells refer to it
-    assert md.count("PaSST weights not found") == 1 and "[1] PaSST weights not found" in md
-    assert md.count("skipped [1]") == 5
+
+def test_conclusions_follow_the_intervals(tmp_path) -> None:
+    docs = _ablation(tmp_path)
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0))
+    cond = "\n".join(tables["conditioning"].conclusions or [])
+    assert "fusion better than prepend on onset F1: HOLDS" in cond          # 0.70±0.02 vs 0.45±0.02
+    thr = "\n".join(tables["threshold"].conclusions or [])
+    assert "better than unfiltered on onset F1: NOT SHOWN" in thr            # 0.70±0.02 vs 0.69±0.02 overlap
+    cfg = "\n".join(tables["cfg"].conclusions or [])
+    assert "better than the null condition (γ=0) on onset F1: HOLDS" in cfg
+    assert "on FAD: HOLDS" in cfg                                            # FAD: lower is better
+    flipped = dict(docs, prepend=_variant_doc("prepend", {"model.conditioning": "prepend"}, {3.0: 0.9}, {},
+                                              conditioning="prepend"))
+    tables, _ = build_tables(flipped, "baseline", ReportConfig(test_set="test", cfg_scale=3.0))
+    assert "onset F1: REVERSED" in "\n".join(tables["conditioning"].conclusions or [])
+
+
+def test_gamma_is_never_chosen_on_the_test_set(tmp_path) -> None:
+    docs = _ablation(tmp_path)
+    with pytest.raises(ReportError, match="must not be chosen on the test set"):
+        build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=None, select_set="test"))
+
+
+def test_missing_or_foreign_metrics_file_is_a_clear_error(tmp_path) -> None:
+    _ablation(tmp_path)
+    with pytest.raises(ReportError, match=r"eval/other/metrics.json: not found"):
+        read_metrics(tmp_path / "data" / "eval", ["baseline", "other"])
+    (tmp_path / "data" / "eval" / "prepend" / "metrics.json").write_text(
+        (tmp_path / "data" / "eval" / "baseline" / "metrics.json").read_text())
+    with pytest.raises(ReportError, match="written for variant 'baseline', expected 'prepend'"):
+        read_metrics(tmp_path / "data" / "eval", ["prepend"])
+
+
+def _report_params(tmp_path: Path) -> Path:
+    from vaura.profiles import render
+
+    params = yaml.safe_load(render("offline", Path(__file__).resolve().parents[1] / "configs"))
+    params["tracking"].update(uri=f"sqlite:///{tmp_path}/mlruns.db", artifact_root=str(tmp_path / "art"),
+                              system_metrics=False)
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params, allow_unicode=True))
+    return pfile
 
 
 @pytest.mark.slow
-def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> None:
-    import mlflow
-
+def test_report_stage_reads_only_its_metrics_files(tmp_path, monkeypatch) -> None:
+    """A foreign evaluate run in the MLflow store (better numbers, same variant params) changes no table."""
+    from vaura.eval.evaluate import log_groups
     from vaura.stages import report
 
-    db_dir, params = store
-    params = {**params, "paths": {"data": "data", "weights": "weights", "reports": "reports"},
-              "filter": {"threshold": 0.3},  # report.baseline_threshold null → this threshold
-              "report": {"test_set": "syn", "cfg_scale": 6.0, "baseline_threshold": None,
-                         "baseline_conditioning": "fusion"}}
-    pfile = tmp_path / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params))
+    _ablation(tmp_path)
+    pfile = _report_params(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "report-test")
-    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False))
-    assert rc == 0
-    for name in ("threshold", "conditioning", "cfg"):
-        assert (tmp_path / "reports" / f"{name}.md").read_text().startswith("# Table")
-        csv = pd.read_csv(tmp_path / "reports" / f"{name}.csv")
-        assert len(csv) >= 2
+    args = argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False)
+    assert report.run(args) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()}
+    assert {"threshold.md", "conditioning.md", "cfg.md", "variants.md", "cfg_curve.csv"} <= set(first)
+    assert "[0.680, 0.720]" in first["threshold.md"].decode()
+    params = yaml.safe_load(pfile.read_text())
+    monkeypatch.setenv("VAURA_PIPELINE_ID", "foreign")
+    log_groups(params, [_group("test", "g3", 3.0, 0.99)], {}, train_clips=1, variant_label="baseline")
+    assert report.run(args) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == first
     curve = pd.read_csv(tmp_path / "reports" / "cfg_curve.csv")
-    assert list(curve["cfg_scale"]) == [1.0, 3.0, 6.0]
-    assert curve["onset_f1"].iloc[-1] == pytest.approx(0.77) and curve["kld"].isna().all()
-    reasons = pd.read_csv(tmp_path / "reports" / "threshold.csv")["KLD (passt)"]
-    assert reasons.str.endswith("download it").all()  # full reason in the CSV
-    runs = search_runs("vaura-test", "report")
-    assert len(runs) == 1
-    arts = mlflow.artifacts.list_artifacts(run_id=runs["run_id"].iloc[0], artifact_path="reports")
-    assert {a.path.split("/")[-1] for a in arts} >= {"threshold.md", "cfg.csv"}
+    assert list(curve["cfg_scale"]) == [0.0, 1.0, 3.0] and {"onset_f1", "onset_f1_low", "fad_high"} <= set(curve)
 
 
-def test_baseline_threshold_defaults_to_the_pipelines_own_filter_threshold() -> None:
-    from vaura.eval.report import ReportError
-
-    assert ReportConfig().resolved({"filter": {"threshold": 0.3}}).baseline_threshold == 0.3
-    assert ReportConfig(baseline_threshold=0.4).resolved({"filter": {"threshold": 0.3}}).baseline_threshold == 0.4
-    with pytest.raises(ReportError, match="filter.threshold"):
-        ReportConfig().resolved({})
-
-
-def test_report_without_runs_fails_clearly(tmp_path, monkeypatch) -> None:
-    from vaura.eval.report import ReportError
-
-    with pytest.raises(ReportError, match="evaluate"):
-        build_tables(pd.DataFrame(), pd.DataFrame(), ReportConfig())
+def test_markdown_numbers_skip_reasons_and_lists_conclusions(tmp_path) -> None:
+    docs = _ablation(tmp_path)
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0))
+    md = to_markdown(tables["conditioning"], "Table III", ["Cells: value [interval]"])
+    assert "| skipped [1] |" in md and f"[1] {SKIP_KLD.reason}" in md
+    assert "Conclusions (by the 95 % intervals):" in md and md.index("Cells:") < md.index("| variant |")
 
 
-def test_metrics_json_and_tags_carry_skip_reasons() -> None:
-    g = _group("g6", 6.0, 0.5)
-    doc = metrics_json([g], {"filter.threshold": 0.3})
+def test_metrics_json_and_tags_carry_skip_reasons_and_intervals() -> None:
+    g = _group("syn", "g6", 6.0, 0.5)
+    doc = metrics_json([g], {"name": "baseline"})
     assert doc["syn"]["g6"]["kld"] == {"status": "skipped", "backbone": "passt", "reason": SKIP_KLD.reason}
     assert doc["syn"]["g6"]["onset_sync"]["f1"] == 0.5
+    assert (doc["syn"]["g6"]["onset_sync"]["f1_low"], doc["syn"]["g6"]["onset_sync"]["f1_high"]) == (0.48, 0.52)
     tags = group_tags(g, "v")
     assert tags["metric.kld.status"] == "skipped" and tags["vaura.eval.cfg_scale"] == "6"
     assert "kld" not in flat_metrics(g) and flat_metrics(g)["onset_f1"] == 0.5
 
 
 @pytest.mark.slow
-def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, monkeypatch) -> None:
-    """The `evaluate` CLI on real MP4s + sweep WAVs: metrics.json, one run per group, wav/png/mp4 artifacts."""
+def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatch) -> None:
+    """The `evaluate` CLI of one variant on real MP4s + sweep WAVs: metrics.json with the variant and intervals,
+    one MLflow run per group tagged with the variant, wav/png/mp4 artifacts."""
     import json
 
     import mlflow
@@ -181,64 +185,46 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     pd.DataFrame({"clip": ["a", "b"], "path": ["a.mp4", "b.mp4"], "split": ["test", "test"]}).to_csv(
         data / "clips" / "manifest.csv", index=False)
     (data / "raw").mkdir()
-    (data / "splits").mkdir()
+    (data / "splits" / "prepend").mkdir(parents=True)
     pd.DataFrame({"clip": ["a", "b"], "time_s": [1.0, 1.0], "class": ["x", "x"]}).to_csv(
         data / "raw" / "events.csv", index=False)
-    pd.DataFrame({"clip": [f"t{i}" for i in range(5)]}).to_csv(data / "splits" / "train.csv", index=False)
+    pd.DataFrame({"clip": [f"t{i}" for i in range(5)]}).to_csv(data / "splits" / "prepend" / "train.csv", index=False)
     rows = []
     for clip in ("a", "b"):
         for k in range(2):
-            p = data / "sweep" / "test" / "g3" / f"{clip}__s{k}.wav"
+            p = data / "sweep" / "prepend" / "test" / "g3" / f"{clip}__s{k}.wav"
             p.parent.mkdir(parents=True, exist_ok=True)
             sf.write(p, clip_audio[clip][: int(2.56 * sr)], sr)
             rows.append({"test_set": "test", "cfg_scale": 3.0, "clip": clip, "sample": k, "start_sec": 0.0,
                          "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
-    pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
-    params = _params(store[0], 0.2, "fusion", experiment="vaura-eval-stage")  # the module's store, own experiment
-    params.update({"paths": {"data": "data", "weights": "weights", "reports": "reports"},
-                   "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
-                                "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
-                                "manifest": "clips/manifest.csv", "events": "raw/events.csv",
-                                "onset_tolerance_s": 0.1, "window_s": 2.56, "n_artifact_clips": 1, "device": "cpu"}})
-    pfile = tmp_path / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params))
+    pd.DataFrame(rows).to_csv(data / "sweep" / "prepend" / "index.csv", index=False)
+    pfile = _report_params(tmp_path)
+    params = yaml.safe_load(pfile.read_text())
+    params["evaluate"].update(vggish_weights="w/v.pth", passt_weights="w/p.pt", imagebind_weights="w/ib.pth",
+                              synchformer_weights="w/s.pt", n_artifact_clips=1, device="cpu")
+    params["evaluate"]["bootstrap"].update(n=50, fad_n=20)
+    params["filter"]["threshold"] = 0.2
+    pfile.write_text(yaml.safe_dump(params, allow_unicode=True))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
-    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False)) == 0
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False, variant="prepend")) == 0
 
-    doc = json.loads((data / "eval" / "metrics.json").read_text())
-    assert doc["variant"] == {"filter.threshold": 0.2, "model.conditioning": "fusion"}
-    assert doc["test"]["g3"]["onset_sync"]["f1"] == pytest.approx(1.0)
+    doc = json.loads((data / "eval" / "prepend" / "metrics.json").read_text())
+    assert doc["variant"]["name"] == "prepend" and doc["variant"]["model.conditioning"] == "prepend"
+    assert doc["variant"]["overrides"] == {"model.conditioning": "prepend"} and doc["variant"]["train_clips"] == 5
+    assert doc["bootstrap"]["n"] == 50 and doc["bootstrap"]["level"] == 0.95
+    onset = doc["test"]["g3"]["onset_sync"]
+    assert onset["f1"] == pytest.approx(1.0) and onset["f1_low"] == onset["f1_high"] == pytest.approx(1.0)
+    assert doc["test"]["g3"]["fad"]["fad_low"] <= doc["test"]["g3"]["fad"]["fad"] <= doc["test"]["g3"]["fad"]["fad_high"]
     assert doc["test"]["g3"]["sync"]["status"] == "skipped" and "w/s.pt" in doc["test"]["g3"]["sync"]["reason"]
     assert doc["test"]["g3"]["ib"]["status"] == "skipped" and "w/ib.pth" in doc["test"]["g3"]["ib"]["reason"]
     mlflow.set_tracking_uri(params["tracking"]["uri"])
-    runs = search_runs("vaura-eval-stage", "evaluate")
+    runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]],
+                              filter_string="tags.`vaura.stage` = 'evaluate'", output_format="pandas")
     assert sorted(runs["tags.vaura.eval.group"]) == ["g3", "reference"]
     g3 = runs[runs["tags.vaura.eval.group"] == "g3"].iloc[0]
-    assert g3["metrics.data.train_clips"] == 5 and g3["params.filter.threshold"] == "0.2"
+    assert g3["metrics.data.train_clips"] == 5 and g3["params.model.conditioning"] == "prepend"
+    assert g3["tags.vaura.variant"] == "prepend"
     names = {a.path for d in ("audio", "spectrogram", "video")
              for a in mlflow.artifacts.list_artifacts(run_id=g3["run_id"], artifact_path=d)}
     assert names == {"audio/a.wav", "spectrogram/a.png", "video/a.mp4"}
-
-
-def test_training_hours_follow_the_variant_not_just_the_pipeline() -> None:
-    """An ablation flow runs every variant under one pipeline id: hours must come from the matching train run."""
-    t0 = pd.Timestamp("2026-01-01 10:00", tz="UTC")
-
-    def train(thr: str, minutes: float, world: str | None) -> dict:
-        return {"status": "FINISHED", "start_time": t0, "end_time": t0 + pd.Timedelta(minutes=minutes),
-                "tags.vaura.pipeline_id": "ablation-1", "tags.dvc.exp_name": f"ablation-1-t{thr}",
-                "params.filter.threshold": thr, "params.model.conditioning": "fusion",
-                "tags.vaura.world_size": world, "params.train.nproc": "1", "params.train.device": "cpu"}
-
-    trains = pd.DataFrame([train("0.0", 30, "2"), train("0.4", 6, None)])
-    evals = pd.DataFrame([
-        {"start_time": t0, "tags.vaura.pipeline_id": "ablation-1", "tags.dvc.exp_name": f"ablation-1-t{thr}",
-         "params.filter.threshold": thr, "params.model.conditioning": "fusion", "tags.vaura.eval.test_set": "syn",
-         "tags.vaura.eval.group": "g6", "tags.vaura.eval.cfg_scale": "6", "metrics.data.train_clips": 10.0,
-         "metrics.onset_f1": 0.5}
-        for thr in ("0.0", "0.4")
-    ])
-    table = build_tables(evals, trains, ReportConfig(test_set="syn", cfg_scale=6.0))["threshold"]
-    # 30 min × world size 2 = 1 h; 6 min × train.nproc 1 = 0.1 h
-    assert list(table["training device-hours"]) == ["1.000 CPU-h", "0.100 CPU-h"]

@@ -104,7 +104,7 @@ def render(name: str, configs_dir: str | Path = "configs") -> str:
     rt.width = 120
     doc = rt.load(base_path.read_text())
     if name != BASE_PROFILE:
-        overlay = yaml.safe_load(path.read_text()) or {}
+        overlay = rt.load(path.read_text()) or {}  # round-trip: a mapping replaced whole keeps its comments
         if not isinstance(overlay, Mapping):
             raise ProfileError(f"{path}: top level must be a mapping")
         _merge(doc, overlay, "", path)

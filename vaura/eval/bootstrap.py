@@ -35,11 +35,17 @@ def resample_indices(clips: Sequence[str], n: int, seed: int) -> list[np.ndarray
     if labels.size == 0:
         raise ValueError("bootstrap: no items to resample")
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(labels == c) for c in dict.fromkeys(labels)]
+    # Items sorted by clip: clip g owns order[start[g] : start[g] + size[g]].
+    _, codes = np.unique(labels, return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    size = np.bincount(codes)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
     out = []
     for _ in range(n):
-        drawn = rng.integers(0, len(groups), size=len(groups))
-        out.append(np.concatenate([groups[g][rng.integers(0, groups[g].size, size=groups[g].size)] for g in drawn]))
+        drawn = rng.integers(0, size.size, size=size.size)
+        sizes = size[drawn]
+        within = (rng.random(int(sizes.sum())) * np.repeat(sizes, sizes)).astype(np.int64)
+        out.append(order[np.repeat(start[drawn], sizes) + within])
     return out
 
 
