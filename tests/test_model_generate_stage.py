@@ -40,7 +40,7 @@ def project(tmp_path_factory, repo_root):
                 audio_frame_rate=codec_cfg.offline.sample_rate / int(np.prod(codec_cfg.offline.encoder_rates)),
                 visual_dim=visual_cfg.dim, visual_frame_rate=12.5)
     model = VAURA(cfg, **dims)
-    save_checkpoint(root / "data" / "train" / "best.pt",
+    save_checkpoint(root / "data" / "train" / "baseline" / "best.pt",  # the baseline variant's model
                     {"model": model.state_dict(), "model_config": to_dict(cfg), "model_dims": dims})
     frames = np.random.default_rng(0).integers(0, 255, (80, 64, 96, 3), dtype=np.uint8)  # 3.2 s > one window
     write_video(root / "clip.mp4", frames, 25.0)

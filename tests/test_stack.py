@@ -66,13 +66,13 @@ def test_stack_trains_through_the_worker_tracks_to_s3_and_serves_dvc_remote(tmp_
         assert rows["ci-prepend"]["model.conditioning"] == "prepend"
         # (`exp apply` exits 255 here by design: the stages after `train` never ran, so it cannot create their outs)
         subprocess.run(DVC + ["exp", "apply", "ci-prepend"], cwd=proj, env=cenv, capture_output=True, timeout=300)
-        best = proj / "data" / "train" / "best.pt"
+        best = proj / "data" / "train" / "baseline" / "best.pt"  # the flow's default target: train@baseline
         digest = best.read_bytes()
-        run(DVC + ["push", "--with-deps", "train"], proj, cenv, 300)
+        run(DVC + ["push", "--with-deps", "train@baseline"], proj, cenv, 300)
         assert s3.list_objects_v2(Bucket="vaura-ci", Prefix="dvc/").get("KeyCount", 0) >= 1
         shutil.rmtree(proj / ".dvc" / "cache")
         shutil.rmtree(proj / "data")
-        run(DVC + ["pull", "--with-deps", "train"], proj, cenv, 300)
+        run(DVC + ["pull", "--with-deps", "train@baseline"], proj, cenv, 300)
         assert best.read_bytes() == digest and (proj / "data" / "cache" / "index.csv").is_file()
     finally:
         down = subprocess.run([str(BIN / "vaura"), "stack", "down", "--state-dir", str(state)], cwd=proj, env=env,

@@ -2,7 +2,7 @@
 
 The whole video is covered by sliding windows (``generation.window_s``, advancing ``generation.stride_s``;
 each window continues the previous tokens as its prompt). ``--checkpoint`` is either a vaura training
-checkpoint (default ``<paths.data>/train/best.pt``; the codec and visual encoder come from params.yaml) or the
+checkpoint (default ``<paths.data>/train/<ablation.baseline>/best.pt``; the codec and visual encoder come from params.yaml) or the
 released V-AURA experiment (folder ``24-08-01T08-34-26`` or its ``checkpoints/*.ckpt``), which brings its own
 44.1 kHz DAC and Segment-AVCLIP weights and runs in the alignment it was trained with.
 """
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path, help="input video (any length; its audio, if any, is replaced)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output MP4: the video with generated audio")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="vaura training checkpoint (default <paths.data>/train/best.pt) or the released "
+                        help="vaura training checkpoint (default <paths.data>/train/<ablation.baseline>/best.pt) or the released "
                              "V-AURA experiment folder / .ckpt")
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="classifier-free guidance γ (default: params generation.cfg_scale; paper 6)")
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, CodecWeightsError, load_codec
     from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
     from vaura.media import MediaError, mux_audio
+    from vaura.variants import ablation_config, output_dir
     from vaura.model.config import GenerationConfig
     from vaura.generate.official import official_codec, official_visual_encoder
     from vaura.generate.video import GenerateError, audio_for_video, check_compatible
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if args.cfg_scale is not None:
             gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
         seed = args.seed if args.seed is not None else int(params.get("seed", 0))
+        baseline = ablation_config(params).baseline
     except (ConfigError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
         return 1
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     root = args.root
-    checkpoint = args.checkpoint or root / paths.data / "train" / "best.pt"
+    checkpoint = args.checkpoint or output_dir(root / paths.data, "train", baseline) / "best.pt"
     try:
         if _is_official(checkpoint):
             ckpt = load_official_checkpoint(checkpoint)

@@ -1,7 +1,7 @@
 """Generate test clips at every CFG guidance scale (the `sweep` DVC stage).
 
 For each test set in `sweep.test_sets` and each γ in `sweep.cfg_scales`, generates `sweep.samples_per_clip`
-samples per test clip from the trained decoder (`<data>/train/best.pt`) on the clip's fixed-window visual
+samples per test clip from the trained decoder (`<data>/train/best.pt`; `<data>/train/<variant>/best.pt`) on the clip's fixed-window visual
 features from the cache, decodes them with the codec and writes
 
   <data>/sweep/<test_set>/g<γ>/<clip>__s<k>.wav      generated audio (written once, reused by `evaluate`)
