@@ -329,14 +329,14 @@ def test_train_flow_logs_each_stage_line_and_its_final_state_once(flows, probe_p
                                                                   monkeypatch) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
+    from prefect.logging.handlers import APILogWorker
 
     monkeypatch.setattr(flows, "PROJECT_DIR", probe_project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     state = flows.train_vaura(overrides={"probe.value": 7}, name="logs-probe", return_state=True)
     assert state.is_completed()
-    APILogHandler.flush()
+    APILogWorker.drain_all(timeout=30)
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     messages = [log.message for log in logs]
