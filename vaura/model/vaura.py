@@ -229,18 +229,9 @@ class VAURA(nn.Module):
              drop_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked per-codebook cross-entropy averaged over codebooks; ``(loss, per_codebook [K] detached)``.
 
-        Frames whose code is negative (padding past a clip's end) are excluded from the loss.
+        Frames whose code is negative (padding past a clip's end) are excluded (see :func:`codebook_loss`).
         """
-        logits = self(codes, visual, drop_cond)
-        valid = codes >= 0
-        per_cb = []
-        for q in range(self.n_codebooks):
-            m = valid[:, q]
-            if not m.any():
-                raise ValueError(f"codebook {q} has no valid frame in this batch")
-            per_cb.append(F.cross_entropy(logits[:, q][m].float(), codes[:, q][m]))
-        per = torch.stack(per_cb)
-        return per.mean(), per.detach()
+        return codebook_loss(self(codes, visual, drop_cond), codes)
 
     # ---- initialisation from the codec ----------------------------------------------------------------------
     @torch.no_grad()
@@ -271,6 +262,24 @@ class VAURA(nn.Module):
             warnings.warn(f"codec out-projections map to {v.shape[0]} channels but the model's audio width is "
                           f"{self.audio_width}; only the codebooks were copied", stacklevel=2)
         return copied
+
+
+def codebook_loss(logits: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over codebooks of each codebook's cross-entropy over its valid frames (``codes >= 0``).
+
+    ``logits [B, K, T, card]``, ``codes [B, K, T]``; returns ``(loss, per_codebook [K] detached)``. One
+    cross-entropy over every token with padding as ``ignore_index``, summed per codebook and divided by the
+    codebook's count of valid frames: selecting the valid frames with a boolean mask instead would need their
+    number on the host, a GPU→CPU sync per codebook per step. A codebook with no valid frame in the batch gives
+    NaN (0/0), which the trainer reports as a non-finite loss.
+    """
+    b, k, t, card = logits.shape
+    valid = codes >= 0
+    target = torch.where(valid, codes, torch.full_like(codes, -100))
+    per_token = F.cross_entropy(logits.float().reshape(-1, card), target.reshape(-1), ignore_index=-100,
+                                reduction="none").view(b, k, t)
+    per = per_token.sum(dim=(0, 2)) / valid.sum(dim=(0, 2))
+    return per.mean(), per.detach()
 
 
 def _weight_norm_parts(proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
