@@ -122,6 +122,7 @@ class VAURA(nn.Module):
         self.n_prefix = 0 if self.fusion else self.n_null
         self.n_positions = self.n_prefix + self.max_frames + n_codebooks
         self._rope: torch.Tensor | None = None  # fp32 (cos, sin) table, built per device by rope_on()
+        self._loss_fn = codebook_loss  # compile_blocks() swaps in the compiled one
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -202,6 +203,17 @@ class VAURA(nn.Module):
         h = self.norm(h)
         return torch.stack([head(h) for head in self.lm_heads], dim=1)
 
+    def compile_blocks(self) -> None:
+        """``torch.compile`` each decoder block and the loss, in place, for training speed.
+
+        The blocks share one code object, so the graph is compiled once and reused by every layer (regional
+        compilation): about the compile time of one block instead of the whole unrolled model, with the fusions
+        that matter (norms, RoPE, SwiGLU, attention's surroundings) inside the block.
+        """
+        for layer in self.layers:
+            layer.compile()
+        self._loss_fn = torch.compile(codebook_loss)
+
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         cfg = self.cfg
         return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head, device, dtype)
@@ -231,7 +243,7 @@ class VAURA(nn.Module):
 
         Frames whose code is negative (padding past a clip's end) are excluded (see :func:`codebook_loss`).
         """
-        return codebook_loss(self(codes, visual, drop_cond), codes)
+        return self._loss_fn(self(codes, visual, drop_cond), codes)
 
     # ---- initialisation from the codec ----------------------------------------------------------------------
     @torch.no_grad()
