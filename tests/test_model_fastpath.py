@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vaura.model import VAURA, named_size
 from vaura.model.sampler import draw, generate, generate_recompute, sample_logits, use_compiled_decode
-from vaura.model.vaura import codebook_loss
+from vaura.model.decoder import codebook_loss
 
 
 def tiny_model(conditioning="fusion", seed=0) -> VAURA:
