@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, loaded_or_reason
 
 
 def load_ib_model(
@@ -23,13 +23,10 @@ def load_ib_model(
 
     ``build`` (default: ImageBind-huge) is injectable so tests can strict-load a tiny random model.
     """
-    from vaura.curation.imagebind_score import ImageBindWeightsError, load_imagebind
+    from vaura.curation.imagebind_score import load_imagebind
 
-    try:
-        kwargs = {"build": build} if build is not None else {}
-        return load_imagebind(weights, device=device, **kwargs), ""
-    except ImageBindWeightsError as exc:
-        return None, str(exc)
+    kwargs = {"build": build} if build is not None else {}
+    return loaded_or_reason(lambda: load_imagebind(weights, device=device, **kwargs))
 
 
 def ib_score(

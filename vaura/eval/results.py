@@ -1,18 +1,18 @@
 """Metric results that can say "skipped" instead of silently vanishing or turning into a zero.
 
 Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whose pretrained weights are absent
-(or whose network is not available) returns ``status="skipped"`` with the reason; ``evaluate`` writes it into
-``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
+or do not fit (a :class:`vaura.weights.WeightsError`) returns ``status="skipped"`` with the reason; ``evaluate``
+writes it into ``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
+from vaura.weights import WeightsError
 
-class MissingWeightsError(FileNotFoundError):
-    """Pretrained weights needed by a metric are not on disk; the message says what to download and where."""
+Loaded = TypeVar("Loaded")
 
 
 @dataclass
@@ -47,3 +47,12 @@ class MetricResult:
         else:
             out["reason"] = self.reason
         return out
+
+
+def loaded_or_reason(load: Callable[[], Loaded]) -> tuple[Loaded | None, str]:
+    """``(load(), "")``, or ``(None, reason)`` when the pretrained weights are missing or do not fit: the metric is
+    then skipped with the reason instead of failing the stage."""
+    try:
+        return load(), ""
+    except WeightsError as exc:
+        return None, str(exc)
