@@ -1,10 +1,16 @@
-"""The local stack: moto S3, MLflow server (S3-proxied artifacts), Prefect server, a process work pool + worker.
+"""The local stack: S3 (localbucket), MLflow server (S3-proxied artifacts), Prefect server, a process work pool +
+worker.
 
 One command starts it (`vaura stack up`) and one stops it (`vaura stack down`). Every server binds to
 127.0.0.1; ports, the S3 bucket and the state folder (pid records, logs, sqlite databases, ``env.sh``) are
 configurable so several stacks (e.g. CI jobs) can run side by side. Services are started in their own
 sessions so that stopping one kills its whole process tree (servers fork workers; the Prefect worker starts
 flow runs that start DVC, which starts torchrun).
+
+Everything a restart must keep lives in the state folder: MLflow's and Prefect's sqlite databases and the S3
+bucket, which localbucket stores as plain folders (``<state>/s3/<bucket>/<key>``). moto's server keeps objects
+in memory, and its request recorder, replayed on start, loses multipart uploads (measured: a 30 MB boto3
+upload is not restored), so old runs would list without artifacts after ``stack down``/``up``.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import psutil
 
 from vaura.io import atomic_write_json, atomic_write_text
 
-# moto accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
+# The local S3 accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
 S3_ACCESS_KEY = "vaura-local"
 S3_SECRET_KEY = "vaura-local-secret"
 S3_REGION = "us-east-1"
@@ -225,7 +231,10 @@ def _create_bucket(s: StackSettings) -> None:
     try:
         boto3.client("s3", endpoint_url=s.s3_url, aws_access_key_id=S3_ACCESS_KEY,
                      aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION).create_bucket(Bucket=s.bucket)
-    except (BotoCoreError, ClientError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # kept from the last `up`
+            raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
+    except BotoCoreError as exc:
         raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
 
 
@@ -264,8 +273,8 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
 
     try:
         # Start the three servers together (they take seconds each on a busy CPU), then wait for each.
-        services.append(_start("s3", [_bin("moto_server"), "-H", s.host, "-p", str(s.s3_port)], s, env,
-                               f"{s.s3_url}/moto-api/"))
+        services.append(_start("s3", [_bin("localbucket"), "--host", s.host, "--port", str(s.s3_port),
+                                      str(s.state_dir / "s3")], s, env, f"{s.s3_url}/"))
         services.append(_start("mlflow", [
             _bin("mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{s.state_dir / 'mlflow.db'}",
@@ -277,7 +286,7 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         save()
         _wait_healthy(services[0], deadline)
         _create_bucket(s)
-        log(f"S3 (moto)      {s.s3_url}  bucket s3://{s.bucket}")
+        log(f"S3             {s.s3_url}  bucket s3://{s.bucket}  (stored in {s.state_dir / 's3'})")
         _wait_healthy(services[2], deadline, lambda body: body.strip() == b"true")
         log(f"Prefect UI     http://{s.host}:{s.prefect_port}")
         prefect = _bin("prefect")
