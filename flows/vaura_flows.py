@@ -271,14 +271,38 @@ def repro_stage(stage: str, project: str, pipeline_id: str, force: bool = False,
                         get_run_logger().info)
 
 
-@task(name="dvc-exp-run", task_run_name="exp {name}")
-def exp_run(name: str, overrides: dict[str, Any], target: str, project: str, pipeline_id: str,
-            timeout_s: float | None = None) -> str:
-    """``dvc exp run --temp -n <name> -S k=v ... <target>``: an isolated experiment, recorded by DVC and MLflow."""
-    proj = Path(project)
-    env = stage_env(proj, pipeline_id)
+def run_experiment(name: str, overrides: dict[str, Any], target: str, project: Path, pipeline_id: str,
+                   timeout_s: float | None = None, log: Callable[[str], None] = print) -> str:
+    """Run one experiment; if it is killed (cancel, timeout), close DVC's record of it as DVC would."""
     argv = _dvc() + ["exp", "run", "--temp", "--name", name, *_override_args(overrides), target]
-    return run_in_group(argv, proj, env, timeout_s, get_run_logger().info)
+    try:
+        return run_in_group(argv, project, stage_env(project, pipeline_id), timeout_s, log)
+    except BaseException:
+        close_killed_experiment(project, name)
+        raise
+
+
+def close_killed_experiment(project: Path, name: str) -> bool:
+    """Mark experiment ``name`` failed and remove its temporary copy of the repo, if it was killed mid-run.
+
+    ``dvc exp run --temp`` closes its executor record (``.dvc/tmp/exps/run/<rev>/<rev>.run``) and deletes its
+    temp folder only when it ends by itself; killed, it would stay "Running" in ``dvc exp show`` forever, with
+    its copy of the data. This does what DVC's own executor clean-up does for a run that failed.
+    """
+    import shutil
+
+    from dvc.repo.experiments.executor.base import ExecutorInfo, TaskStatus
+
+    closed = False
+    for info_file in (project / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"):
+        info = ExecutorInfo.load_json(str(info_file))
+        if info.name == name and info.status <= TaskStatus.RUNNING:
+            info.status = TaskStatus.FAILED
+            info.dump_json(str(info_file))
+            if info.location == "tempdir":
+                shutil.rmtree(info.root_dir, ignore_errors=True)
+            closed = True
+    return closed
 
 
 def _flow_run_id() -> str:
@@ -376,7 +400,7 @@ def train_vaura(overrides: dict[str, Any] | None = None, target: str = "train", 
     exp_name = name or f"train-{run_id}"
     pid = f"train-vaura-{run_id}"
     with mlflow_parent(project, pid), stop_on_exit():
-        exp_run.fn(exp_name, dict(overrides or {}), target, str(project), pid, timeout_s)
+        run_experiment(exp_name, dict(overrides or {}), target, project, pid, timeout_s, get_run_logger().info)
     publish_links(pid, _tracking_uri(project))
     return exp_name
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -257,15 +258,22 @@ stages:
     do:
       cmd: python probe.py train ${key}
       deps: [probe.py]
-      params: [probe.value, ablation.variants.${key}]
-      outs: [out/train-${key}.txt]
+      params:
+        - probe.value
+        - ablation.variants.${key}
+      outs:
+        - out/train-${key}.txt
   evaluate:
     foreach: ${ablation.variants}
     do:
       cmd: python probe.py evaluate ${key}
-      deps: [probe.py, out/train-${key}.txt]
-      params: [ablation.variants.${key}]
-      metrics: [out/eval-${key}.json]
+      deps:
+        - probe.py
+        - out/train-${key}.txt
+      params:
+        - ablation.variants.${key}
+      metrics:
+        - out/eval-${key}.json
   report:
     cmd: python probe.py report
     deps: [out/eval-low.json, out/eval-high.json]
@@ -359,3 +367,38 @@ def test_train_flow_logs_each_stage_line_and_its_final_state_once(flows, probe_p
     messages = [log.message for log in logs]
     assert "Running stage 'train@low':" in messages  # dvc's own line, logged as it came, not inside a tail
     assert sum(m.startswith("Finished in state") for m in messages) == 1
+
+
+def test_metrics_under_the_ignored_data_folder_are_cached_so_experiments_show_them() -> None:
+    """`dvc exp show` reads an experiment's metrics from its commit: a git-ignored, uncached file is not there."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    declared = [entry for stage in dvc["stages"].values() for entry in stage.get("metrics", [])]
+    assert declared
+    for entry in declared:
+        path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        if path.startswith("${paths.data}/"):
+            assert opts.get("cache", True), f"{path}: cache: false metrics are invisible to `dvc exp show`"
+
+
+@pytest.mark.slow
+def test_a_killed_experiment_does_not_stay_running_nor_keep_its_temp_copy(flows, tmp_path: Path) -> None:
+    """DVC closes its record of a `dvc exp run --temp` only when the run ends by itself."""
+    from pipeline_helpers import DVC, clean_env, run
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "slow.py").write_text("import time, pathlib\ntime.sleep(300)\npathlib.Path('out.txt').write_text('x')\n")
+    (proj / "params.yaml").write_text("v: 1\n")
+    (proj / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python slow.py\n    deps: [slow.py]\n"
+                                   "    params: [v]\n    outs: [out.txt]\n")
+    env = clean_env()
+    for argv in (["git", "init", "-q"], ["git", "config", "user.email", "ci@vaura"], ["git", "config", "user.name", "ci"],
+                 DVC + ["init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "slow"]):
+        run(argv, proj, env)
+    logged: list[str] = []
+    with pytest.raises(flows.StageFailed, match="ran past"):
+        flows.run_experiment("doomed", {"v": 2}, "slow", proj, "p", timeout_s=60, log=logged.append)
+    assert "Running stage 'slow':" in logged  # killed mid-stage, not before DVC recorded the run
+    shown = run(DVC + ["exp", "show", "--csv"], proj, env)
+    assert not [ln for ln in shown.splitlines() if "Running" in ln], shown
+    assert not list((proj / ".dvc" / "tmp" / "exps" / "standalone").glob("tmp*"))

@@ -188,3 +188,19 @@ def test_old_runs_keep_their_artifacts_and_the_dvc_remote_its_objects_across_a_r
         assert s3.get_object(Bucket=settings.bucket, Key="dvc/files/md5/ab/cdef")["Body"].read() == blob
     finally:
         down(settings, log=lambda m: None)
+
+
+def test_a_fresh_clone_names_the_stack_remote_and_the_stack_env_reaches_it() -> None:
+    """The DVC remote must not live only in the ignored .dvc/config.local: the committed config names it (url
+    only: no endpoint, no credentials), and env.sh gives the endpoint and keys that DVC's S3 client reads."""
+    import configparser
+
+    from vaura.stack import DEFAULT_REMOTE_URL, DVC_REMOTE, client_env
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / ".dvc" / "config")
+    assert cfg["core"]["remote"] == DVC_REMOTE
+    assert dict(cfg[f"'remote \"{DVC_REMOTE}\"'"]) == {"url": DEFAULT_REMOTE_URL}
+    env = client_env(StackSettings(s3_port=9100))
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9100"
+    assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] and env["AWS_DEFAULT_REGION"]

@@ -36,6 +36,7 @@ S3_ACCESS_KEY = "vaura-local"
 S3_SECRET_KEY = "vaura-local-secret"
 S3_REGION = "us-east-1"
 DVC_REMOTE = "vaura-stack"
+DEFAULT_REMOTE_URL = "s3://vaura/dvc"  # the committed .dvc/config's remote (the default bucket)
 # Every process the stack starts carries this variable (= its state folder), and so does everything they start:
 # flow runs, DVC, the stages, torchrun ranks. That is how `down` finds a dead worker's flow runs, which have
 # their own sessions and were re-parented to init.
@@ -214,14 +215,24 @@ def _worker_registered(s: StackSettings) -> bool:
         return False
 
 
-def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> None:
-    """Point the project's DVC default remote at the stack's bucket (``--local``: ports are machine-specific)."""
+def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> str:
+    """Make the stack's bucket the project's default DVC remote; returns where the setting lives.
+
+    The remote is named in the committed ``.dvc/config`` (``s3://vaura/dvc``): it holds no endpoint and no
+    credentials, which come from the environment (``env.sh``: ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``,
+    ...), so a fresh clone reaches it after ``source .stack/env.sh``. Only a non-default bucket is set in
+    ``.dvc/config.local`` (machine-specific; ``down`` removes it).
+    """
     dvc = [sys.executable, "-m", "dvc"]
     url = f"s3://{s.bucket}/dvc"
-    _run(dvc + ["remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], s, env, "dvc remote add", 60)
-    for key, value in (("endpointurl", s.s3_url), ("access_key_id", S3_ACCESS_KEY),
-                       ("secret_access_key", S3_SECRET_KEY), ("region", S3_REGION)):
-        _run(dvc + ["remote", "modify", "--local", DVC_REMOTE, key, value], s, env, f"dvc remote modify {key}", 60)
+    listed = _run(dvc + ["remote", "list", "--project"], s, env, "dvc remote list", 60)
+    if [DVC_REMOTE, DEFAULT_REMOTE_URL] not in [line.split()[:2] for line in listed.splitlines()]:
+        _run(dvc + ["remote", "add", "--project", "--default", "--force", DVC_REMOTE, DEFAULT_REMOTE_URL], s, env,
+             "dvc remote add", 60)
+    if url == DEFAULT_REMOTE_URL:
+        return f"{DVC_REMOTE} -> {url} (in .dvc/config)"
+    _run(dvc + ["remote", "add", "--local", "--force", DVC_REMOTE, url], s, env, "dvc remote add --local", 60)
+    return f"{DVC_REMOTE} -> {url} (bucket in .dvc/config.local)"
 
 
 def _create_bucket(s: StackSettings) -> None:
@@ -310,8 +321,7 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         closed = _close_stale_runs(s)
         if closed:
             log(f"MLflow         {closed} run(s) left RUNNING by killed processes marked KILLED")
-        _configure_dvc_remote(s, env)
-        log(f"DVC remote     {DVC_REMOTE} -> s3://{s.bucket}/dvc (in .dvc/config.local)")
+        log(f"DVC remote     {_configure_dvc_remote(s, env)}")
     except BaseException:
         _stop_services([asdict(x) for x in services], log=lambda m: None)
         _state_file(s).unlink(missing_ok=True)
@@ -400,8 +410,8 @@ def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: fl
 
 
 def down(s: StackSettings, log: Callable[[str], None] = print) -> None:
-    """Stop every recorded service and its flow runs (also those of a dead worker), and unset the DVC remote
-    the stack configured; logs stay in the state folder."""
+    """Stop every recorded service and its flow runs (also those of a dead worker), and drop the machine-specific
+    DVC remote bucket the stack set, if any; logs, databases and the S3 data stay in the state folder."""
     state = _read_state(s)
     if state is None:
         stray = members(s.state_dir)
