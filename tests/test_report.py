@@ -107,7 +107,7 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
     from vaura.stages import report
 
     db_dir, params = store
-    params = {**params, "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+    params = {**params, "paths": {"data": "data", "reports": "reports"},
               "filter": {"threshold": 0.3},  # report.baseline_threshold null → this threshold
               "report": {"test_set": "syn", "cfg_scale": 6.0, "baseline_threshold": None,
                          "baseline_conditioning": "fusion"}}
@@ -195,7 +195,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
                          "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
     pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
     params = _params(store[0], 0.2, "fusion", experiment="vaura-eval-stage")  # the module's store, own experiment
-    params.update({"paths": {"data": "data", "weights": "weights", "reports": "reports"},
+    params.update({"paths": {"data": "data", "reports": "reports"},
                    "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
                                 "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
                                 "manifest": "clips/manifest.csv", "events": "raw/events.csv",
