@@ -1,4 +1,5 @@
-"""Every params.yaml key must be read by code, by a reader of ITS section: a key that does nothing is a bug.
+"""Every params.yaml key must be read by code, by a reader of ITS section: a key that does nothing is a bug
+(docs/CONTRIBUTING.md).
 
 A section's readers are the files of ``vaura/`` and ``flows/`` that name its dataclass (or a nested one) or
 quote the section's name; the registry that lists every section is not a reader. A key counts as read when a
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import vaura.config
-from vaura.config import SECTIONS, _resolve
+import vaura.profiles
+from vaura.profiles import SECTIONS
 
-REGISTRY = Path(inspect.getsourcefile(vaura.config)).resolve()
+REGISTRY = Path(inspect.getsourcefile(vaura.profiles)).resolve()
 
 
 def _classes(cls: type) -> list[type]:
@@ -52,7 +53,7 @@ def readers(section: str, cls: type, sources: dict[Path, str]) -> dict[Path, str
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
 def test_every_key_is_read_by_a_reader_of_its_section(section, repo_root):
-    cls = _resolve(SECTIONS[section])
+    cls = SECTIONS[section]
     text = "\n".join(readers(section, cls, _sources(repo_root)).values())
     unused = [dotted for dotted, name in _keys(cls, section) if not re.search(rf"\.{name}\b|[\"']{name}[\"']", text)]
     assert not unused, f"params keys never read by a reader of section {section!r}: {unused}"

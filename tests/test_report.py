@@ -114,7 +114,7 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("VAURA_PIPELINE_ID", "report-test")
-    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False))
+    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False))
     assert rc == 0
     for name in ("threshold", "conditioning", "cfg"):
         assert (tmp_path / "reports" / f"{name}.md").read_text().startswith("# Table")
@@ -204,7 +204,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
-    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False)) == 0
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False)) == 0
 
     doc = json.loads((data / "eval" / "metrics.json").read_text())
     assert doc["variant"] == {"filter.threshold": 0.2, "model.conditioning": "fusion"}

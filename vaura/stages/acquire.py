@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from vaura.config import to_dict
+from vaura.config import load_section, to_dict
 from vaura.stages import add_common, load
 
 
@@ -38,18 +38,18 @@ def run(args: argparse.Namespace) -> int:
     from vaura.data.sources import AcquireConfig, acquire
     from vaura.data.synthetic import SyntheticConfig
 
-    ctx, (cfg, synthetic) = load(args, "acquire", acquire=AcquireConfig, synthetic=SyntheticConfig)
+    ctx, (cfg,) = load(args, "acquire", acquire=AcquireConfig)
     if args.source is not None:
         cfg.source = args.source
     if args.uri is not None:
         cfg.uri = args.uri
+    # the synthetic section matters (and must be valid) only for the synthetic source
+    synthetic = load_section(SyntheticConfig, "synthetic", ctx.params) if cfg.source == "synthetic" else None
     out = args.output if args.output is not None else ctx.data / cfg.output
-    logged = {"acquire": to_dict(cfg)} | ({"synthetic": to_dict(synthetic), "seed": ctx.seed}
-                                          if cfg.source == "synthetic" else {})
+    logged = {"acquire": to_dict(cfg)} | ({"synthetic": to_dict(synthetic), "seed": ctx.seed} if synthetic else {})
     with ctx.tracked(logged) as mlflow:
         t0 = time.perf_counter()
-        metrics = {**acquire(out, cfg, synthetic if cfg.source == "synthetic" else None, ctx.seed),
-                   "wall_s": round(time.perf_counter() - t0, 2)}
+        metrics = {**acquire(out, cfg, synthetic, ctx.seed), "wall_s": round(time.perf_counter() - t0, 2)}
         if mlflow:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     print(f"acquire {cfg.source}: {metrics['downloaded']} fetched, {metrics['resumed']} resumed, "

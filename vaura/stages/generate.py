@@ -37,12 +37,12 @@ def _is_official(path: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, load_codec
-    from vaura.eval.sweep import load_trained_model
+    from vaura.generate.official import official_codec, official_visual_encoder
+    from vaura.generate.video import audio_for_video, check_compatible
     from vaura.media import mux_audio
     from vaura.model.config import GenerationConfig
-    from vaura.model.official import (load_official_checkpoint, official_codec, official_sampler,
-                                      official_visual_encoder)
-    from vaura.model.video import audio_for_video, check_compatible
+    from vaura.model.official import load_official_checkpoint, official_decoder
+    from vaura.train.checkpoint import load_trained_model
     from vaura.visual import VisualConfig, load_visual_encoder
 
     ctx, (gen, codec_cfg, visual_cfg) = load(args, "generate", generation=GenerationConfig, codec=CodecConfig,
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or ctx.data / "train" / "best.pt"
     if _is_official(checkpoint):
         ckpt = load_official_checkpoint(checkpoint)
-        model = official_sampler(ckpt)
+        model = official_decoder(ckpt)
         codec, encoder = official_codec(ckpt), official_visual_encoder(ckpt, device)
     else:
         model = load_trained_model(checkpoint, device=device)

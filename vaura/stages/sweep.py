@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, load_codec
-    from vaura.eval.sweep import SweepConfig, load_test_items, load_trained_model, run_sweep
+    from vaura.generate.sweep import SweepConfig, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
+    from vaura.train.checkpoint import load_trained_model
 
     ctx, (cfg, gen, codec_cfg) = load(args, "sweep", sweep=SweepConfig, generation=GenerationConfig,
                                       codec=CodecConfig)
