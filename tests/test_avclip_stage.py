@@ -204,6 +204,16 @@ def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, 
     assert re.search(r"another visual architecture.*'depth': \(1, 2\)", stage_error("avclip"))
 
 
+def test_a_corrupt_shipped_file_is_one_line_naming_it(micro_project, tmp_path, stage_error):
+    root = micro_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (tmp_path / "shipped.pt").write_bytes(b"PK\x03\x04 not a torch file")
+    params["avclip"].update(source="shipped", shipped=str(tmp_path / "shipped.pt"))
+    (root / "params_corrupt.yaml").write_text(yaml.safe_dump(params))
+    assert main(["avclip", "--params", str(root / "params_corrupt.yaml"), "--no-track", "--no-progress"]) == 1
+    assert str(tmp_path / "shipped.pt") in stage_error("avclip")
+
+
 def test_repo_shipped_stand_in_matches_repo_params(repo_root):
     """The committed stand-in must be loadable with the committed offline params (else `make demo` fails)."""
     from vaura.config import load_section

@@ -160,6 +160,15 @@ def test_missing_shipped_file_says_how_to_make_it(bench, tmp_path, stage_error):
     assert re.search(r"codec_offline\.pt.*--train --ship", stage_error("codec"))
 
 
+def test_a_corrupt_shipped_file_is_one_line_naming_it(shipped, tmp_path, stage_error):
+    """Not three chained tracebacks: the file, why it is unusable, and how to make a good one."""
+    params = _copy_project(shipped, tmp_path / "p")
+    (params.parent / "assets" / "codec_offline.pt").write_bytes(b"PK\x03\x04 not a torch file")
+    assert _run(params, "--no-track") == 1
+    line = stage_error("codec")
+    assert line.startswith(str(params.parent / "assets" / "codec_offline.pt")) and "--train --ship" in line
+
+
 def test_missing_ground_truth_is_one_line_naming_the_file(shipped, tmp_path, stage_error):
     params = _copy_project(shipped, tmp_path / "p")
     (params.parent / "data" / "raw" / "events.csv").unlink()
