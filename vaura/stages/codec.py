@@ -94,14 +94,14 @@ def run_stage(
 ) -> dict[str, Any]:
     """The stage body; returns the metrics also written to ``<data>/codec/metrics.json``."""
     from vaura.codec.codec import (
-        CodecWeightsError, codec_from_offline_checkpoint, load_codec, offline_checkpoint, offline_codec_path,
-        read_offline_checkpoint,
+        codec_from_offline_checkpoint, load_codec, offline_checkpoint, offline_codec_path, read_offline_checkpoint,
     )
     from vaura.codec.standin import (
         RETRAIN_HINT, CodecDataError, data_fingerprint, provenance, provenance_mismatches, quality_gate,
         read_clip_audio, read_inputs, train_offline_codec,
     )
     from vaura.io import atomic_torch_save, atomic_write_json
+    from vaura.weights import WeightsError
 
     t0 = time.monotonic()
     if cfg.kind == "offline" and not 1 <= cfg.n_quantizers <= cfg.offline.n_codebooks:
@@ -139,11 +139,11 @@ def run_stage(
         else:
             try:
                 blob = read_offline_checkpoint(shipped)
-            except CodecWeightsError as exc:
-                raise CodecWeightsError(f"{exc}; {RETRAIN_HINT}") from exc
+            except WeightsError as exc:
+                raise WeightsError(f"{exc}; {RETRAIN_HINT}") from exc
             problems = provenance_mismatches(blob, expected)
             if problems:
-                raise CodecWeightsError(
+                raise WeightsError(
                     f"{shipped}: shipped codec weights were not trained with the current params/data: "
                     + "; ".join(problems) + f". {RETRAIN_HINT}"
                 )

@@ -221,7 +221,7 @@ class LossModule(nn.Module):
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (FACTS.md)."""
+    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (docs/PAPER.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
