@@ -179,7 +179,7 @@ def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatc
     params = {
         "paths": {"data": "data", "reports": "reports"},
         "score": {"scorer": "motion-onset", "imagebind_weights": "weights/imagebind_huge.pth", "batch_size": 2,
-                  "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
+                  "workers": 2, "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),
                      "experiment": "test", "system_metrics": False, "system_metrics_interval_s": 1.0},
     }

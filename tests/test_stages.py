@@ -75,6 +75,16 @@ def test_malformed_yaml_is_one_line_with_file_and_line(name, tmp_path, stage_err
     assert line.startswith(f"{params}: not valid YAML (line ") and "column" in line
 
 
+def test_present_but_unreadable_metric_weights_fail_evaluate_with_one_line(tmp_path, stage_error):
+    """Absent metric weights make the metric "skipped"; a file that is there but unusable is an error."""
+    params = _project(tmp_path)
+    bad = tmp_path / yaml.safe_load(params.read_text())["evaluate"]["synchformer_weights"]
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00 truncated download")
+    assert main(["evaluate", "--params", str(params), "--no-track", "--device", "cpu"]) == 1
+    assert stage_error("evaluate").startswith(f"{bad}: cannot read checkpoint")
+
+
 def test_a_missing_params_file_is_one_line(tmp_path, stage_error):
     assert main(["score", "--params", str(tmp_path / "nope.yaml")]) == 1
     assert stage_error("score") == f"params file not found: {tmp_path / 'nope.yaml'}"
