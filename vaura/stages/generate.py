@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="classifier-free guidance γ (default: params generation.cfg_scale; paper 6)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: params seed)")
-    parser.add_argument("--compile", action="store_true",
-                        help="CUDA only: compile the one-step decode with CUDA graphs (faster long generations)")
+    parser.add_argument("--decode", choices=["auto", "compiled", "eager"], default=None,
+                        help="decode step: compiled CUDA graphs, eager, or auto = compiled where it can run "
+                             "(default: params generation.decode)")
     add_common(parser, device="where to run (default: auto = cuda when available)")
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.media import mux_audio
     from vaura.model.config import GenerationConfig
     from vaura.model.official import load_official_checkpoint, official_decoder
+    from vaura.model.sampler import use_compiled_decode
     from vaura.train.checkpoint import load_trained_model
     from vaura.visual import VisualConfig, load_visual_encoder
 
@@ -49,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
                                              visual=VisualConfig)
     if args.cfg_scale is not None:
         gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
+    if args.decode is not None:
+        gen = dataclasses.replace(gen, decode=args.decode)
     seed = args.seed if args.seed is not None else ctx.seed
     device = ctx.device_or("auto")
+    compiled = use_compiled_decode(gen.decode, device)
     checkpoint = args.checkpoint or ctx.data / "train" / "best.pt"
     if _is_official(checkpoint):
         ckpt = load_official_checkpoint(checkpoint)
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     codec.to(device)
     check_compatible(model, codec, encoder, str(checkpoint))
     with ctx.tracked({"generation": to_dict(gen), "seed": seed, "checkpoint": str(checkpoint)}) as mlflow:
-        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
+        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=compiled)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
         if mlflow:
             mlflow.log_metric("generated_seconds", len(audio) / codec.sample_rate)

@@ -32,12 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, load_codec
     from vaura.generate.sweep import SweepConfig, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
+    from vaura.model.sampler import use_compiled_decode
     from vaura.train.checkpoint import load_trained_model
 
     ctx, (cfg, gen, codec_cfg) = load(args, "sweep", sweep=SweepConfig, generation=GenerationConfig,
                                       codec=CodecConfig)
     data = ctx.data
     device = ctx.device_or(cfg.device)
+    compiled = use_compiled_decode(gen.decode, device)
     torch.manual_seed(cfg.seed)
     codec = load_codec(codec_cfg, ctx.root, ctx.paths.data).to(device)
     model = load_trained_model(data / "train" / "best.pt", device=device)
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         for name, ts in cfg.test_sets.items()
     }
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
+    gen_kwargs["compile"] = compiled
     with ctx.tracked({"sweep": to_dict(cfg), "generation": to_dict(gen)}) as mlflow:
         index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
         if mlflow:

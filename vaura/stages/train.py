@@ -15,20 +15,26 @@ started by torchrun (LOCAL_RANK set) is a worker and trains. The launcher is tie
 `vaura train` is interrupted or killed, torchrun and its workers are terminated too. A failing worker's error is
 printed once, as one line (the workers' tracebacks only with --debug).
 Multi-node: infra/slurm/train.sbatch runs the same `torchrun ... -m vaura.cli train` entry point.
-A killed run restarted with the same params continues exactly from last.pt (`--resume auto`).
+A killed run restarted with the same params continues exactly from last.pt (`--resume auto`). A run cut short by
+the wall-clock budget train.max_minutes (0 = none, the default) exits non-zero, so DVC does not record it.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaura.stages import ERROR_DIR_ENV, add_common, load
+
+if TYPE_CHECKING:
+    from vaura.train.config import TrainConfig
 
 _PR_SET_PDEATHSIG = 1
 
@@ -123,6 +129,24 @@ def launch_workers(args: argparse.Namespace, nproc: int) -> int:
     return 1 if status else 0
 
 
+# Exit status of a run cut short by train.max_minutes: DVC records no failed stage in dvc.lock or its cache.
+BUDGET_EXIT = 3
+
+
+def budget_verdict(result: dict, cfg: TrainConfig) -> int:
+    """0, or :data:`BUDGET_EXIT` with a one-line reason when the wall-clock budget ended training early.
+
+    How far a time budget gets depends on the machine's load, so such a run is not a reproduction of its params:
+    its checkpoints stay in place (the next ``dvc repro`` resumes from last.pt) but the stage fails.
+    """
+    if not result.get("stopped_early"):
+        return 0
+    print(f"vaura train: train.max_minutes={cfg.max_minutes:g} stopped training at step {result.get('steps')} of "
+          f"train.total_steps={cfg.total_steps}: not recorded as a reproduction; last.pt is kept and the next "
+          "`dvc repro` resumes from it (train.max_minutes: 0 trains to total_steps in one go)", file=sys.stderr)
+    return BUDGET_EXIT
+
+
 def run(args: argparse.Namespace) -> int:
     from vaura.codec.config import CodecConfig
     from vaura.model.config import GenerationConfig, ModelConfig
@@ -132,8 +156,10 @@ def run(args: argparse.Namespace) -> int:
     ctx, (cfg, *_) = load(args, "train", train=TrainConfig, model=ModelConfig, generation=GenerationConfig,
                           codec=CodecConfig, tracking=TrackingConfig)
     if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return launch_workers(args, cfg.nproc)
+        rc = launch_workers(args, cfg.nproc)
+        if rc != 0:
+            return rc
+        return budget_verdict(json.loads((ctx.data / "train" / "metrics.json").read_text()), cfg)
     from vaura.train.trainer import train
 
-    train(ctx.params_file, resume=args.resume, checksum_dir=args.checksum_dir)
-    return 0
+    return budget_verdict(train(ctx.params_file, resume=args.resume, checksum_dir=args.checksum_dir), cfg)
