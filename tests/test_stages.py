@@ -120,13 +120,19 @@ def test_debug_adds_the_traceback(tmp_path, capsys, monkeypatch, how):
 
 
 def test_the_root_is_the_params_files_folder_not_the_working_directory(tmp_path, monkeypatch):
+    """Data and a relative MLflow store both land beside the params file, wherever the command runs from."""
     params = _filter_project(tmp_path / "project")
+    p = yaml.safe_load(params.read_text())
+    p["tracking"].update(uri="sqlite:///mlruns.db", artifact_root="mlartifacts")
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert main(["filter", "--params", str(params), "--no-track"]) == 0
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["filter", "--params", str(params)]) == 0
     assert (tmp_path / "project" / "data" / "splits" / "train.csv").is_file()
-    assert not (elsewhere / "data").exists()
+    assert (tmp_path / "project" / "mlruns.db").is_file()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_root_overrides_the_params_folder(tmp_path):
