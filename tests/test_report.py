@@ -127,7 +127,7 @@ def test_report_stage_reads_only_its_metrics_files(tmp_path, monkeypatch) -> Non
     pfile = _report_params(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "report-test")
-    args = argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False)
+    args = argparse.Namespace(params=pfile, root=tmp_path, no_track=False)
     assert report.run(args) == 0
     first = {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()}
     assert {"threshold.md", "conditioning.md", "cfg.md", "variants.md", "cfg_curve.csv"} <= set(first)
@@ -207,7 +207,8 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
     pfile.write_text(yaml.safe_dump(params, allow_unicode=True))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
-    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False, variant="prepend")) == 0
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False, variant="prepend",
+                                          device=None)) == 0
 
     doc = json.loads((data / "eval" / "prepend" / "metrics.json").read_text())
     assert doc["variant"]["name"] == "prepend" and doc["variant"]["model.conditioning"] == "prepend"

@@ -109,12 +109,3 @@ def variant_tags(variant: str | None) -> dict[str, str]:
 
 VARIANT_TAG = "vaura.variant"
 
-
-def variant_clips(data: str | Path, variant: str | None, split: str) -> list[str] | None:
-    """Clip ids of a variant's split list (``<data>/splits/<variant>/<split>.csv``, written by its ``filter``);
-    None without a variant (the whole cache split). Raises ``TableError`` when the list is missing."""
-    if variant is None:
-        return None
-    from vaura.curation.filtering import read_split
-
-    return [str(c) for c in read_split(output_dir(data, "splits", variant) / f"{split}.csv")["clip"]]

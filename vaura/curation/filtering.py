@@ -92,3 +92,11 @@ def read_split(path: str | Path) -> pd.DataFrame:
     from vaura.curation.tables import read_table
 
     return read_table(path, {"clip"}, hint="run `vaura filter` first")
+
+
+def split_clips(splits_dir: str | Path | None, split: str) -> list[str] | None:
+    """Clip ids of the split list ``<splits_dir>/<split>.csv`` (an ablation variant's, from its ``filter``);
+    None without a folder, meaning every cached clip of the split."""
+    if splits_dir is None:
+        return None
+    return [str(c) for c in read_split(Path(splits_dir) / f"{split}.csv")["clip"]]

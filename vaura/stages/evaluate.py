@@ -6,8 +6,8 @@ reference audio, IB-score and Sync) and, on the synthetic benchmark, the ground-
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
 With `--variant NAME` (an `ablation.variants` entry) the variant's overrides apply, the sweep is
-<data>/sweep/NAME/ and the metrics go to <data>/eval/NAME/metrics.json, with the variant's name, overrides and
-train-clip count (the `report` stage reads these files, and only these).
+<data>/sweep/NAME/ and the metrics go to <data>/eval/NAME/metrics.json, with the variant's name, overrides,
+train-clip count and training cost (the `report` stage reads these files, and only these).
 
 Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap) and one MLflow run per (test set, group) nested under the
 pipeline's parent run, with a few clips' audio (wav), spectrogram (png) and the video muxed with the generated
@@ -16,22 +16,21 @@ audio (mp4) as artifacts. `vaura report` builds the paper's tables from these ru
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
-from vaura.config import ConfigError, PathsConfig, flatten, load_section, load_yaml
+from vaura.config import flatten
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-    parser.add_argument("--no-mlflow", action="store_true", help="write metrics.json only (no MLflow runs)")
-    parser.add_argument("--variant", default=None, help="ablation variant whose overrides apply (ablation.variants)")
+    add_common(parser, device="where the metric networks run (default: params evaluate.device)", variant=True)
 
 
-def variant_label(params: dict, variant: str | None) -> str:
+def variant_label(params: Mapping[str, Any], variant: str | None) -> str:
     """Readable label of the ablation variant a pipeline run is (name, threshold and conditioning)."""
     flat = flatten(params)
     label = f"threshold={flat.get('filter.threshold', '?')} conditioning={flat.get('model.conditioning', '?')}"
@@ -44,11 +43,10 @@ def train_clip_count(splits: Path) -> int | None:
     return len(pd.read_csv(path)) if path.is_file() else None
 
 
-def variant_info(params: dict, variant: str | None, train_clips: int | None, train_metrics: Path) -> dict:
+def variant_info(params: Mapping[str, Any], variant: str | None, train_clips: int | None,
+                 train_metrics: Path) -> dict[str, Any]:
     """What metrics.json says about the variant: name, overrides, the parameters the tables group by, and the
     training run's steps / minutes / processes / device (from the train stage's metrics.json, when present)."""
-    import json
-
     from vaura.variants import overrides
 
     flat = flatten(params)
@@ -64,47 +62,34 @@ def variant_info(params: dict, variant: str | None, train_clips: int | None, tra
 
 def run(args: argparse.Namespace) -> int:
     from vaura.eval.evaluate import (
-        EvaluateConfig, EvaluateError, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json,
-        read_clip_paths, read_events,
+        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_clip_paths, read_events,
     )
     from vaura.eval.ib import load_ib_model
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
-    from vaura.devices import resolve_device
-    from vaura.variants import output_dir, resolve, variant_tags
 
-    try:
-        params = resolve(load_yaml(args.params), args.variant)
-        cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-    except ConfigError as exc:
-        print(f"vaura evaluate: {exc}", file=sys.stderr)
-        return 1
-    root, data = args.root, args.root / paths.data
-    device = str(resolve_device(cfg.device))
+    ctx, (cfg,) = load(args, "evaluate", evaluate=EvaluateConfig)
+    root, data = ctx.root, ctx.data
+    device = str(ctx.device_or(cfg.device))
     sync, sync_reason = load_sync_predictor(root / cfg.synchformer_weights, device=device)
     ib, ib_reason = load_ib_model(root / cfg.imagebind_weights, device=device)
     passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
     models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
                     passt_reason=passt_reason, device=device)
-    try:
-        clip_paths = read_clip_paths(data / cfg.manifest)
-        events = read_events(data / cfg.events if cfg.events else None)
-        groups = evaluate_sweep(output_dir(data, "sweep", args.variant), clip_paths, events, cfg, models, root=root)
-    except EvaluateError as exc:
-        print(f"vaura evaluate: {exc}", file=sys.stderr)
-        return 1
-    train_clips = train_clip_count(output_dir(data, "splits", args.variant))
-    atomic_write_json(output_dir(data, "eval", args.variant) / "metrics.json",
-                      metrics_json(groups, variant_info(params, args.variant, train_clips,
-                                                       output_dir(data, "train", args.variant) / "metrics.json"),
-                                   cfg.bootstrap))
+    clip_paths = read_clip_paths(data / cfg.manifest)
+    events = read_events(data / cfg.events if cfg.events else None)
+    groups = evaluate_sweep(ctx.out("sweep"), clip_paths, events, cfg, models, root=root)
+    train_clips = train_clip_count(ctx.out("splits"))
+    info = variant_info(ctx.params, ctx.variant, train_clips, ctx.out("train") / "metrics.json")
+    atomic_write_json(ctx.out("eval") / "metrics.json", metrics_json(groups, info, cfg.bootstrap))
     for g in groups:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
-    if not args.no_mlflow:
-        log_groups(params, groups, clip_paths, train_clips, variant_label(params, args.variant),
-                   data_files=[output_dir(data, "sweep", args.variant) / "index.csv"], params_file=args.params,
-                   tags=variant_tags(args.variant))
+    if ctx.track:
+        from vaura.variants import variant_tags
+
+        log_groups(ctx.params, groups, clip_paths, train_clips, variant_label(ctx.params, ctx.variant),
+                   data_files=[ctx.out("sweep") / "index.csv"], params_file=ctx.params_file,
+                   tags=variant_tags(ctx.variant))
     return 0

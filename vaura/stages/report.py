@@ -17,10 +17,8 @@ expected ordering holds by non-overlapping intervals. The tables are also logged
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
+from vaura.stages import add_common, load
 
 TITLES = {
     "threshold": "Table II — relevance-threshold ablation",
@@ -31,27 +29,19 @@ TITLES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-    parser.add_argument("--no-mlflow-log", action="store_true", help="write the tables without logging a report run")
+    add_common(parser)  # --no-track: write the tables, log no report run
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.eval.report import ReportConfig, ReportError, bootstrap_note, build_tables, read_metrics, to_markdown
+    from vaura.eval.report import ReportConfig, bootstrap_note, build_tables, read_metrics, to_markdown
     from vaura.io import atomic_write_csv, atomic_write_text
     from vaura.variants import ablation_config
 
-    try:
-        params = load_yaml(args.params)
-        cfg: ReportConfig = load_section(ReportConfig, "report", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        ablation = ablation_config(params)
-        metrics = read_metrics(args.root / paths.data / "eval", list(ablation.variants))
-        tables, gamma = build_tables(metrics, ablation.baseline, cfg)
-    except (ConfigError, ReportError) as exc:
-        print(f"vaura report: {exc}", file=sys.stderr)
-        return 1
-    out = args.root / paths.reports
+    ctx, (cfg,) = load(args, "report", report=ReportConfig)
+    ablation = ablation_config(ctx.params)
+    metrics = read_metrics(ctx.data / "eval", list(ablation.variants))
+    tables, gamma = build_tables(metrics, ablation.baseline, cfg)
+    out = ctx.root / ctx.paths.reports
     preamble = [bootstrap_note(metrics, cfg.test_set)]
     written = []
     for name, table in tables.items():
@@ -65,13 +55,9 @@ def run(args: argparse.Namespace) -> int:
     curve.insert(0, "cfg_scale", curve.pop("γ").str.split(" ").str[0].astype(float))
     atomic_write_csv(out / "cfg_curve.csv", curve)
     written.append(out / "cfg_curve.csv")
-    if not args.no_mlflow_log:
-        import mlflow
-
-        from vaura.tracking import stage_run
-
-        with stage_run("report", params, tags={"vaura.report.cfg_scale": f"{gamma:g}"}, params_file=args.params):
-            mlflow.log_metric("report.cfg_scale", gamma)
+    with ctx.tracked(ctx.params, tags={"vaura.report.cfg_scale": f"{gamma:g}"}) as run_log:
+        if run_log:
+            run_log.log_metric("report.cfg_scale", gamma)
             for path in written:
-                mlflow.log_artifact(str(path), artifact_path="reports")
+                run_log.log_artifact(str(path), artifact_path="reports")
     return 0

@@ -39,8 +39,9 @@ from vaura.model import VAURA
 from vaura.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from vaura.train.config import TrainConfig
 from vaura.train.lr import WarmupCosine, build_scheduler
+from vaura.curation.filtering import split_clips
 from vaura.curation.tables import TableError
-from vaura.variants import output_dir, resolve, variant_clips, variant_tags
+from vaura.variants import output_dir, resolve, variant_tags
 
 log = logging.getLogger("vaura.train")
 
@@ -223,7 +224,7 @@ class LossModule(nn.Module):
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (FACTS.md)."""
+    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (docs/PAPER.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -418,7 +419,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
     mlflow = importlib.import_module("mlflow") if env.is_main else None  # rank 0 logs; others skip the import
     dims = model_dims(read_meta(cache_dir))
     try:
-        train_clips, val_clips = (variant_clips(data_dir, variant, s) for s in ("train", "val"))
+        train_clips, val_clips = (split_clips(splits_dir, s) for s in ("train", "val"))
     except TableError as exc:
         raise TrainError(str(exc)) from exc
     train_set = SeededWindows(open_cache(cache_dir, "train", train_clips), cfg.seed)
@@ -433,7 +434,9 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
     if cfg.init_from_codec or (cfg.log_audio_every > 0 and env.is_main):
         codec = load_codec_from_params(params, data_dir, env.device)
     if cfg.init_from_codec:
-        raw_model.init_audio_embeddings(codec)
+        copied = raw_model.init_audio_embeddings(codec)
+        log.info("audio embeddings from the codec: codebooks, and %d of %d out-projections (copied where the "
+                 "codec's width equals the model's audio width)", copied, raw_model.n_codebooks)
     cond_gen = torch.Generator().manual_seed(cfg.seed * 7919 + env.rank)
     torch.manual_seed(cfg.seed + env.rank)
     np.random.seed(cfg.seed + env.rank)
