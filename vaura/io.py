@@ -4,11 +4,45 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+
+class UnsafeNameError(ValueError):
+    """A name taken from outside (URL, S3 key, manifest entry, source file) that would land outside its folder."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def safe_child(folder: str | Path, name: str, *, nested: bool = False) -> Path:
+    """Map ``name`` (a URL path, S3 key, source file or manifest entry) to a path inside ``folder``, or refuse it.
+
+    Names from outside decide where we write or read, so they are checked as text, not trusted: empty, ``.``,
+    ``..`` components, absolute paths, Windows drives/backslashes and NUL bytes are refused (``nested=False``
+    also refuses any folder part: the name must be one file), and the result must still resolve inside
+    ``folder`` after symlinks. Raises :class:`UnsafeNameError` whose message is the reason.
+    """
+    if not name or "\0" in name:
+        raise UnsafeNameError(f"unsafe file name {name!r}: empty or contains a NUL byte")
+    if "\\" in name or _DRIVE.match(name):
+        raise UnsafeNameError(f"unsafe file name {name!r}: Windows-style path (drive or backslash)")
+    if name.startswith("/"):
+        raise UnsafeNameError(f"unsafe file name {name!r}: absolute path")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeNameError(f"unsafe file name {name!r}: empty, '.' or '..' path component")
+    if len(parts) > 1 and not nested:
+        raise UnsafeNameError(f"unsafe file name {name!r}: contains a folder separator")
+    root = Path(folder).resolve()
+    target = (root / name).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise UnsafeNameError(f"unsafe file name {name!r}: resolves outside {folder}")
+    return Path(folder) / name
 
 
 @contextlib.contextmanager

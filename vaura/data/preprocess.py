@@ -116,6 +116,15 @@ def _input_manifest(input_dir: Path) -> dict[str, dict]:
     return {Path(p).stem: row for p, row in zip(df["path"], df[extra].to_dict("records"))}
 
 
+def _rejected_upstream(input_dir: Path) -> list[dict]:
+    """Rows ``acquire`` already rejected (``<input>/rejected.csv``): one list of every bad file, in one place."""
+    path = input_dir / "rejected.csv"
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df[["path", "reason"]].to_dict("records") if {"path", "reason"} <= set(df.columns) else []
+
+
 def preprocess_folder(input_dir: str | Path, output_dir: str | Path, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert every input; write ``manifest.csv`` and ``rejected.csv`` in ``output_dir``; return both tables.
 
@@ -130,7 +139,7 @@ def preprocess_folder(input_dir: str | Path, output_dir: str | Path, cfg: Prepro
         raise ValueError(f"{output_dir}: output folder must differ from the input folder (inputs are never overwritten)")
     output_dir.mkdir(parents=True, exist_ok=True)
     carried = _input_manifest(input_dir)
-    rejected: list[dict] = []
+    rejected: list[dict] = _rejected_upstream(input_dir)
     jobs: dict[str, Path] = {}
     for src in list_inputs(input_dir):
         if src.stem in jobs:
