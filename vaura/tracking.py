@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from vaura.config import flatten, from_dict, load_yaml
+from vaura.config import bounded, flatten, from_dict, load_yaml
 from vaura.redact import MASK, SECRET_KEY, redact, redact_tree
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -47,7 +47,7 @@ class TrackingConfig:
     artifact_root: str = "mlartifacts"
     experiment: str = "vaura"
     system_metrics: bool = True
-    system_metrics_interval_s: float = 10.0
+    system_metrics_interval_s: float = bounded(10.0, gt=0)
 
 
 def safe_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from vaura import media
+from vaura.config import bounded
 from vaura.data.manifest import read_manifest
 from vaura.io import atomic_write_csv
 
@@ -28,12 +29,12 @@ class PreprocessConfig:
 
     input: str = "raw"
     output: str = "clips"
-    fps: float = 25.0
-    short_side: int = 256
-    sample_rate: int = 44100
+    fps: float = bounded(25.0, gt=0)
+    short_side: int = bounded(256, ge=1)
+    sample_rate: int = bounded(44100, ge=1)
     require_audio: bool = True
     strict: bool = False
-    workers: int = 2
+    workers: int = bounded(2, ge=1)
 
 
 def list_inputs(input_dir: Path) -> list[Path]:

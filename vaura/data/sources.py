@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 from tqdm import tqdm
 
+from vaura.config import bounded
 from vaura.io import UnsafeNameError, atomic_write_csv, safe_child
 from vaura.redact import redact
 
@@ -53,9 +54,9 @@ class AcquireConfig:
     uri: str = ""
     endpoint_url: str = ""
     output: str = "raw"
-    retries: int = 4
-    backoff_s: float = 1.0
-    timeout_s: float = 60.0
+    retries: int = bounded(4, ge=0)
+    backoff_s: float = bounded(1.0, ge=0)
+    timeout_s: float = bounded(60.0, gt=0)
     default_split: Literal["train", "val", "test"] = "train"
 
 
