@@ -3,7 +3,8 @@ from typing import Literal
 
 import pytest
 
-from vaura.config import ConfigError, flatten, from_dict, validate_params
+from vaura.config import ConfigError, flatten, from_dict
+from vaura.profiles import validate_params
 
 
 @dataclass
@@ -111,7 +112,7 @@ def test_every_numeric_key_has_a_range():
     import dataclasses
     import typing
 
-    from vaura.config import SECTIONS, _resolve
+    from vaura.profiles import SECTIONS
 
     def unbounded(cls, prefix):
         hints = typing.get_type_hints(cls)
@@ -122,4 +123,4 @@ def test_every_numeric_key_has_a_range():
             elif any(t in str(tp) for t in ("int", "float")) and "range" not in f.metadata:
                 yield prefix + f.name
 
-    assert [k for name, spec in SECTIONS.items() for k in unbounded(_resolve(spec), f"{name}.")] == []
+    assert [k for name, cls in SECTIONS.items() for k in unbounded(cls, f"{name}.")] == []

@@ -15,7 +15,7 @@ from vaura.config import bounded
 
 @dataclass
 class ModelConfig:
-    """Decoder sizes and conditioning choices (see docs in ``vaura/model/vaura.py``)."""
+    """Decoder sizes and conditioning choices (see docs in ``vaura/model/decoder.py``)."""
 
     n_layer: int = bounded(4, ge=1)
     d_model: int = bounded(192, ge=1)
@@ -66,6 +66,9 @@ class GenerationConfig:
     top_p: float = bounded(0.0, ge=0, le=1)
     window_s: float = bounded(2.56, gt=0)
     stride_s: float = bounded(1.28, gt=0)
+    # decode step: "auto" = the compiled CUDA-graph step where it can run (CUDA + triton), else eager with one
+    # message saying why; "compiled" insists (error elsewhere); "eager" never compiles
+    decode: Literal["auto", "compiled", "eager"] = "auto"
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:

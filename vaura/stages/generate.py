@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: params seed)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run (auto = cuda when available)")
-    parser.add_argument("--compile", action="store_true",
-                        help="CUDA only: compile the one-step decode with CUDA graphs (faster long generations)")
+    parser.add_argument("--decode", choices=["auto", "compiled", "eager"], default=None,
+                        help="decode step: compiled CUDA graphs, eager, or auto = compiled where it can run "
+                             "(default: params generation.decode)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
 
@@ -38,18 +39,18 @@ def _is_official(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.codec import CodecConfig, CodecWeightsError, load_codec
+    from vaura.codec import CodecConfig, load_codec
     from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
-    from vaura.eval.sweep import SweepError, load_trained_model
     from vaura.io import OutputPathError, check_output_file
     from vaura.media import MediaError, mux_audio
     from vaura.model.config import GenerationConfig
-    from vaura.model.official import (OfficialCheckpointError, load_official_checkpoint, official_codec,
-                                      official_sampler, official_visual_encoder)
-    from vaura.model.video import GenerateError, audio_for_video, check_compatible
-    from vaura.train.checkpoint import CheckpointError as TrainCheckpointError
-    from vaura.visual import CheckpointError as VisualCheckpointError
+    from vaura.generate.official import official_codec, official_visual_encoder
+    from vaura.generate.video import GenerateError, audio_for_video, check_compatible
+    from vaura.model.official import load_official_checkpoint, official_decoder
+    from vaura.model.sampler import use_compiled_decode
+    from vaura.train.checkpoint import CheckpointError, load_trained_model
     from vaura.visual import VisualConfig, load_visual_encoder
+    from vaura.weights import WeightsError
 
     try:
         params = load_yaml(args.params)
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
         if args.cfg_scale is not None:
             gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
+        if args.decode is not None:
+            gen = dataclasses.replace(gen, decode=args.decode)
         seed = args.seed if args.seed is not None else int(params.get("seed", 0))
     except (ConfigError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
@@ -66,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    try:
+        compiled = use_compiled_decode(gen.decode, device)
+    except ValueError as exc:
+        print(f"vaura generate: {exc}", file=sys.stderr)
+        return 1
     root = args.root
     checkpoint = args.checkpoint or root / paths.data / "train" / "best.pt"
     try:
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if _is_official(checkpoint):
             ckpt = load_official_checkpoint(checkpoint)
-            model = official_sampler(ckpt)
+            model = official_decoder(ckpt)
             codec, encoder = official_codec(ckpt), official_visual_encoder(ckpt, device)
         else:
             model = load_trained_model(checkpoint, device=device)
@@ -86,10 +94,9 @@ def run(args: argparse.Namespace) -> int:
         model.to(device).eval()
         codec.to(device)
         check_compatible(model, codec, encoder, str(checkpoint))
-        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
+        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=compiled)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
-    except (ConfigError, OfficialCheckpointError, CodecWeightsError, VisualCheckpointError, TrainCheckpointError,
-            SweepError, GenerateError, MediaError) as exc:
+    except (ConfigError, WeightsError, CheckpointError, GenerateError, MediaError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({len(audio) / codec.sample_rate:.2f} s of generated audio, γ = {gen.cfg_scale:g}, "

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaura.config import from_dict
 from vaura.io import atomic_torch_save
+from vaura.model import VAURA, ModelConfig
 
 FORMAT = "vaura-train-v1"
 
@@ -91,3 +93,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vaura training checkpoint (format {FORMAT!r} expected)")
     return ckpt
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> VAURA:
+    """The decoder of a training checkpoint (``<data>/train/best.pt``), in eval mode.
+
+    Built from the checkpoint's own ``model_config`` and ``model_dims`` (not from the current params), so a sweep
+    always samples the model that was trained, whatever params.yaml says now; weights load strictly.
+    """
+    ckpt = load_checkpoint(path)
+    for key in ("model", "model_config", "model_dims"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: training checkpoint lacks '{key}'")
+    model = VAURA(from_dict(ModelConfig, ckpt["model_config"], f"{path}:model_config"), **ckpt["model_dims"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the checkpoint's own model config: {exc}") from exc
+    return model.to(device).eval()

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from vaura import tracking
 from vaura.config import PathsConfig, load_section, load_yaml, to_dict
 from vaura.io import atomic_write_json, atomic_write_text
+from vaura.model import VAURA
 from vaura.train.checkpoint import (
     CheckpointError, capture_rng, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint,
 )
@@ -175,7 +176,7 @@ class TrainStream:
 
 
 def open_cache(cache_dir: Path, split: str) -> Dataset:
-    """The CURATE engineer's cached-clip dataset (codes + visual features, 2.56 s windows)."""
+    """The cached-clip dataset of the `cache` stage (codes + visual features, 2.56 s windows)."""
     from vaura.cache import CachedClips
 
     return CachedClips(cache_dir, split)
@@ -210,12 +211,6 @@ def model_dims(meta: Mapping[str, Any]) -> dict[str, Any]:
         raise TrainError(f"cache meta.json lacks key {exc}; found {sorted(meta)}") from exc
 
 
-def build_model(model_cfg: Any, dims: Mapping[str, Any]) -> nn.Module:
-    from vaura.model import VAURA
-
-    return VAURA(model_cfg, **dims)
-
-
 class LossModule(nn.Module):
     """``forward`` = ``model.loss``: DDP only synchronises gradients of what runs through ``forward``."""
 
@@ -228,7 +223,7 @@ class LossModule(nn.Module):
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (FACTS.md)."""
+    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (docs/PAPER.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -423,7 +418,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
 
     # Same seed on every rank for the init (DDP also broadcasts rank 0's weights), then per-rank streams.
     torch.manual_seed(cfg.seed)
-    raw_model = build_model(model_cfg, dims).to(env.device)
+    raw_model = VAURA(model_cfg, **dims).to(env.device)
     codec = None
     if cfg.init_from_codec or (cfg.log_audio_every > 0 and env.is_main):
         codec = load_codec_from_params(params, data_dir, env.device)
