@@ -186,8 +186,8 @@ def test_passt_strict_loads_and_kld_compares_clip_pairs(tmp_path) -> None:
     state = net.state_dict()
     state["head.1.weight"] = torch.zeros(9, 32)
     torch.save(state, tmp_path / "bad.pt")
-    model, reason = load_kld_model(tmp_path / "bad.pt", size=size)
-    assert model is None and "bad.pt" in reason
+    with pytest.raises(WeightsError, match=r"bad\.pt: checkpoint does not match"):  # present but wrong: an error
+        load_kld_model(tmp_path / "bad.pt", size=size)
 
 
 def test_passt_full_size_matches_the_released_layout() -> None:
@@ -282,14 +282,14 @@ def test_ib_score_strict_loads_and_scores_clips(tmp_path) -> None:
     assert swapped.values["ib"] != pytest.approx(res.values["ib"], abs=1e-6)
 
 
-def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
+def test_ib_loader_refuses_wrong_layout_and_skips_missing_file(tmp_path) -> None:
     from vaura.eval.ib import ib_score, load_ib_model
 
     state = _tiny_imagebind().state_dict()
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / "partial.pth")
-    model, reason = load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
-    assert model is None and "partial.pth" in reason
+    with pytest.raises(WeightsError, match=r"partial\.pth: checkpoint does not match"):
+        load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
     model, reason = load_ib_model(tmp_path / "absent.pth")
     assert model is None and "imagebind_huge.pth" in reason
     res = ib_score(None, [], [], 16000, skip_reason=reason)
@@ -326,7 +326,7 @@ def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
     assert desync_score(predictor, frames, audios, SR).values["desync_s"] == pytest.approx(ms / 1000.0)
 
 
-def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> None:
+def test_sync_loader_skips_missing_and_refuses_mismatched_checkpoints(tmp_path) -> None:
     from vaura.eval.sync import load_sync_predictor
     from vaura.eval.synchformer import Synchformer
 
@@ -336,8 +336,8 @@ def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> Non
     state = Synchformer(size).state_dict()
     state["transformer.off_head.weight"] = torch.zeros(20, 32)
     torch.save({"model": state}, tmp_path / "bad.pt")
-    predictor, reason = load_sync_predictor(tmp_path / "bad.pt", size=size)
-    assert predictor is None and "bad.pt" in reason
+    with pytest.raises(WeightsError, match=r"bad\.pt: checkpoint does not match"):
+        load_sync_predictor(tmp_path / "bad.pt", size=size)
 
 
 def test_metric_values_serialise_as_strict_json() -> None:
@@ -347,3 +347,21 @@ def test_metric_values_serialise_as_strict_json() -> None:
     assert silent.values["missed"] == 1 and np.isnan(silent.values["offset_ms"])
     doc = json.loads(json.dumps(silent.to_dict(), allow_nan=False))
     assert doc["offset_ms"] is None and doc["recall"] == 0.0
+
+
+def test_present_but_damaged_metric_weights_are_an_error_naming_the_file(tmp_path) -> None:
+    """Missing weights skip a metric (not installed); a file that is there but unreadable must not pass as
+    'skipped': FAD (VGGish), KLD (PaSST) and Sync (Synchformer) raise, naming the file."""
+    from vaura.eval.kld import load_kld_model
+    from vaura.eval.sync import load_sync_predictor
+
+    for name in ("vggish-10086976.pth", "passt.pt", "synchformer.pt"):
+        (tmp_path / name).write_bytes(b"<html>404 Not Found</html>")  # a typical failed download
+    with pytest.raises(WeightsError, match=r"vggish-10086976\.pth: cannot read checkpoint"):
+        fad([np.zeros(SR, np.float32)] * 2, [np.zeros(SR, np.float32)] * 2, SR, backbone="vggish",
+            vggish_weights=tmp_path / "vggish-10086976.pth")
+    with pytest.raises(WeightsError, match=r"passt\.pt: cannot read checkpoint"):
+        load_kld_model(tmp_path / "passt.pt")
+    with pytest.raises(WeightsError, match=r"synchformer\.pt: cannot read checkpoint"):
+        load_sync_predictor(tmp_path / "synchformer.pt")
+    assert load_kld_model(tmp_path / "absent.pt")[0] is None  # absent: skipped, as before

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from pipeline_helpers import DVC, REPO, clean_env, run
-from train_helpers import read_losses, resume_jobs, wait_for_file
+from train_helpers import assert_same_training, read_losses, resume_jobs, wait_for_file
 
 TOTAL = 12
 pytestmark = pytest.mark.slow
@@ -71,14 +71,7 @@ def test_repro_was_really_killed_mid_training(crashed):
 
 
 def test_rerun_resumes_and_matches_uninterrupted_losses(crashed):
-    ref, got = read_losses(crashed["ref"]), read_losses(crashed["killed"])
-    assert sorted(got) == sorted(ref) == list(range(1, TOTAL + 1))
-    for step in ref:
-        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step
-    a = torch.load(crashed["ref"] / "train" / "last.pt", weights_only=True)
-    b = torch.load(crashed["killed"] / "train" / "last.pt", weights_only=True)
-    for k in a["model"]:
-        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-6, atol=0)
+    assert_same_training(crashed["ref"], crashed["killed"], TOTAL)
     assert "didn't change" in crashed["third"] or "up to date" in crashed["third"]
 
 

@@ -73,6 +73,25 @@ def _umask() -> int:
     return mask
 
 
+# atomic_path's temp names: "." + name + "." + mkstemp's 8 random characters + ".tmp" + the name's suffix
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete the hidden temp files a killed writer left in ``folder`` (recursively); returns how many.
+
+    A process killed inside :func:`atomic_path` never reaches its cleanup. Call this when a stage starts on
+    a folder only it writes; a resumed stage then leaves no hidden debris for DVC to cache.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.rglob(".*.tmp*") if p.is_file() and _TEMP_NAME.fullmatch(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.

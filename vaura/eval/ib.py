@@ -19,17 +19,17 @@ from vaura.eval.results import MetricResult
 def load_ib_model(
     weights: str | Path, device: str = "cpu", build: Callable[[], torch.nn.Module] | None = None
 ) -> tuple[torch.nn.Module | None, str]:
-    """(ImageBind model, "") or (None, reason) when the weights are missing or do not match.
+    """(ImageBind model, "") or (None, reason) when the weights file is missing (a damaged one raises).
 
     ``build`` (default: ImageBind-huge) is injectable so tests can strict-load a tiny random model.
     """
     from vaura.curation.imagebind_score import load_imagebind
-    from vaura.weights import WeightsError
+    from vaura.weights import WeightsMissingError
 
     try:
         kwargs = {"build": build} if build is not None else {}
         return load_imagebind(weights, device=device, **kwargs), ""
-    except WeightsError as exc:
+    except WeightsMissingError as exc:
         return None, str(exc)
 
 

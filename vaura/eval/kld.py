@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vaura.eval.results import MetricResult
-from vaura.weights import WeightsError
+from vaura.weights import WeightsMissingError
 
 EPS = 1e-6
 
@@ -40,12 +40,12 @@ def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray) -> float:
 def load_kld_model(
     weights: str | Path, device: str | torch.device = "cpu", size: Any = None
 ) -> tuple[torch.nn.Module | None, str]:
-    """(PaSST, "") or (None, reason) when the weights are missing or not in the released layout."""
+    """(PaSST, "") or (None, reason) when the weights file is missing (unreadable or another layout raises)."""
     from vaura.eval.passt import PaSSTSize, load_passt
 
     try:
         return load_passt(weights, size or PaSSTSize(), device=device), ""
-    except WeightsError as exc:
+    except WeightsMissingError as exc:
         return None, str(exc)
 
 

@@ -131,13 +131,13 @@ def load_sync_predictor(
     weights: str | Path, device: str | torch.device = "cpu", size: Any = None
 ) -> tuple[OffsetPredictor | None, str]:
     """(predictor, "") from the strict Synchformer loader, or (None, reason) when the checkpoint is missing
-    or does not match the released layout. ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
+    (unreadable or another layout raises). ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
     from vaura.eval.synchformer import SynchformerSize, load_synchformer
-    from vaura.weights import WeightsError
+    from vaura.weights import WeightsMissingError
 
     try:
         model = load_synchformer(weights, size or SynchformerSize(), device=device)
-    except WeightsError as exc:
+    except WeightsMissingError as exc:
         return None, str(exc)
     return synchformer_predictor(model), ""
 

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from vaura.config import bounded
-from vaura.io import atomic_path, atomic_write_csv
+from vaura.io import atomic_path, atomic_write_csv, remove_stale_temps
 
 INDEX_COLUMNS = ["test_set", "cfg_scale", "clip", "sample", "start_sec", "path", "sample_rate"]
 
@@ -163,6 +163,7 @@ def run_sweep(
     if generate is None:
         from vaura.model.sampler import generate
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir)  # a killed earlier run's half-written WAVs
     rows: list[dict[str, Any]] = []
     sr = int(codec.sample_rate)
     model.eval()

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
+    from vaura.weights import WeightsError
     from vaura.devices import resolve_device
 
     try:
@@ -58,16 +59,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     root, data = args.root, args.root / paths.data
     device = str(resolve_device(cfg.device))
-    sync, sync_reason = load_sync_predictor(root / cfg.synchformer_weights, device=device)
-    ib, ib_reason = load_ib_model(root / cfg.imagebind_weights, device=device)
-    passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
-    models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
-                    passt_reason=passt_reason, device=device)
-    try:
+    try:  # missing metric weights skip that metric; present but damaged ones stop the stage (WeightsError)
+        sync, sync_reason = load_sync_predictor(root / cfg.synchformer_weights, device=device)
+        ib, ib_reason = load_ib_model(root / cfg.imagebind_weights, device=device)
+        passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
+        models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
+                        passt_reason=passt_reason, device=device)
         clip_paths = read_clip_paths(data / cfg.manifest)
         events = read_events(data / cfg.events if cfg.events else None)
         groups = evaluate_sweep(data / "sweep", clip_paths, events, cfg, models, root=root)
-    except EvaluateError as exc:
+    except (EvaluateError, WeightsError) as exc:
         print(f"vaura evaluate: {exc}", file=sys.stderr)
         return 1
     flat = flatten(params)
