@@ -1,14 +1,18 @@
 """Metric results that can say "skipped" instead of silently vanishing or turning into a zero.
 
-Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whose pretrained weights are absent
-or do not fit (a :class:`vaura.weights.WeightsError`) returns ``status="skipped"`` with the reason; ``evaluate``
+Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whose pretrained weights file is absent
+(a :class:`vaura.weights.WeightsMissingError`) returns ``status="skipped"`` with the reason; ``evaluate``
 writes it into ``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
+
+from vaura.weights import WeightsMissingError
+
+Loaded = TypeVar("Loaded")
 
 
 @dataclass
@@ -43,3 +47,13 @@ class MetricResult:
         else:
             out["reason"] = self.reason
         return out
+
+
+def loaded_or_reason(load: Callable[[], Loaded]) -> tuple[Loaded | None, str]:
+    """``(load(), "")``, or ``(None, reason)`` when the pretrained weights file is missing: the metric is then
+    skipped with the reason. A file that is present but unreadable or does not fit raises (a damaged download or
+    a wrong file must not pass as "not installed")."""
+    try:
+        return load(), ""
+    except WeightsMissingError as exc:
+        return None, str(exc)
