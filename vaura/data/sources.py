@@ -18,9 +18,8 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterator, Literal
-from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
@@ -162,11 +161,11 @@ def _fetch_all(out_dir: Path, items: list[tuple[RemoteFile, Opener]], cfg: Acqui
                 dest = safe_child(out_dir, item.name)
                 counts[fetch_resumable(dest, item, opener, cfg.retries, cfg.backoff_s, bar)] += 1
             except (_Permanent, UnsafeNameError) as exc:
-                rejected.append(reject(item.origin or item.name, exc))
+                rejected.append(_reject(item.origin or item.name, exc))
     return counts
 
 
-def reject(origin: str, reason: object) -> dict[str, str]:
+def _reject(origin: str, reason: object) -> dict[str, str]:
     """One ``rejected.csv`` row: where the file came from (credentials removed) and why it was refused."""
     return {"path": redact(origin), "reason": redact(str(reason))}
 
