@@ -101,6 +101,13 @@ def test_vggish_missing_weights_is_skipped_with_reason(tmp_path) -> None:
     assert res.to_dict()["status"] == "skipped" and "fad" not in res.to_dict()
 
 
+def test_a_corrupt_vggish_file_is_an_error_naming_it_not_a_skipped_fad(tmp_path) -> None:
+    (tmp_path / "vggish.pth").write_bytes(b"\x00 truncated download")
+    with pytest.raises(WeightsError, match=rf"{tmp_path / 'vggish.pth'}: cannot read"):
+        fad([np.zeros(SR, np.float32)] * 2, [np.zeros(SR, np.float32)] * 2, SR, backbone="vggish",
+            vggish_weights=tmp_path / "vggish.pth")
+
+
 def test_vggish_strict_loader_and_shapes(tmp_path) -> None:
     from vaura.eval.vggish import VGGish, examples_from_log_mel, load_vggish
 
@@ -186,7 +193,7 @@ def test_passt_strict_loads_and_kld_compares_clip_pairs(tmp_path) -> None:
     state = net.state_dict()
     state["head.1.weight"] = torch.zeros(9, 32)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(WeightsError, match=r"bad\.pt: checkpoint does not match"):  # present but wrong: an error
+    with pytest.raises(WeightsError, match=r"bad\.pt"):  # present but unusable: an error, not a skipped metric
         load_kld_model(tmp_path / "bad.pt", size=size)
 
 
@@ -282,13 +289,13 @@ def test_ib_score_strict_loads_and_scores_clips(tmp_path) -> None:
     assert swapped.values["ib"] != pytest.approx(res.values["ib"], abs=1e-6)
 
 
-def test_ib_loader_refuses_wrong_layout_and_skips_missing_file(tmp_path) -> None:
+def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
     from vaura.eval.ib import ib_score, load_ib_model
 
     state = _tiny_imagebind().state_dict()
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / "partial.pth")
-    with pytest.raises(WeightsError, match=r"partial\.pth: checkpoint does not match"):
+    with pytest.raises(WeightsError, match=r"partial\.pth"):  # present but unusable: an error, not a skip
         load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
     model, reason = load_ib_model(tmp_path / "absent.pth")
     assert model is None and "imagebind_huge.pth" in reason
@@ -326,7 +333,7 @@ def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
     assert desync_score(predictor, frames, audios, SR).values["desync_s"] == pytest.approx(ms / 1000.0)
 
 
-def test_sync_loader_skips_missing_and_refuses_mismatched_checkpoints(tmp_path) -> None:
+def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> None:
     from vaura.eval.sync import load_sync_predictor
     from vaura.eval.synchformer import Synchformer
 
@@ -336,7 +343,7 @@ def test_sync_loader_skips_missing_and_refuses_mismatched_checkpoints(tmp_path) 
     state = Synchformer(size).state_dict()
     state["transformer.off_head.weight"] = torch.zeros(20, 32)
     torch.save({"model": state}, tmp_path / "bad.pt")
-    with pytest.raises(WeightsError, match=r"bad\.pt: checkpoint does not match"):
+    with pytest.raises(WeightsError, match=r"bad\.pt"):  # present but unusable: an error, not a skip
         load_sync_predictor(tmp_path / "bad.pt", size=size)
 
 
@@ -349,17 +356,14 @@ def test_metric_values_serialise_as_strict_json() -> None:
     assert doc["offset_ms"] is None and doc["recall"] == 0.0
 
 
-def test_present_but_damaged_metric_weights_are_an_error_naming_the_file(tmp_path) -> None:
+def test_damaged_passt_and_synchformer_files_are_errors_naming_them(tmp_path) -> None:
     """Missing weights skip a metric (not installed); a file that is there but unreadable must not pass as
-    'skipped': FAD (VGGish), KLD (PaSST) and Sync (Synchformer) raise, naming the file."""
+    'skipped': KLD (PaSST) and Sync (Synchformer) raise, naming the file (VGGish: test_a_corrupt_vggish_file_is_an_error_naming_it_not_a_skipped_fad)."""
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
 
-    for name in ("vggish-10086976.pth", "passt.pt", "synchformer.pt"):
+    for name in ("passt.pt", "synchformer.pt"):
         (tmp_path / name).write_bytes(b"<html>404 Not Found</html>")  # a typical failed download
-    with pytest.raises(WeightsError, match=r"vggish-10086976\.pth: cannot read checkpoint"):
-        fad([np.zeros(SR, np.float32)] * 2, [np.zeros(SR, np.float32)] * 2, SR, backbone="vggish",
-            vggish_weights=tmp_path / "vggish-10086976.pth")
     with pytest.raises(WeightsError, match=r"passt\.pt: cannot read checkpoint"):
         load_kld_model(tmp_path / "passt.pt")
     with pytest.raises(WeightsError, match=r"synchformer\.pt: cannot read checkpoint"):

@@ -36,12 +36,6 @@ class WeightsError(RuntimeError):
     """Pretrained weights that are missing, unreadable, or do not match the network (the message names the file)."""
 
 
-class WeightsMissingError(WeightsError):
-    """The weights file is absent. An optional metric is then *skipped* with this message; a file that is present
-    but unreadable or does not fit stays a plain :class:`WeightsError`, which stops the stage (a damaged download
-    must not pass as "not installed")."""
-
-
 def read_checkpoint(path: str | Path, what: str, params_key: str = "", own_file: bool = False) -> Mapping[str, Any]:
     """Load a weights file as a mapping; a missing file raises with download instructions (``what``) and the
     params key that holds the path.
@@ -52,7 +46,7 @@ def read_checkpoint(path: str | Path, what: str, params_key: str = "", own_file:
     path = Path(path)
     if not path.is_file():
         where = f" (or set params {params_key} to where you saved it)" if params_key else ""
-        raise WeightsMissingError(
+        raise WeightsError(
             f"checkpoint not found: {path}. Download the {what} and put it at {path}{where}; "
             "weights are never downloaded at run time."
         )

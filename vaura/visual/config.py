@@ -17,7 +17,6 @@ class VisualConfig:
 
     kind: Literal["offline", "segment_avclip"] = "offline"
     weights: str = "weights/23-12-22T16-10-50/checkpoints/epoch_best.pt"
-    standin: str = "data/avclip/visual.pt"
     dim: int = bounded(768, ge=1)
     depth: int = bounded(12, ge=1)
     heads: int = bounded(12, ge=1)
@@ -36,7 +35,7 @@ class AVClipConfig:
     """Offline stand-in pretraining: segment-level audio-visual InfoNCE on synthetic train clips."""
 
     source: Literal["train", "shipped"] = "train"
-    shipped: str = "vaura/visual/standin/avclip.pt"
+    shipped: str = "assets/avclip_offline.pt"
     max_train_clips: int = bounded(96, ge=0)
     max_val_clips: int = bounded(24, ge=0)
     probe_clips: int = bounded(48, ge=0)
