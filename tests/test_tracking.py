@@ -122,7 +122,7 @@ def test_acquire_refuses_credentials_in_params_before_dvc_records_them(tmp_path,
 
     params = tmp_path / "p.yaml"
     params.write_text(
-        f"seed: 1\npaths: {{data: {tmp_path / 'data'}}}\n"
+        f"seed: 1\npaths: {{data: {tmp_path / 'data'}, reports: reports}}\n"
         f"acquire: {{source: https, uri: '{SIGNED}', endpoint_url: '', output: raw, retries: 0, backoff_s: 0.1, "
         "timeout_s: 5.0, default_split: train}\n"
     )
