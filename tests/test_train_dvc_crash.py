@@ -48,7 +48,8 @@ def crashed(tmp_path_factory):
     env = clean_env({"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
     root = dirs["killed"][0].parent
     _train_only_project(root)
-    ref = subprocess.Popen([sys.executable, "-m", "vaura.train", "--params", str(dirs["ref"][1])], cwd=dirs["ref"][0].parent,
+    ref = subprocess.Popen([sys.executable, "-m", "vaura.cli", "train", "--params", str(dirs["ref"][1])],
+                           cwd=dirs["ref"][0].parent,
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     repro = subprocess.Popen(DVC + ["repro"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
