@@ -12,15 +12,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vaura.config import bounded
+
 
 @dataclass
 class BootstrapConfig:
     """params.yaml section ``evaluate.bootstrap``."""
 
-    n: int = 1000            # resamples of the cheap statistics (onset counts)
-    fad_n: int = 200         # resamples of FAD (each refits two covariances)
+    n: int = bounded(1000, ge=1)        # resamples of the cheap statistics (onset counts)
+    fad_n: int = bounded(200, ge=1)     # resamples of FAD (each refits two covariances)
     seed: int = 1234
-    level: float = 0.95
+    level: float = bounded(0.95, gt=0, lt=1)
 
 
 def resample_indices(clips: Sequence[str], n: int, seed: int) -> list[np.ndarray]:

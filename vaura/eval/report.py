@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from vaura.config import bounded
 from vaura.eval.evaluate import METRIC_KEYS
 
 # table column → (metric name in metrics.json, value key, number format, higher is better)
@@ -43,7 +44,7 @@ class ReportConfig:
 
     test_set: str = "test"
     # γ of Tables II and III; None = the baseline's best onset F1 on ``select_set`` (a validation split).
-    cfg_scale: float | None = 6.0
+    cfg_scale: float | None = bounded(6.0, ge=0)
     select_set: str = "val"
 
 
