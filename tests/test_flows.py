@@ -372,7 +372,7 @@ def test_train_flow_logs_each_stage_line_and_its_final_state_once(flows, probe_p
 def test_metrics_under_the_ignored_data_folder_are_cached_so_experiments_show_them() -> None:
     """`dvc exp show` reads an experiment's metrics from its commit: a git-ignored, uncached file is not there."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    declared = [entry for stage in dvc["stages"].values() for entry in stage.get("metrics", [])]
+    declared = [entry for stage in dvc["stages"].values() for entry in stage.get("do", stage).get("metrics", [])]
     assert declared
     for entry in declared:
         path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})

@@ -21,7 +21,7 @@ class BootstrapConfig:
 
     n: int = bounded(1000, ge=1)        # resamples of the cheap statistics (onset counts)
     fad_n: int = bounded(200, ge=1)     # resamples of FAD (each refits two covariances)
-    seed: int = 1234
+    seed: int = bounded(1234, ge=0)
     level: float = bounded(0.95, gt=0, lt=1)
 
 
