@@ -169,18 +169,20 @@ def stage_run(
     params_file: str | Path = "params.yaml",
     data_files: Sequence[str | Path] = (),
     resume_run_id: str | None = None,
+    config: TrackingConfig | None = None,
 ) -> Iterator[Any]:
     """Open the MLflow run of one stage execution (nested under the pipeline's parent run); yields the ActiveRun.
 
     Logs ``params`` (flattened, redacted) as params and as the ``config/params.json`` artifact, and tags the
     run with the stage, pipeline id, git commit, DVC experiment name (``$DVC_EXP_NAME``) and data hashes.
     ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
-    exists in the store. The run ends FAILED if the body raises.
+    exists in the store. ``config``: the ``tracking`` section when the caller has already parsed it. The run ends
+    FAILED if the body raises.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    cfg = tracking_config(params, params_file)
+    cfg = config or tracking_config(params, params_file)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = user_uri or cfg.uri
     mlflow.set_tracking_uri(uri)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
 from vaura.curation.filtering import SPLITS, FilterConfig, FilterError, filter_scores
-from vaura.curation.tables import TableError, read_table, write_table
+from vaura.tables import TableError, read_table, write_table
 from vaura.io import atomic_write_json
 
 

@@ -80,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
         model.to(device).eval()
         codec.to(device)
         check_compatible(model, codec, encoder, str(checkpoint))
+        model.cfg.check_window(gen.window_s, "params.generation")
         audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
     except (ConfigError, OfficialCheckpointError, CodecWeightsError, VisualCheckpointError, TrainCheckpointError,
-            SweepError, GenerateError, MediaError) as exc:
+            SweepError, GenerateError, MediaError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({len(audio) / codec.sample_rate:.2f} s of generated audio, γ = {gen.cfg_scale:g}, "

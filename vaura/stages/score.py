@@ -22,7 +22,7 @@ import pandas as pd
 
 from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
 from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
-from vaura.curation.tables import TableError, write_table
+from vaura.tables import TableError, write_table
 from vaura.io import atomic_write_csv, atomic_write_json
 
 

@@ -1,7 +1,8 @@
 """Train the V-AURA decoder on the token/feature cache (DVC stage `train`).
 
-Reads  <data>/cache/ (shards, index.csv, meta.json; the `cache` stage's output) and, when
-       train.init_from_codec or train.log_audio_every is set, the codec of section `codec`.
+Reads  <data>/cache/ (shards, index.csv, meta.json; the `cache` stage's output: windows of meta.json's window_s,
+       source videos of the logged validation clips from index.csv's path) and, when train.init_from_codec or
+       train.log_audio_every is set, the codec of section `codec`.
 Writes <data>/train/last.pt        newest checkpoint (every train.ckpt_every steps; exact-resume point)
        <data>/train/best.pt        lowest validation loss so far
        <data>/train/train_log.jsonl per-step loss, lr, grad norm, tokens/s
@@ -23,10 +24,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from vaura.config import load_section
-from vaura.train.config import TrainConfig
+from vaura.train.config import load_setup
 
 _PR_SET_PDEATHSIG = 1
 
@@ -87,10 +86,10 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg: TrainConfig = load_section(TrainConfig, "train", Path(args.params))
-    if cfg.nproc > 1:
-        return launch(torchrun_command(args, cfg.nproc))
+    setup = load_setup(args.params)
+    if setup.train.nproc > 1:
+        return launch(torchrun_command(args, setup.train.nproc))
     from vaura.train.trainer import train
 
-    train(args.params, resume=args.resume, checksum_dir=args.checksum_dir)
+    train(setup, resume=args.resume, checksum_dir=args.checksum_dir)
     return 0

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (sections train, model, paths, tracking)")
+    p.add_argument("--params", default="params.yaml", help="params file (sections train, model, generation, codec, paths, tracking)")
     p.add_argument("--resume", default="auto",
                    help="'auto': continue from <data>/train/last.pt when it exists (exact resume); "
                         "'never': start from scratch; or a checkpoint path")
@@ -31,9 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from vaura.train.config import load_setup
     from vaura.train.trainer import train
 
-    result = train(args.params, resume=args.resume, checksum_dir=args.checksum_dir)
+    result = train(load_setup(args.params), resume=args.resume, checksum_dir=args.checksum_dir)
     logging.getLogger("vaura.train").info("done: %s", result)
     return 0
 

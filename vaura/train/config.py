@@ -1,8 +1,25 @@
-"""Schema of the ``train`` section of ``params.yaml`` (owned by :mod:`vaura.train`)."""
+"""Schema of the ``train`` section of ``params.yaml`` and the typed bundle of sections the trainer reads.
+
+:class:`TrainSetup` is built once from the params file by the caller (the DVC stage or the torchrun entry) and
+handed down whole, so no part of the trainer parses ``params.yaml`` again. :class:`TrainError` lives here, on the
+floor below every other ``vaura.train`` module, so that they can all raise it without importing each other.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from vaura.config import PathsConfig, load_section, load_yaml
+
+if TYPE_CHECKING:  # the real imports load torch and DAC; the schema module stays light for `vaura profile`
+    from vaura.codec.config import CodecConfig
+    from vaura.model.config import GenerationConfig, ModelConfig
+    from vaura.tracking import TrackingConfig
+
+
+class TrainError(RuntimeError):
+    """A training setup that cannot work (too little data, bad resume target, ...)."""
 
 
 @dataclass
@@ -37,3 +54,40 @@ class TrainConfig:
     max_minutes: float = 0.0
     nproc: int = 1
     init_from_codec: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Every params section training reads, parsed once; ``params`` is the file as read, only to be logged."""
+
+    train: TrainConfig
+    model: ModelConfig
+    generation: GenerationConfig
+    codec: CodecConfig
+    paths: PathsConfig
+    tracking: TrackingConfig
+    params: Mapping[str, Any]
+    params_file: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.paths.data)
+
+
+def load_setup(params_file: str | Path) -> TrainSetup:
+    """Read ``params_file`` once into a :class:`TrainSetup` (strict: unknown keys and wrong types raise)."""
+    from vaura.codec.config import CodecConfig
+    from vaura.model.config import GenerationConfig, ModelConfig
+    from vaura.tracking import tracking_config
+
+    params = load_yaml(params_file)
+    return TrainSetup(
+        train=load_section(TrainConfig, "train", params),
+        model=load_section(ModelConfig, "model", params),
+        generation=load_section(GenerationConfig, "generation", params),
+        codec=load_section(CodecConfig, "codec", params),
+        paths=load_section(PathsConfig, "paths", params),
+        tracking=tracking_config(params, params_file),
+        params=params,
+        params_file=Path(params_file),
+    )
