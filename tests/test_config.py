@@ -3,7 +3,8 @@ from typing import Literal
 
 import pytest
 
-from vaura.config import ConfigError, flatten, from_dict, validate_params
+from vaura.config import ConfigError, flatten, from_dict
+from vaura.profiles import validate_params
 
 
 @dataclass

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from curate_helpers import write_clip
-from vaura.curation.motion_onset import MotionOnsetScorer, audio_onset_envelope, motion_envelope, sync_score
-from vaura.curation.scoring import ScoreConfig, ScoringError, build_scorer, relevance_auc, score_clips
+from vaura.curation.motion_onset import MotionOnsetScorer, audio_onset_envelope, motion_envelope, lagged_correlation
+from vaura.curation.scorer import ScoringError
+from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
 
 
 def test_motion_envelope_is_mean_abs_grey_change_from_previous_frame():
@@ -35,10 +36,10 @@ def test_sync_score_finds_small_lags_but_not_large_shifts():
     rng = np.random.default_rng(0)
     m = np.zeros(100)
     m[rng.choice(100, 8, replace=False)] = 1.0
-    assert sync_score(m, m, max_lag=2) == pytest.approx(1.0)
-    assert sync_score(m, np.roll(m, 2), max_lag=2) > 0.9  # audio 80 ms late: inside the lag window
-    assert sync_score(m, np.roll(m, 12), max_lag=2) < 0.5  # 0.48 s shift: outside it
-    assert sync_score(m, np.zeros(100), max_lag=2) == 0.0  # no onsets: no evidence
+    assert lagged_correlation(m, m, max_lag=2) == pytest.approx(1.0)
+    assert lagged_correlation(m, np.roll(m, 2), max_lag=2) > 0.9  # audio 80 ms late: inside the lag window
+    assert lagged_correlation(m, np.roll(m, 12), max_lag=2) < 0.5  # 0.48 s shift: outside it
+    assert lagged_correlation(m, np.zeros(100), max_lag=2) == 0.0  # no onsets: no evidence
 
 
 def test_motion_onset_ranks_synchronous_clips_above_shifted_ones(tmp_path):

@@ -298,7 +298,7 @@ def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
 
 def _tiny_synchformer_size():
     from vaura.visual.motionformer import MotionFormerSize
-    from vaura.visual.synchformer import SynchformerSize
+    from vaura.eval.synchformer import SynchformerSize
 
     return SynchformerSize(
         visual=MotionFormerSize(dim=32, depth=1, heads=2, mlp_ratio=2, img_size=32, patch=16, tubelet=2, frames=16),
@@ -308,7 +308,7 @@ def _tiny_synchformer_size():
 
 def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
     from vaura.eval.sync import desync_score, load_sync_predictor, sync_score
-    from vaura.visual.synchformer import Synchformer
+    from vaura.eval.synchformer import Synchformer
 
     size = _tiny_synchformer_size()
     torch.manual_seed(0)
@@ -328,7 +328,7 @@ def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
 
 def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> None:
     from vaura.eval.sync import load_sync_predictor
-    from vaura.visual.synchformer import Synchformer
+    from vaura.eval.synchformer import Synchformer
 
     size = _tiny_synchformer_size()
     predictor, reason = load_sync_predictor(tmp_path / "absent.pt", size=size)

@@ -1,11 +1,11 @@
-"""Every params.yaml key must be read by code: a key that does nothing is a bug (DEVELOPERS.md)."""
+"""Every params.yaml key must be read by code: a key that does nothing is a bug (docs/CONTRIBUTING.md)."""
 import dataclasses
 import re
 import typing
 
 import pytest
 
-from vaura.config import SECTIONS, _resolve
+from vaura.profiles import SECTIONS
 
 
 def _fields(cls, prefix):
@@ -27,7 +27,7 @@ def test_every_field_is_read_somewhere(section, repo_root):
     src = _sources(repo_root)
     unused = [
         dotted
-        for dotted, name in _fields(_resolve(SECTIONS[section]), section)
+        for dotted, name in _fields(SECTIONS[section], section)
         # attribute access (cfg.name) or a string key (getattr / asdict lookups) outside its declaration
         if not re.search(rf"\.{name}\b|[\"']{name}[\"']", src)
     ]

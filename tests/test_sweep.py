@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from vaura.eval.sweep import SweepConfig, SweepError, TestItem, TestSetConfig, gamma_dir, run_sweep, select_windows
+from vaura.generate.sweep import SweepConfig, SweepError, TestItem, TestSetConfig, gamma_dir, run_sweep, select_windows
 
 K, T, CARD, HOP, SR = 2, 20, 16, 40, 8000
 
@@ -142,7 +142,7 @@ def _write_cache(root, clips: dict[str, tuple[str, float]]) -> dict[str, tuple[t
 
 
 def test_load_test_items_takes_fixed_windows_from_the_cache(tmp_path) -> None:
-    from vaura.eval.sweep import load_test_items
+    from vaura.generate.sweep import load_test_items
 
     data = _write_cache(tmp_path / "cache", {"tr": ("train", -1.0), "a": ("test", 0.0), "b": ("test", 0.8),
                                              "c": ("test", 1.2)})
@@ -226,10 +226,10 @@ def test_evaluate_sweep_scores_groups_against_ground_truth(tmp_path) -> None:
 def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:
     """load_trained_model rebuilds the decoder from the checkpoint's own config; the real KV-cache sampler runs."""
     from vaura.config import to_dict
-    from vaura.eval.sweep import load_test_items, load_trained_model
-    from vaura.model.config import named_size
+    from vaura.generate.sweep import load_test_items
     from vaura.model import VAURA
-    from vaura.train.checkpoint import save_checkpoint
+    from vaura.model.config import named_size
+    from vaura.train.checkpoint import CheckpointError, load_trained_model, save_checkpoint
 
     _write_cache(tmp_path / "cache", {"a": ("test", 0.0), "b": ("test", 0.4)})
     dims = {"n_codebooks": K, "codebook_size": CARD, "codebook_dim": 4, "audio_frame_rate": 50.0,
@@ -253,5 +253,5 @@ def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:
     bad = model.state_dict()
     bad.pop(next(iter(bad)))
     save_checkpoint(tmp_path / "bad.pt", {"model": bad, "model_config": to_dict(cfg), "model_dims": dims})
-    with pytest.raises(SweepError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match="bad.pt"):
         load_trained_model(tmp_path / "bad.pt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vaura.visual import CheckpointError, MotionFormerSize, VisualInputError
-from vaura.visual.synchformer import Synchformer, SynchformerSize, load_synchformer, parameter_count
+from vaura.eval.synchformer import Synchformer, SynchformerSize, load_synchformer, parameter_count
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "synchformer_24-01-04T16-39-21.json").read_text())

@@ -1,4 +1,4 @@
-"""Shared helpers of the TRAIN tests: a micro token/feature cache written by the real cache writer
+"""Shared helpers of the training tests: a micro token/feature cache written by the real cache writer
 (``vaura.cache.build_cache``) from small deterministic stand-in encoders, and a tiny params file."""
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Every section is a dataclass; loading rejects unknown keys, missing keys and wrong types, so a typo in
 ``params.yaml`` (or a key a refactor stopped reading) fails loudly instead of silently doing nothing.
-Sections are owned by the module that reads them; this file only composes them.
+Sections are owned by the module that reads them; this file holds only the mechanism (the registry of all
+sections is :data:`vaura.profiles.SECTIONS`, which imports them, so this module stays on the ground floor).
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def load_yaml(path: str | Path) -> dict:
 def load_section(cls: type, name: str, params: str | Path | Mapping = "params.yaml") -> Any:
     """Load one section (e.g. ``load_section(ModelConfig, "model")``) strictly.
 
-    Stages call this for the sections they own; :func:`validate_params` checks the whole file at once.
+    Stages call this for the sections they own; :func:`vaura.profiles.validate_params` checks the whole file.
     """
     data = params if isinstance(params, Mapping) else load_yaml(params)
     if name not in data:
@@ -135,45 +136,3 @@ class PathsConfig:
     data: str = "data"
     weights: str = "weights"
     reports: str = "reports"
-
-
-SECTIONS: dict[str, str] = {
-    # section name -> "module:DataclassName"; each module owns its section's schema.
-    "paths": "vaura.config:PathsConfig",
-    "synthetic": "vaura.data.synthetic:SyntheticConfig",
-    "acquire": "vaura.data.sources:AcquireConfig",
-    "preprocess": "vaura.data.preprocess:PreprocessConfig",
-    "codec": "vaura.codec.config:CodecConfig",
-    "train": "vaura.train.config:TrainConfig",
-    "tracking": "vaura.tracking:TrackingConfig",
-    "visual": "vaura.visual.config:VisualConfig",
-    "avclip": "vaura.visual.config:AVClipConfig",
-    "score": "vaura.curation.scoring:ScoreConfig",
-    "filter": "vaura.curation.filtering:FilterConfig",
-    "cache": "vaura.cache:CacheConfig",
-    "model": "vaura.model.config:ModelConfig",
-    "generation": "vaura.model.config:GenerationConfig",
-    "sweep": "vaura.eval.sweep:SweepConfig",
-    "evaluate": "vaura.eval.evaluate:EvaluateConfig",
-    "report": "vaura.eval.report:ReportConfig",
-}
-
-
-def _resolve(spec: str) -> type:
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def validate_params(params: str | Path | Mapping = "params.yaml") -> dict[str, Any]:
-    """Strictly load every section of a params file; unknown top-level sections are errors."""
-    data = params if isinstance(params, Mapping) else load_yaml(params)
-    top_scalars = {"profile", "seed"}
-    unknown = sorted(set(data) - set(SECTIONS) - top_scalars)
-    if unknown:
-        raise ConfigError(f"params: unknown section(s) {unknown}; allowed: {sorted(set(SECTIONS) | top_scalars)}")
-    out: dict[str, Any] = {k: data[k] for k in top_scalars if k in data}
-    for name, spec in SECTIONS.items():
-        out[name] = load_section(_resolve(spec), name, data)
-    return out

@@ -186,7 +186,7 @@ def quality_gate(
     The gate passes when the reconstruction's F1 is at most ``gate.max_gap`` below the original's.
     ``on_clip(clip_id, original, reconstructed, sample_rate)`` sees every pair (the stage logs a few to MLflow to listen to).
     """
-    from vaura.eval.onsets import detect_onsets, event_f1
+    from vaura.onsets import detect_onsets, event_f1
 
     if not clips:
         raise ValueError("quality gate: no validation clips to evaluate")

@@ -4,6 +4,7 @@ VGGSound-style data holds many clips whose sound is not caused by what is visibl
 "VisualSound" subset whose ImageBind audio-visual similarity passes a threshold. This package scores every clip
 (:mod:`vaura.curation.scoring`) and turns scores into train/val/test lists (:mod:`vaura.curation.filtering`).
 """
-from vaura.curation.scoring import SCORERS, ScoreConfig, Scorer, ScoringError, build_scorer, score_clips
+from vaura.curation.scorer import Scorer, ScoringError
+from vaura.curation.scoring import SCORERS, ScoreConfig, build_scorer, score_clips
 
 __all__ = ["SCORERS", "ScoreConfig", "Scorer", "ScoringError", "build_scorer", "score_clips"]

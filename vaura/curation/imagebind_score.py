@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vaura.curation.scorer import ScoringError, thread_map
+
 IMAGEBIND_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 VISION_CLIP_S, VISION_CLIPS, VISION_FRAMES_PER_CLIP, VISION_SIZE = 2.0, 5, 2, 224
 AUDIO_CLIP_S, AUDIO_CLIPS, AUDIO_RATE, AUDIO_MELS, AUDIO_FRAMES = 2.0, 3, 16000, 128, 204
@@ -83,8 +85,6 @@ def vision_input(frames: np.ndarray, fps: float = FPS) -> torch.Tensor:
 
     from imagebind.data import NormalizeVideo, SpatialCrop
 
-    from vaura.curation.scoring import ScoringError
-
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ScoringError(f"ImageBind needs frames [T, H, W, 3] with T > 0, got shape {frames.shape}")
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 255.0  # C,T,H,W
@@ -142,8 +142,6 @@ class ImageBindScorer:
         return F.cosine_similarity(out[ModalityType.VISION].float(), out[ModalityType.AUDIO].float(), dim=-1).cpu()
 
     def score_batch(self, paths: Sequence[str | Path]) -> list[float]:
-        from vaura.curation.scoring import thread_map
-
         vis, aud = zip(*thread_map(self._inputs, list(paths), self.workers))
         return [float(s) for s in self.similarity(torch.stack(vis), torch.stack(aud))]
 

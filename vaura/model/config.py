@@ -13,7 +13,7 @@ from typing import Literal
 
 @dataclass
 class ModelConfig:
-    """Decoder sizes and conditioning choices (see docs in ``vaura/model/vaura.py``)."""
+    """Decoder sizes and conditioning choices (see docs in ``vaura/model/decoder.py``)."""
 
     n_layer: int = 4
     d_model: int = 192

@@ -12,6 +12,9 @@ Accounting of the 757 ``state_dict`` tensors (all are used; an unknown key is an
 * ``visual_feature_extractor.*`` (238) → ``vaura.visual.load_segment_avclip`` (Segment-AVCLIP Motionformer).
 * ``audio_encoder.model.*`` (301, fp16, ``weight_g``/``weight_v``) → ``vaura.codec.load_dac_state_dict``
   (44.1 kHz DAC, 9 codebooks used).
+
+This module only maps keys (it imports nothing outside ``vaura/model`` but the restricted unpickler); building
+the codec and visual encoder from the other two groups is :mod:`vaura.generate.official`'s job.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 
 from vaura.model.config import named_size
-from vaura.model.vaura import VAURA
+from vaura.model.decoder import VAURA
 from vaura.safe_pickle import Placeholder, UnsafeCheckpointError, restricted_load
 
 PREFIXES = {
@@ -146,7 +149,7 @@ def load_official_checkpoint(path: str | Path, check_counts: bool = True) -> Off
                               str(ckpt_path), hparams if isinstance(hparams, dict) else {})
 
 
-def sampler_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEAD,
+def decoder_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEAD,
                        audio_frame_rate: float = DAC_FRAME_RATE, max_seconds: float = 2.56) -> VAURA:
     """Build the reference-mode :class:`VAURA` the sampler tensors describe and load them strictly (fp32)."""
     try:
@@ -179,13 +182,13 @@ def _multiple_for(d_model: int, ffn_hidden: int) -> int:
     raise OfficialCheckpointError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
 
 
-def official_sampler(ckpt: OfficialCheckpoint) -> VAURA:
+def official_decoder(ckpt: OfficialCheckpoint) -> VAURA:
     """The checkpoint's decoder; head count from its hyper-parameters (``nhead``), else the paper's 16.
 
     Sizes visible in the hyper-parameters must agree with the tensors' shapes.
     """
     params = ckpt.sampler_params
-    model = sampler_from_state(ckpt.sampler, n_head=int(params.get("nhead", PAPER_N_HEAD)))
+    model = decoder_from_state(ckpt.sampler, n_head=int(params.get("nhead", PAPER_N_HEAD)))
     seen = {"num_layers": model.cfg.n_layer, "d_model": model.cfg.d_model, "num_codebooks": model.n_codebooks}
     wrong = {k: (params[k], v) for k, v in seen.items() if k in params and params[k] != v}
     if wrong:
@@ -196,19 +199,4 @@ def official_sampler(ckpt: OfficialCheckpoint) -> VAURA:
 
 def load_official_vaura(path: str | Path) -> VAURA:
     """The released decoder, ready for generation in the mode it was trained with (fusion, reference)."""
-    return official_sampler(load_official_checkpoint(path))
-
-
-def official_codec(ckpt: OfficialCheckpoint, n_quantizers: int = 9):
-    """The checkpoint's own DAC (fp16 tensors → fp32) as a ``vaura.codec.Codec``."""
-    from vaura.codec import Codec, load_dac_state_dict
-
-    return Codec(load_dac_state_dict(ckpt.codec, None, source=f"{ckpt.source} [audio_encoder.model.*]"),
-                 n_quantizers)
-
-
-def official_visual_encoder(ckpt: OfficialCheckpoint, device: str | torch.device = "cpu"):
-    """The checkpoint's own Segment-AVCLIP Motionformer as a ``vaura.visual.VisualEncoder``."""
-    from vaura.visual import PAPER_SIZE, MotionFormer, VisualEncoder, load_segment_avclip
-
-    return VisualEncoder(load_segment_avclip(MotionFormer(PAPER_SIZE), ckpt.visual), device=device)
+    return official_decoder(load_official_checkpoint(path))

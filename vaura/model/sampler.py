@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from vaura.model.decoder import VAURA
 from vaura.model.delay import build_delayed, revert_delayed
-from vaura.model.vaura import VAURA
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,

@@ -40,13 +40,13 @@ def _is_official(path: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, CodecWeightsError, load_codec
     from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
-    from vaura.eval.sweep import SweepError, load_trained_model
     from vaura.media import MediaError, mux_audio
     from vaura.model.config import GenerationConfig
-    from vaura.model.official import (OfficialCheckpointError, load_official_checkpoint, official_codec,
-                                      official_sampler, official_visual_encoder)
-    from vaura.model.video import GenerateError, audio_for_video, check_compatible
+    from vaura.generate.official import official_codec, official_visual_encoder
+    from vaura.generate.video import GenerateError, audio_for_video, check_compatible
+    from vaura.model.official import OfficialCheckpointError, load_official_checkpoint, official_decoder
     from vaura.train.checkpoint import CheckpointError as TrainCheckpointError
+    from vaura.train.checkpoint import load_trained_model
     from vaura.visual import CheckpointError as VisualCheckpointError
     from vaura.visual import VisualConfig, load_visual_encoder
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if _is_official(checkpoint):
             ckpt = load_official_checkpoint(checkpoint)
-            model = official_sampler(ckpt)
+            model = official_decoder(ckpt)
             codec, encoder = official_codec(ckpt), official_visual_encoder(ckpt, device)
         else:
             model = load_trained_model(checkpoint, device=device)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
     except (ConfigError, OfficialCheckpointError, CodecWeightsError, VisualCheckpointError, TrainCheckpointError,
-            SweepError, GenerateError, MediaError, ValueError) as exc:
+            GenerateError, MediaError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({len(audio) / codec.sample_rate:.2f} s of generated audio, γ = {gen.cfg_scale:g}, "

@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaura.cache import CacheError
     from vaura.codec import CodecConfig, CodecWeightsError, load_codec
-    from vaura.eval.sweep import SweepConfig, SweepError, load_test_items, load_trained_model, run_sweep
+    from vaura.generate.sweep import SweepConfig, SweepError, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
-    from vaura.train.checkpoint import CheckpointError
+    from vaura.train.checkpoint import CheckpointError, load_trained_model
 
     try:
         params = load_yaml(args.params)

@@ -19,7 +19,9 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import torch
 
+from vaura.config import from_dict
 from vaura.io import atomic_torch_save
+from vaura.model import VAURA, ModelConfig
 from vaura.train.distributed import DistEnv, gather_objects
 
 FORMAT = "vaura-train-v1"
@@ -157,3 +159,21 @@ def resume(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, A
     state.data.load_state_dict(ckpt["data"])
     state.step, state.best_val = ckpt["step"], ckpt["best_val"]
     state.mlflow_run_id = ckpt.get("mlflow_run_id") or ""
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> VAURA:
+    """The decoder of a training checkpoint (``<data>/train/best.pt``), in eval mode.
+
+    Built from the checkpoint's own ``model_config`` and ``model_dims`` (not from the current params), so a sweep
+    always samples the model that was trained, whatever params.yaml says now; weights load strictly.
+    """
+    ckpt = load_checkpoint(path)
+    for key in ("model", "model_config", "model_dims"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: training checkpoint lacks '{key}'")
+    model = VAURA(from_dict(ModelConfig, ckpt["model_config"], f"{path}:model_config"), **ckpt["model_dims"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the checkpoint's own model config: {exc}") from exc
+    return model.to(device).eval()

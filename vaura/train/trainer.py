@@ -36,7 +36,7 @@ from vaura.cache import read_meta
 from vaura.config import to_dict
 from vaura.io import atomic_write_json, atomic_write_text
 from vaura.model import VAURA
-from vaura.model.vaura import cfg_drop_mask
+from vaura.model.decoder import cfg_drop_mask
 from vaura.train.checkpoint import RankRng, TrainState, resume_target, save_state
 from vaura.train.checkpoint import resume as resume_from
 from vaura.train.config import TrainConfig, TrainError, TrainSetup

@@ -1,4 +1,4 @@
-"""Visual side of V-AURA: the Segment-AVCLIP Motionformer encoder (and the Synchformer sync model's network)."""
+"""Visual side of V-AURA: the Segment-AVCLIP Motionformer encoder (also the visual branch of Synchformer)."""
 from vaura.visual.config import AVClipConfig, VisualConfig
 from vaura.visual.encoder import (
     VisualEncoder,

@@ -1,4 +1,4 @@
-"""The V-AURA decoder ("sampler"): audio tokens predicted from visual features, read top to bottom.
+"""The V-AURA decoder (the release calls it "sampler"): audio tokens from visual features, top to bottom.
 
 1. Audio embedding — per codebook ``Embedding(card + 1, codebook_dim)`` (row ``card`` = the special BOS/pad token)
    followed by that codec quantizer's weight-normed 1×1 ``out_proj`` (codebook_dim → audio width); the K results

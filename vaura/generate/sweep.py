@@ -214,25 +214,3 @@ def _reconstruct(
         for wav, p in zip(audio, paths):
             _write_wav(p, wav, sr)
     return rows
-
-
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The decoder of a training checkpoint (``<data>/train/best.pt``), in eval mode.
-
-    Built from the checkpoint's own ``model_config`` and ``model_dims`` (not from the current params), so a sweep
-    always samples the model that was trained, whatever params.yaml says now; weights load strictly.
-    """
-    from vaura.config import from_dict
-    from vaura.model import VAURA, ModelConfig
-    from vaura.train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    for key in ("model", "model_config", "model_dims"):
-        if key not in ckpt:
-            raise SweepError(f"{path}: training checkpoint lacks '{key}'")
-    model = VAURA(from_dict(ModelConfig, ckpt["model_config"], f"{path}:model_config"), **ckpt["model_dims"])
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as exc:
-        raise SweepError(f"{path}: weights do not match the checkpoint's own model config: {exc}") from exc
-    return model.to(device).eval()
