@@ -182,7 +182,7 @@ def test_stage_logs_training_curve_and_metrics_to_mlflow(micro_project, tmp_path
 
 
 def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, tmp_path):
-    from vaura.visual import CheckpointError
+    from vaura.weights import WeightsError
 
     root = micro_project
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -203,11 +203,11 @@ def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, 
 
     params["avclip"]["steps"] = 5  # a training knob: the shipped weights no longer match the params
     ship_file.write_text(yaml.safe_dump(params))
-    with pytest.raises(CheckpointError, match=r"other avclip params.*'steps': \(4, 5\)"):
+    with pytest.raises(WeightsError, match=r"other avclip params.*'steps': \(4, 5\)"):
         main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])
     params["avclip"]["steps"], params["visual"]["depth"] = 4, 2
     ship_file.write_text(yaml.safe_dump(params))
-    with pytest.raises(CheckpointError, match=r"another visual architecture.*'depth': \(1, 2\)"):
+    with pytest.raises(WeightsError, match=r"another visual architecture.*'depth': \(1, 2\)"):
         main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])
 
 

@@ -10,6 +10,7 @@ from curate_helpers import write_clip
 from vaura.curation.motion_onset import MotionOnsetScorer, audio_onset_envelope, motion_envelope, lagged_correlation
 from vaura.curation.scorer import ScoringError
 from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
+from vaura.weights import WeightsError
 
 
 def test_motion_envelope_is_mean_abs_grey_change_from_previous_frame():
@@ -93,16 +94,15 @@ def tiny_imagebind() -> torch.nn.Module:
 
 
 def test_imagebind_missing_weights_say_what_to_download_and_where(tmp_path):
-    from vaura.curation.imagebind_score import ImageBindWeightsError
 
     cfg = ScoreConfig(scorer="imagebind", imagebind_weights="weights/imagebind_huge.pth")
-    with pytest.raises(ImageBindWeightsError, match=r"imagebind_huge\.pth.*weights/imagebind_huge\.pth"):
+    with pytest.raises(WeightsError, match=r"imagebind_huge\.pth.*weights/imagebind_huge\.pth"):
         build_scorer(cfg, root=tmp_path)
     assert not (tmp_path / ".checkpoints").exists()
 
 
 def test_imagebind_weights_load_strictly(tmp_path):
-    from vaura.curation.imagebind_score import ImageBindWeightsError, load_imagebind
+    from vaura.curation.imagebind_score import load_imagebind
 
     torch.manual_seed(0)
     src = tiny_imagebind()
@@ -113,7 +113,7 @@ def test_imagebind_weights_load_strictly(tmp_path):
     broken = dict(src.state_dict())
     broken.pop(next(iter(broken)))
     torch.save(broken, tmp_path / "broken.pth")
-    with pytest.raises(ImageBindWeightsError, match="broken.pth"):
+    with pytest.raises(WeightsError, match="broken.pth"):
         load_imagebind(tmp_path / "broken.pth", build=tiny_imagebind)
 
 

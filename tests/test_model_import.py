@@ -18,13 +18,13 @@ from omegaconf import OmegaConf
 
 from vaura.model import VAURA, named_size
 from vaura.model.official import (
-    OfficialCheckpointError,
     load_official_checkpoint,
     load_official_vaura,
     official_decoder,
     read_lightning_checkpoint,
     decoder_from_state,
 )
+from vaura.weights import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "vaura_official.json").read_text())["params"]
@@ -109,13 +109,13 @@ def test_unknown_tensor_and_missing_file_are_clear_errors(tmp_path):
     ckpt = tmp_path / "x.ckpt"
     lightning_checkpoint(ckpt, {"sampler.norm.weight": torch.ones(2), "ema.shadow": torch.ones(2)},
                          tmp_path / "m")
-    with pytest.raises(OfficialCheckpointError, match="ema.shadow"):
+    with pytest.raises(WeightsError, match="ema.shadow"):
         load_official_checkpoint(ckpt, check_counts=False)
-    with pytest.raises(OfficialCheckpointError, match="download"):
+    with pytest.raises(WeightsError, match="download"):
         load_official_checkpoint(tmp_path / "missing.ckpt")
     legacy = tmp_path / "legacy.ckpt"
     legacy.write_bytes(pickle.dumps({"state_dict": {}}))
-    with pytest.raises(OfficialCheckpointError, match="not a torch zip"):
+    with pytest.raises(WeightsError, match="not a torch zip"):
         load_official_checkpoint(legacy)
 
 
@@ -250,7 +250,7 @@ def test_half_split_rope_would_not_match(tmp_path):
 def test_load_official_vaura_refuses_a_shrunk_checkpoint(tmp_path):
     ckpt = tmp_path / "tiny.ckpt"
     lightning_checkpoint(ckpt, {f"sampler.{k}": v for k, v in tiny_released_state().items()}, tmp_path / "m")
-    with pytest.raises(OfficialCheckpointError, match="tensor counts"):
+    with pytest.raises(WeightsError, match="tensor counts"):
         load_official_vaura(ckpt)
 
 
@@ -258,7 +258,7 @@ def test_hparams_that_contradict_the_tensors_are_refused(tmp_path):
     ckpt = tmp_path / "tiny.ckpt"
     lightning_checkpoint(ckpt, {f"sampler.{k}": v for k, v in tiny_released_state().items()}, tmp_path / "m",
                          num_layers=5)
-    with pytest.raises(OfficialCheckpointError, match="num_layers"):
+    with pytest.raises(WeightsError, match="num_layers"):
         official_decoder(load_official_checkpoint(ckpt, check_counts=False))
 
 

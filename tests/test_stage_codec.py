@@ -12,10 +12,11 @@ import torch
 import yaml
 
 from vaura.cli import main
-from vaura.codec import CodecConfig, CodecWeightsError, load_codec
+from vaura.codec import CodecConfig, load_codec
 from vaura.codec.offline import CodecDataError
 from vaura.config import ConfigError, load_section
 from vaura.data.synthetic import SyntheticConfig, generate_benchmark
+from vaura.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CODEC = {
@@ -139,7 +140,7 @@ def _copy_project(shipped: Path, dest: Path) -> Path:
 def test_shipped_weights_trained_with_other_params_are_refused(shipped, tmp_path, section, values, named):
     params = _copy_project(shipped, tmp_path / "p")
     _edit(params, section, **values)
-    with pytest.raises(CodecWeightsError, match=named) as info:
+    with pytest.raises(WeightsError, match=named) as info:
         _run(params, "--no-track")
     assert "vaura codec --params params.yaml --train --ship" in str(info.value)
 
@@ -150,13 +151,13 @@ def test_shipped_weights_trained_on_other_data_are_refused(shipped, tmp_path):
     events = pd.read_csv(events_path)
     events.loc[events["clip"] == "syn-train-00000", "time_s"] += 0.5
     events.to_csv(events_path, index=False)
-    with pytest.raises(CodecWeightsError, match="data_fingerprint"):
+    with pytest.raises(WeightsError, match="data_fingerprint"):
         _run(params, "--no-track")
 
 
 def test_missing_shipped_file_says_how_to_make_it(bench, tmp_path):
     params = _project(bench, tmp_path)
-    with pytest.raises(CodecWeightsError, match=r"codec_offline\.pt.*--train --ship"):
+    with pytest.raises(WeightsError, match=r"codec_offline\.pt.*--train --ship"):
         _run(params, "--no-track")
 
 

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from vaura.codec.codec import (
     Codec,
-    CodecWeightsError,
     codec_from_offline_checkpoint,
     load_codec,
     offline_checkpoint,
@@ -33,6 +32,7 @@ from vaura.codec.config import CodecConfig
 from vaura.codec.train import quality_gate, train_offline_codec
 from vaura.config import ConfigError
 from vaura.io import atomic_torch_save, atomic_write_json
+from vaura.weights import WeightsError
 
 RETRAIN_HINT = "retrain it with `vaura codec --params params.yaml --train --ship`, or set codec.train.source: train"
 
@@ -191,11 +191,11 @@ def run_stage(
             shipped = root / cfg.train.shipped_path
             try:
                 blob = read_offline_checkpoint(shipped)
-            except CodecWeightsError as exc:
-                raise CodecWeightsError(f"{exc}; {RETRAIN_HINT}") from exc
+            except WeightsError as exc:
+                raise WeightsError(f"{exc}; {RETRAIN_HINT}") from exc
             problems = provenance_mismatches(blob, expected)
             if problems:
-                raise CodecWeightsError(
+                raise WeightsError(
                     f"{shipped}: shipped codec weights were not trained with the current params/data: "
                     + "; ".join(problems) + f". {RETRAIN_HINT}"
                 )

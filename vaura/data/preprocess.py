@@ -1,6 +1,6 @@
 """Re-encode a folder of videos to the paper's format; every bad file is named with a reason, none stops the run.
 
-Paper format (FACTS.md, VGGSound as V-AURA uses it): 25 fps, short side 256, H.264, AAC 44.1 kHz mono. The
+Paper format (docs/PAPER.md, VGGSound as V-AURA uses it): 25 fps, short side 256, H.264, AAC 44.1 kHz mono. The
 output clip keeps its input's file stem (the clip id everywhere downstream).
 """
 from __future__ import annotations

@@ -18,7 +18,8 @@ import scipy.linalg
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult, MissingWeightsError
+from vaura.eval.results import MetricResult
+from vaura.weights import WeightsError
 
 EMBED_SR = 16000  # both backbones embed 16 kHz audio (VGGish's rate), so they share one front-end
 
@@ -108,12 +109,12 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def make_embedder(backbone: str, vggish_weights: str | Path | None = None) -> AudioEmbedder:
-    """``logmel`` (weight-free) or ``vggish`` (raises :class:`MissingWeightsError` when the file is absent)."""
+    """``logmel`` (weight-free) or ``vggish`` (:class:`WeightsError` when its weights are absent or do not fit)."""
     if backbone == "logmel":
         return LogMelEmbedding()
     if backbone == "vggish":
         if vggish_weights is None:
-            raise MissingWeightsError("FAD backbone 'vggish' needs a weights path (evaluate.vggish_weights)")
+            raise WeightsError("FAD backbone 'vggish' needs a weights path (evaluate.vggish_weights)")
         return VGGishEmbedding(vggish_weights)
     raise ValueError(f"unknown FAD backbone {backbone!r}; choose 'logmel' or 'vggish'")
 
@@ -129,7 +130,7 @@ def fad(
     label = "log-mel, weight-free" if backbone == "logmel" else backbone
     try:
         embedder = make_embedder(backbone, vggish_weights)
-    except MissingWeightsError as exc:
+    except WeightsError as exc:
         return MetricResult.skipped("fad", str(exc), backbone=label)
     gen = embedder(generated, sample_rate)
     ref = embedder(reference, sample_rate)

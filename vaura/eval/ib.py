@@ -23,12 +23,13 @@ def load_ib_model(
 
     ``build`` (default: ImageBind-huge) is injectable so tests can strict-load a tiny random model.
     """
-    from vaura.curation.imagebind_score import ImageBindWeightsError, load_imagebind
+    from vaura.curation.imagebind_score import load_imagebind
+    from vaura.weights import WeightsError
 
     try:
         kwargs = {"build": build} if build is not None else {}
         return load_imagebind(weights, device=device, **kwargs), ""
-    except ImageBindWeightsError as exc:
+    except WeightsError as exc:
         return None, str(exc)
 
 

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vaura.eval.results import MetricResult, MissingWeightsError
+from vaura.eval.results import MetricResult
+from vaura.weights import WeightsError
 
 EPS = 1e-6
 
@@ -44,7 +45,7 @@ def load_kld_model(
 
     try:
         return load_passt(weights, size or PaSSTSize(), device=device), ""
-    except (MissingWeightsError, ValueError) as exc:
+    except WeightsError as exc:
         return None, str(exc)
 
 

@@ -1,18 +1,14 @@
 """Metric results that can say "skipped" instead of silently vanishing or turning into a zero.
 
 Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whose pretrained weights are absent
-(or whose network is not available) returns ``status="skipped"`` with the reason; ``evaluate`` writes it into
-``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
+or do not fit (a :class:`vaura.weights.WeightsError`) returns ``status="skipped"`` with the reason; ``evaluate``
+writes it into ``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Pretrained weights needed by a metric are not on disk; the message says what to download and where."""
 
 
 @dataclass

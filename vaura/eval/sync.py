@@ -130,14 +130,14 @@ def desync_score(
 def load_sync_predictor(
     weights: str | Path, device: str | torch.device = "cpu", size: Any = None
 ) -> tuple[OffsetPredictor | None, str]:
-    """(predictor, "") from VISUAL's strict Synchformer loader, or (None, reason) when the checkpoint is missing
+    """(predictor, "") from the strict Synchformer loader, or (None, reason) when the checkpoint is missing
     or does not match the released layout. ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
     from vaura.eval.synchformer import SynchformerSize, load_synchformer
-    from vaura.visual.weights import CheckpointError
+    from vaura.weights import WeightsError
 
     try:
         model = load_synchformer(weights, size or SynchformerSize(), device=device)
-    except CheckpointError as exc:
+    except WeightsError as exc:
         return None, str(exc)
     return synchformer_predictor(model), ""
 

@@ -13,8 +13,9 @@ Accounting of the 757 ``state_dict`` tensors (all are used; an unknown key is an
 * ``audio_encoder.model.*`` (301, fp16, ``weight_g``/``weight_v``) → ``vaura.codec.load_dac_state_dict``
   (44.1 kHz DAC, 9 codebooks used).
 
-This module only maps keys (it imports nothing outside ``vaura/model`` but the restricted unpickler); building
-the codec and visual encoder from the other two groups is :mod:`vaura.generate.official`'s job.
+This module only maps keys (outside ``vaura/model`` it uses only the restricted unpickler and
+:mod:`vaura.weights`); building the codec and visual encoder from the other two groups is
+:mod:`vaura.generate.official`'s job.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from vaura.model.config import named_size
 from vaura.model.decoder import VAURA
 from vaura.safe_pickle import Placeholder, UnsafeCheckpointError, restricted_load
+from vaura.weights import WeightsError, load_strict
 
 PREFIXES = {
     "sampler": "sampler.",
@@ -43,19 +45,15 @@ DAC_FRAME_RATE = 44100 / 512
 AVCLIP_FRAME_RATE = 12.5
 
 
-class OfficialCheckpointError(ValueError):
-    """The file is missing, not a torch zip checkpoint, or its tensors do not match the released layout."""
-
-
 def read_lightning_checkpoint(path: str | Path) -> tuple[Any, set[str]]:
     """Unpickle the released ``.ckpt`` with the project's restricted reader; returns ``(object, placeholder names)``."""
     path = Path(path)
     if not path.is_file():
-        raise OfficialCheckpointError(f"checkpoint not found: {path}; {DOWNLOAD_HINT}")
+        raise WeightsError(f"checkpoint not found: {path}; {DOWNLOAD_HINT}")
     try:
         return restricted_load(path)
     except UnsafeCheckpointError as exc:
-        raise OfficialCheckpointError(str(exc)) from exc
+        raise WeightsError(str(exc)) from exc
 
 
 def to_plain(obj: Any, depth: int = 0) -> Any:
@@ -111,7 +109,7 @@ def split_state_dict(state: dict[str, Any], source: str = "state_dict") -> dict[
             continue
         groups[owner][key[len(PREFIXES[owner]):]] = value
     if unknown:
-        raise OfficialCheckpointError(f"{source}: {len(unknown)} tensor(s) outside {list(PREFIXES.values())}: "
+        raise WeightsError(f"{source}: {len(unknown)} tensor(s) outside {list(PREFIXES.values())}: "
                                       f"{unknown[:8]}")
     return groups
 
@@ -122,7 +120,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = sorted(path.glob("checkpoints/*.ckpt")) or sorted(path.glob("*.ckpt"))
         if not found:
-            raise OfficialCheckpointError(f"{path}: no checkpoints/*.ckpt in this folder; {DOWNLOAD_HINT}")
+            raise WeightsError(f"{path}: no checkpoints/*.ckpt in this folder; {DOWNLOAD_HINT}")
         return found[-1]
     return path
 
@@ -135,13 +133,13 @@ def load_official_checkpoint(path: str | Path, check_counts: bool = True) -> Off
     ckpt_path = find_checkpoint(path)
     obj, placeholders = read_lightning_checkpoint(ckpt_path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
-        raise OfficialCheckpointError(f"{ckpt_path}: no 'state_dict' mapping at the top level "
+        raise WeightsError(f"{ckpt_path}: no 'state_dict' mapping at the top level "
                                       f"(keys: {sorted(obj) if isinstance(obj, dict) else type(obj).__name__})")
     groups = split_state_dict(obj["state_dict"], str(ckpt_path))
     if check_counts:
         wrong = {g: len(groups[g]) for g in groups if len(groups[g]) != EXPECTED_COUNTS[g]}
         if wrong:
-            raise OfficialCheckpointError(f"{ckpt_path}: tensor counts {wrong} differ from the released "
+            raise WeightsError(f"{ckpt_path}: tensor counts {wrong} differ from the released "
                                           f"{EXPECTED_COUNTS}")
     meta = {k: obj[k] for k in ("epoch", "global_step", "pytorch-lightning_version") if k in obj}
     hparams = to_plain(obj.get("hyper_parameters"))
@@ -161,16 +159,12 @@ def decoder_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEA
         cond_channels, visual_dim = state["cls_embeddings.projection.fc1.weight"].shape
         ffn_hidden = state["layers.0.feed_forward.w1.weight"].shape[0]
     except (KeyError, ValueError) as exc:
-        raise OfficialCheckpointError(f"sampler tensors do not have the released layout (missing {exc})") from exc
+        raise WeightsError(f"sampler tensors do not have the released layout (missing {exc})") from exc
     cfg = named_size("paper", n_layer=n_layer, d_model=d_model, n_head=n_head, cond_channels=cond_channels,
                      conditioning="fusion", alignment="reference", null_condition="buffer",
                      max_seconds=max_seconds, ffn_multiple_of=_multiple_for(d_model, ffn_hidden))
     model = VAURA(cfg, n_codebooks, codebook_size, codebook_dim, audio_frame_rate, visual_dim, AVCLIP_FRAME_RATE)
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:  # missing / unexpected / mis-shaped keys, all named by torch
-        raise OfficialCheckpointError(f"sampler tensors do not match vaura's VAURA: {exc}") from exc
-    return model.eval()
+    return load_strict(model, {k: v.float() for k, v in state.items()}, "sampler tensors").eval()
 
 
 def _multiple_for(d_model: int, ffn_hidden: int) -> int:
@@ -179,7 +173,7 @@ def _multiple_for(d_model: int, ffn_hidden: int) -> int:
     for m in (256, 128, 64, 32, 16, 8, 4, 2, 1):
         if (base if base % m == 0 else base + m - base % m) == ffn_hidden:
             return m
-    raise OfficialCheckpointError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
+    raise WeightsError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
 
 
 def official_decoder(ckpt: OfficialCheckpoint) -> VAURA:
@@ -192,7 +186,7 @@ def official_decoder(ckpt: OfficialCheckpoint) -> VAURA:
     seen = {"num_layers": model.cfg.n_layer, "d_model": model.cfg.d_model, "num_codebooks": model.n_codebooks}
     wrong = {k: (params[k], v) for k, v in seen.items() if k in params and params[k] != v}
     if wrong:
-        raise OfficialCheckpointError(f"{ckpt.source}: hyper-parameters disagree with tensor shapes "
+        raise WeightsError(f"{ckpt.source}: hyper-parameters disagree with tensor shapes "
                                       f"(hparams vs tensors): {wrong}")
     return model
 

@@ -25,8 +25,8 @@ import torch
 from vaura.cache import CacheConfig, CacheError, build_cache, plan_from_splits
 from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
 from vaura.curation.filtering import SPLITS, FilterConfig, read_split
-from vaura.train.distributed import weights_sha256
 from vaura.tables import TableError
+from vaura.weights import weights_sha256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,17 +38,16 @@ def _is_official(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.codec import CodecConfig, CodecWeightsError, load_codec
+    from vaura.codec import CodecConfig, load_codec
     from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
     from vaura.media import MediaError, mux_audio
     from vaura.model.config import GenerationConfig
     from vaura.generate.official import official_codec, official_visual_encoder
     from vaura.generate.video import GenerateError, audio_for_video, check_compatible
-    from vaura.model.official import OfficialCheckpointError, load_official_checkpoint, official_decoder
-    from vaura.train.checkpoint import CheckpointError as TrainCheckpointError
-    from vaura.train.checkpoint import load_trained_model
-    from vaura.visual import CheckpointError as VisualCheckpointError
+    from vaura.model.official import load_official_checkpoint, official_decoder
+    from vaura.train.checkpoint import CheckpointError, load_trained_model
     from vaura.visual import VisualConfig, load_visual_encoder
+    from vaura.weights import WeightsError
 
     try:
         params = load_yaml(args.params)
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
         model.cfg.check_window(gen.window_s, "params.generation")
         audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
-    except (ConfigError, OfficialCheckpointError, CodecWeightsError, VisualCheckpointError, TrainCheckpointError,
-            GenerateError, MediaError, ValueError) as exc:
+    except (ConfigError, WeightsError, CheckpointError, GenerateError, MediaError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({len(audio) / codec.sample_rate:.2f} s of generated audio, γ = {gen.cfg_scale:g}, "

@@ -24,6 +24,7 @@ from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
 from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
 from vaura.tables import TableError, write_table
 from vaura.io import atomic_write_csv, atomic_write_json
+from vaura.weights import WeightsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         scorer = build_scorer(cfg, ".", args.device)
-    except (FileNotFoundError, ValueError) as exc:
+    except (WeightsError, ValueError) as exc:
         print(f"vaura score: {exc}", file=sys.stderr)
         return 1
     with stage_run("score", {"score": vars(cfg)}, params_file=args.params):

@@ -31,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.cache import CacheError
-    from vaura.codec import CodecConfig, CodecWeightsError, load_codec
+    from vaura.codec import CodecConfig, load_codec
     from vaura.generate.sweep import SweepConfig, SweepError, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
     from vaura.train.checkpoint import CheckpointError, load_trained_model
+    from vaura.weights import WeightsError
 
     try:
         params = load_yaml(args.params)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             )
             for name, ts in cfg.test_sets.items()
         }
-    except (SweepError, CheckpointError, ConfigError, CacheError, CodecWeightsError) as exc:
+    except (SweepError, CheckpointError, ConfigError, CacheError, WeightsError) as exc:
         print(f"vaura sweep: {exc}", file=sys.stderr)
         return 1
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}

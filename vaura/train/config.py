@@ -26,7 +26,7 @@ class TrainError(RuntimeError):
 class TrainConfig:
     """Optimisation, checkpointing and logging of the V-AURA decoder.
 
-    Reference values (FACTS.md "Training"): AdamW lr 1.08e-4, betas (0.9, 0.95), weight decay 1.08e-5 on
+    Reference values (docs/PAPER.md "Training"): AdamW lr 1.08e-4, betas (0.9, 0.95), weight decay 1.08e-5 on
     ≥2-D params, cosine schedule with 1000 warm-up steps over 200k with min ratio 0.1, batch 12 per GPU,
     gradient clipping by value 1.0. ``params.yaml`` carries CPU-sized offline defaults.
     """

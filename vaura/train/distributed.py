@@ -1,11 +1,9 @@
-"""The process group of a torchrun job: rank/world from the environment, collectives the trainer needs, and the
-weights digest that DDP replicas (and the cache's encoder fingerprint) compare bit for bit."""
+"""The process group of a torchrun job: rank/world from the environment and the collectives the trainer needs."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,14 +68,3 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     out: list[Any] = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def weights_sha256(*state_dicts: Mapping[str, torch.Tensor]) -> str:
-    """Digest of every tensor's name, dtype and bytes (sorted by name), over one or more state dicts."""
-    h = hashlib.sha256()
-    for state in state_dicts:
-        for name, t in sorted(state.items()):
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to ``min_ratio`` of the peak (FACTS.md)."""
+"""Learning-rate schedule: linear warm-up, then cosine decay to ``min_ratio`` of the peak (docs/PAPER.md)."""
 from __future__ import annotations
 
 import math

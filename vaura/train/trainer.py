@@ -41,9 +41,10 @@ from vaura.train.checkpoint import RankRng, TrainState, resume_target, save_stat
 from vaura.train.checkpoint import resume as resume_from
 from vaura.train.config import TrainConfig, TrainError, TrainSetup
 from vaura.train.data import SeededWindows, TrainStream, epoch_batches, make_loader, model_dims, open_cache
-from vaura.train.distributed import DistEnv, all_mean, any_rank, setup_distributed, teardown, weights_sha256
+from vaura.train.distributed import DistEnv, all_mean, any_rank, setup_distributed, teardown
 from vaura.train.lr import build_scheduler, follow_params
 from vaura.train.samples import SampleLogger, load_codec
+from vaura.weights import weights_sha256
 
 log = logging.getLogger("vaura.train")
 
@@ -64,7 +65,7 @@ class LossModule(nn.Module):
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (FACTS.md)."""
+    """AdamW with weight decay on ≥2-D tensors only (matrices, embeddings), not on norms/biases (docs/PAPER.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},

@@ -9,10 +9,9 @@ from vaura.visual.encoder import (
     to_segments,
 )
 from vaura.visual.motionformer import PAPER_SIZE, MotionFormer, MotionFormerSize
-from vaura.visual.weights import CheckpointError
 
 __all__ = [
-    "AVClipConfig", "CheckpointError", "MotionFormer", "MotionFormerSize", "PAPER_SIZE", "VisualConfig",
+    "AVClipConfig", "MotionFormer", "MotionFormerSize", "PAPER_SIZE", "VisualConfig",
     "VisualEncoder", "VisualInputError", "frames_to_input", "load_segment_avclip", "load_visual_encoder",
     "to_segments",
 ]

@@ -325,25 +325,25 @@ def _training_knobs(cfg: AVClipConfig) -> dict[str, Any]:
 
 def load_shipped(path: Path, vcfg: VisualConfig, cfg: AVClipConfig) -> tuple[SegmentAVCLIP, dict[str, Any]]:
     """The two-tower model saved by ``vaura avclip --ship``; it must match params ``visual`` and ``avclip``."""
-    from vaura.visual.weights import CheckpointError, load_strict, read_checkpoint
+    from vaura.weights import WeightsError, load_strict, read_checkpoint
 
     if not path.is_file():
-        raise CheckpointError(
+        raise WeightsError(
             f"shipped avclip stand-in not found: {path}. Produce it with `vaura avclip --params params.yaml "
             "--ship`, or set params avclip.source: train"
         )
     obj = read_checkpoint(path, "vaura avclip stand-in (vaura avclip --ship)")
     if "towers" not in obj or "size" not in obj or "avclip" not in obj:
-        raise CheckpointError(f"{path}: not a shipped avclip file (needs 'size', 'avclip' and 'towers')")
+        raise WeightsError(f"{path}: not a shipped avclip file (needs 'size', 'avclip' and 'towers')")
     size = size_from_config(vcfg)
     if obj["size"] != size.to_dict():
         diffs = {k: (v, size.to_dict().get(k)) for k, v in obj["size"].items() if size.to_dict().get(k) != v}
-        raise CheckpointError(f"{path}: trained for another visual architecture (file vs params: {diffs}); "
+        raise WeightsError(f"{path}: trained for another visual architecture (file vs params: {diffs}); "
                               "rerun `vaura avclip --ship` or set avclip.source: train")
     mine, theirs = _training_knobs(cfg), {k: v for k, v in obj["avclip"].items() if k not in EVAL_ONLY_KEYS}
     if mine != theirs:
         diffs = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-        raise CheckpointError(f"{path}: trained with other avclip params (file vs params: {diffs}); "
+        raise WeightsError(f"{path}: trained with other avclip params (file vs params: {diffs}); "
                               "rerun `vaura avclip --ship` or set avclip.source: train")
     model = SegmentAVCLIP(MotionFormer(size), cfg)
     load_strict(model, obj["towers"], str(path))
