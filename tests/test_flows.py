@@ -90,6 +90,104 @@ def test_sigterm_to_the_flow_process_kills_its_stage_tree(tmp_path: Path) -> Non
     assert _gone(grandchild)
 
 
+def test_output_reaches_the_log_line_by_line_while_the_stage_runs(flows, tmp_path: Path) -> None:
+    """The stage waits for its first line to be logged before it goes on: buffered or end-of-run logging fails."""
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    marker = tmp_path / "seen"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        print("epoch 1 started")  # no flush: the flow's environment must make stage output unbuffered
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(marker)!r}):
+            if time.monotonic() > deadline:
+                sys.exit("the first line was not logged while the stage ran")
+            time.sleep(0.05)
+        print("epoch 1 done")
+    """)
+    logged: list[str] = []
+
+    def log(line: str) -> None:
+        logged.append(line)
+        if line == "epoch 1 started":
+            marker.touch()
+
+    flows.run_in_group([sys.executable, "-c", script], tmp_path, flows.stage_env(tmp_path, "p"), log=log)
+    assert [ln for ln in logged if ln.startswith("epoch")] == ["epoch 1 started", "epoch 1 done"]
+
+
+def test_progress_bar_frames_become_periodic_lines(flows, tmp_path: Path) -> None:
+    script = ("import sys\nfor i in range(1, 201):\n    sys.stdout.write(f'\\rtrain {i}/200')\n"
+              "sys.stdout.write('\\n')\nprint('saved best.pt')")
+    logged: list[str] = []
+    flows.run_in_group([sys.executable, "-c", script], tmp_path, log=logged.append)
+    body = [ln for ln in logged if not ln.startswith("$ ")]
+    assert body == ["train 1/200", "train 200/200", "saved best.pt"]  # first frame, the final line, no frames between
+
+
+# A stand-in for `python -m dvc`: records which experiment it started, starts a grandchild (as dvc starts
+# vaura, which starts torchrun), writes its pid and waits, as a long `dvc exp run` does.
+FAKE_DVC = textwrap.dedent("""
+    import subprocess, sys, time
+    from pathlib import Path
+    name = sys.argv[sys.argv.index("--name") + 1]
+    Path(sys.argv[1], name + ".started").touch()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    Path(sys.argv[1], name + ".pid").write_text(str(child.pid))
+    time.sleep(120)
+""")
+
+ABLATION_DRIVER = textwrap.dedent("""
+    import importlib.util, sys
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("vf", sys.argv[1])
+    vf = importlib.util.module_from_spec(spec); spec.loader.exec_module(vf)
+    work = Path(sys.argv[2])
+    vf.PROJECT_DIR = work
+    vf._dvc = lambda: [sys.executable, str(work / "fake_dvc.py"), str(work)]
+    vf.ablation(variants={"first": {}, "second": {}, "third": {}}, report=False)
+""")
+
+
+@pytest.mark.slow
+def test_cancelling_ablation_kills_the_running_variant_and_starts_no_other(tmp_path: Path, prefect_api) -> None:
+    """Prefect cancels a flow run by SIGTERM to its process: the running experiment's tree dies, the queued
+    variants never start, the flow process ends promptly and the MLflow parent ends KILLED."""
+    from mlflow.tracking import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    (tmp_path / "fake_dvc.py").write_text(FAKE_DVC)
+    (tmp_path / "params.yaml").write_text("tracking:\n  uri: sqlite:///mlruns.db\n  experiment: vaura\n")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-c", ABLATION_DRIVER, str(REPO / "flows" / "vaura_flows.py"),
+                             str(tmp_path)], cwd=tmp_path, env=env)
+    try:
+        grandchild = _wait_for_pid(next_pid_file(tmp_path, proc), timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert _gone(grandchild)
+    time.sleep(3)  # a unit started after the cancel would show up by now
+    assert sorted(p.name.split("-")[-1] for p in tmp_path.glob("*.started")) == ["first.started"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    parents = client.search_runs([client.get_experiment_by_name("vaura").experiment_id],
+                                 "tags.`vaura.role` = 'pipeline'")
+    assert [r.info.status for r in parents] == ["KILLED"]
+
+
+def next_pid_file(work: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Path:
+    """The pid file of the first experiment, once the flow (which needs the Prefect API) has started it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in work.glob("*.pid") if p.read_text().strip()]
+        if found:
+            return found[0]
+        assert proc.poll() is None, f"flow process exited early ({proc.returncode})"
+        time.sleep(0.2)
+    raise AssertionError("the first variant never started")
+
+
 def test_override_args_follow_dvc_set_param_syntax(flows) -> None:
     args = flows._override_args({"model.conditioning": "prepend", "filter.threshold": 0.3,
                                  "sweep.cfg_scales": [1.0, 6.0], "train.compile": False})
@@ -224,3 +322,23 @@ def test_pipeline_and_ablation_flows_group_runs_and_gather_the_table(flows, prob
                            and r.data.tags["vaura.role"] == "stage"]
     assert len(ablation_stage_runs) == 4  # 2 variants x (train, evaluate) under one parent
     assert len({r.data.tags["mlflow.parentRunId"] for r in ablation_stage_runs}) == 1
+
+
+@pytest.mark.slow
+def test_train_flow_logs_each_stage_line_and_its_final_state_once(flows, probe_project: Path, prefect_api,
+                                                                  monkeypatch) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    monkeypatch.setattr(flows, "PROJECT_DIR", probe_project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    state = flows.train_vaura(overrides={"probe.value": 7}, name="logs-probe", return_state=True)
+    assert state.is_completed()
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    messages = [log.message for log in logs]
+    assert "Running stage 'train':" in messages  # dvc's own line, logged as it came, not inside a tail
+    assert sum(m.startswith("Finished in state") for m in messages) == 1

@@ -71,3 +71,31 @@ def test_generate_reports_released_checkpoint_missing_with_download_hint(project
                str(project / "params.yaml"), "--root", str(project), "--checkpoint", str(project / "vaura.ckpt")])
     assert rc == 1
     assert "download" in capsys.readouterr().err
+
+
+def test_generate_off_cuda_decodes_eagerly_and_says_why_once(project, capsys, monkeypatch):
+    import vaura.model.sampler as sampler
+
+    monkeypatch.setattr(sampler, "_fallback_said", set())
+    flags = []
+    real = sampler.generate
+
+    def spy(*args, **kwargs):
+        flags.append(args[9] if len(args) > 9 else kwargs.get("compile", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampler, "generate", spy)
+    rc = main(["generate", str(project / "clip.mp4"), "-o", str(project / "auto.mp4"), "--params",
+               str(project / "params.yaml"), "--root", str(project), "--device", "cpu"])
+    assert rc == 0
+    assert flags == [False, False]  # two windows for 3.2 s, both eager
+    assert capsys.readouterr().err.count("eager decoding") == 1
+
+
+def test_generate_refuses_a_compiled_decode_it_cannot_run(project, capsys):
+    out = project / "compiled.mp4"
+    rc = main(["generate", str(project / "clip.mp4"), "-o", str(out), "--params", str(project / "params.yaml"),
+               "--root", str(project), "--device", "cpu", "--decode", "compiled"])
+    assert rc == 1 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "generation.decode=compiled" in err[0] and "cpu" in err[0]

@@ -8,13 +8,14 @@ import io
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from pipeline_helpers import BIN, DVC, clean_env, make_micro_repo, run
 
-from vaura.stack import StackError, StackSettings, free_port, up
+from vaura.stack import MEMBER_ENV, StackError, StackSettings, down, free_port, strays, up
 
 @pytest.mark.slow
 def test_stack_trains_through_the_worker_tracks_to_s3_and_serves_dvc_remote(tmp_path: Path) -> None:
@@ -115,3 +116,41 @@ def test_failed_start_stops_what_it_started(tmp_path: Path) -> None:
                                                 for c in (p.info["cmdline"] or []))]
     assert leftovers == []
     assert not (tmp_path / "st" / "stack.json").exists()
+
+
+def test_down_stops_a_dead_workers_flow_runs_and_says_the_worker_was_dead(tmp_path: Path) -> None:
+    """A killed worker leaves its flow run (own session, re-parented to init) running: `down` must find and stop
+    that tree, and must not claim it stopped a worker that was already gone."""
+    import os
+    import sys
+
+    from vaura.io import atomic_write_json
+
+    settings = StackSettings(state_dir=tmp_path / "st", project_dir=tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    atomic_write_json(settings.state_dir / "stack.json", {
+        "settings": {"project_dir": str(tmp_path)},
+        "services": [{"name": "prefect-worker", "pid": dead.pid, "argv": [], "log": "worker.log", "health_url": ""}],
+    })
+    pidfile = tmp_path / "child.pid"
+    flow_run = subprocess.Popen(  # a flow run as the worker starts it: own session, with a child (dvc, stages)
+        [sys.executable, "-c", "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+         f"'import time; time.sleep(120)']); open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(120)"],
+        env={**os.environ, MEMBER_ENV: str(settings.state_dir)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        assert {p.pid for p in strays(settings)} == {flow_run.pid, child}
+        said: list[str] = []
+        down(settings, log=said.append)
+        flow_run.wait(timeout=10)
+        assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        assert any(f"prefect-worker (pid {dead.pid}) was not running" in m for m in said)
+        assert not any(m.startswith("stopped prefect-worker") for m in said)
+        assert any("whose worker had died" in m and str(flow_run.pid) in m for m in said)
+        assert not (settings.state_dir / "stack.json").exists()
+    finally:
+        flow_run.kill()

@@ -240,3 +240,13 @@ def test_committed_stand_in_matches_the_default_params():
     recorded = blob["provenance"]["data_fingerprint"]
     assert provenance_mismatches(blob, provenance(cfg, int(params["seed"]), recorded)) == []
     assert blob["n_quantizers"] >= cfg.n_quantizers
+
+
+def test_a_time_capped_codec_training_is_an_error_not_an_output(shipped, tmp_path):
+    params = _copy_project(shipped, tmp_path / "p")
+    _edit(params, "train", max_minutes=1e-9)
+    out = params.parent / "data" / "codec"
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(ConfigError, match=r"max_minutes=1e-09 stopped training at step \d+ of codec.train.steps=6"):
+        _run(params, "--train", "--no-track")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # nothing of the cut run was written

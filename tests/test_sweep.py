@@ -255,3 +255,17 @@ def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:
     save_checkpoint(tmp_path / "bad.pt", {"model": bad, "model_config": to_dict(cfg), "model_dims": dims})
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_trained_model(tmp_path / "bad.pt")
+
+
+def test_sweep_stage_refuses_a_compiled_decode_off_cuda(tmp_path, repo_root, capsys) -> None:
+    import yaml
+
+    from vaura.cli import main
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["generation"]["decode"] = "compiled"
+    params["sweep"]["device"] = "cpu"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["sweep", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vaura sweep: generation.decode=compiled")

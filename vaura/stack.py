@@ -30,6 +30,10 @@ S3_ACCESS_KEY = "vaura-local"
 S3_SECRET_KEY = "vaura-local-secret"
 S3_REGION = "us-east-1"
 DVC_REMOTE = "vaura-stack"
+# Every process the stack starts carries this variable (= its state folder), and so does everything they start:
+# flow runs, DVC, the stages, torchrun ranks. That is how `down` finds a dead worker's flow runs, which have
+# their own sessions and were re-parented to init.
+MEMBER_ENV = "VAURA_STACK_MEMBER"
 
 
 class StackError(RuntimeError):
@@ -92,6 +96,7 @@ def _service_env(s: StackSettings) -> dict[str, str]:
     env["PREFECT_HOME"] = str(s.state_dir / "prefect")
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["VAURA_PROJECT_DIR"] = str(s.project_dir)
+    env[MEMBER_ENV] = str(s.state_dir)
     # Flow runs call `dvc` and `vaura`: make this interpreter's bin folder win on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
@@ -224,6 +229,15 @@ def _create_bucket(s: StackSettings) -> None:
         raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
 
 
+def _close_stale_runs(s: StackSettings) -> int:
+    """Runs left RUNNING by processes killed while the stack was down (or by SIGKILL) end as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from vaura.tracking import close_stale_runs
+
+    return len(close_stale_runs(MlflowClient(s.mlflow_url)))
+
+
 def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
     """Start every service, wait until each is healthy, create the bucket/pool, deploy flows, set the DVC remote.
 
@@ -237,6 +251,8 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
             raise StackError(f"{name} port {s.host}:{port} is in use; choose another (see `vaura stack up --help`)")
     s.state_dir.mkdir(parents=True, exist_ok=True)
     (s.state_dir / "prefect").mkdir(exist_ok=True)
+    if members(s.state_dir):  # flow runs of a previous stack whose worker died
+        _stop_services([], log, state_dir=s.state_dir)
     env = _service_env(s)
     deadline = time.monotonic() + s.timeout_s
     services: list[Service] = []
@@ -282,6 +298,9 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         log(f"worker         pool {s.work_pool}")
         _wait_healthy(services[1], deadline, lambda body: body.strip() == b"OK")
         log(f"MLflow UI      {s.mlflow_url}  (artifacts proxied to s3://{s.bucket}/mlflow)")
+        closed = _close_stale_runs(s)
+        if closed:
+            log(f"MLflow         {closed} run(s) left RUNNING by killed processes marked KILLED")
         _configure_dvc_remote(s, env)
         log(f"DVC remote     {DVC_REMOTE} -> s3://{s.bucket}/dvc (in .dvc/config.local)")
     except BaseException:
@@ -303,42 +322,86 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: float = 15.0) -> list[int]:
-    """SIGTERM each service's process group (newest first), SIGKILL what outlives ``grace_s``.
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
-    Descendants that moved to their own session (Prefect flow runs, DVC subprocesses) are collected first so
-    they are stopped too. Returns the pids still alive afterwards (empty on a clean stop).
+
+def members(state_dir: Path) -> list[psutil.Process]:
+    """Live processes started by the stack of ``state_dir`` or by its flow runs (see ``MEMBER_ENV``)."""
+    me = psutil.Process()
+    skip = {me.pid, *(p.pid for p in me.parents())}
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in skip:
+            continue
+        try:
+            if proc.environ().get(MEMBER_ENV) == str(state_dir) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:  # gone meanwhile, or another user's process
+            continue
+    return found
+
+
+def _terminate(procs: list[psutil.Process], grace_s: float) -> list[psutil.Process]:
+    """SIGTERM each process's group (its whole tree when it leads one), SIGKILL what outlives ``grace_s``."""
+    own_group = os.getpgid(0)
+    for proc in procs:
+        try:
+            group = os.getpgid(proc.pid)
+            if group != own_group:
+                os.killpg(group, signal.SIGTERM)
+            else:
+                proc.terminate()
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=5.0)
+    return alive
+
+
+def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: float = 15.0,
+                   state_dir: Path | None = None) -> list[int]:
+    """Stop each service's process tree (newest first), then every other member of the stack.
+
+    Descendants that moved to their own session (Prefect flow runs, DVC subprocesses) are collected with their
+    service; those whose worker already died are found by ``MEMBER_ENV``. A service found dead is reported as
+    such, not as stopped. Returns the pids still alive afterwards (empty on a clean stop).
     """
-    procs: list[psutil.Process] = []
+    left: list[psutil.Process] = []
     for svc in reversed(services):
-        tree = _tree(svc["pid"])
-        procs.extend(tree)
-        own_group = os.getpgid(0)
-        for sig_target in {svc["pid"], *(p.pid for p in tree)}:
-            try:
-                group = os.getpgid(sig_target)
-                if group != own_group:
-                    os.killpg(group, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        log(f"stopped {svc['name']} (pid {svc['pid']})")
-    _, alive = psutil.wait_procs(procs, timeout=5.0)
-    return [p.pid for p in alive]
+        was_alive = _alive(svc["pid"])
+        left += _terminate(_tree(svc["pid"]), grace_s)
+        log(f"stopped {svc['name']} (pid {svc['pid']})" if was_alive else
+            f"{svc['name']} (pid {svc['pid']}) was not running: it had exited (last lines in {svc['log']})")
+    if state_dir is not None:
+        stray = members(state_dir)
+        if stray:
+            left += _terminate(stray, grace_s)
+            log(f"stopped {len(stray)} process(es) of flow runs whose worker had died: "
+                f"{', '.join(f'{p.pid}' for p in stray)}")
+    return [p.pid for p in left if _alive(p.pid)]
 
 
 def down(s: StackSettings, log: Callable[[str], None] = print) -> None:
-    """Stop every recorded service and unset the DVC remote the stack configured; logs stay in the state folder."""
+    """Stop every recorded service and its flow runs (also those of a dead worker), and unset the DVC remote
+    the stack configured; logs stay in the state folder."""
     state = _read_state(s)
     if state is None:
-        log(f"no stack recorded in {s.state_dir}")
+        stray = members(s.state_dir)
+        if stray:
+            _stop_services([], log, state_dir=s.state_dir)
+        else:
+            log(f"no stack recorded in {s.state_dir}")
         return
-    left = _stop_services(state["services"], log)
+    left = _stop_services(state["services"], log, state_dir=s.state_dir)
     if left:
         raise StackError(f"processes still alive after SIGKILL: {left}")
     project = Path(state["settings"]["project_dir"])
@@ -353,11 +416,13 @@ def status(s: StackSettings) -> list[tuple[str, int, bool, bool]]:
     state = _read_state(s)
     if state is None:
         return []
-    rows = []
-    for svc in state["services"]:
-        try:
-            alive = psutil.Process(svc["pid"]).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            alive = False
-        rows.append((svc["name"], svc["pid"], alive, alive and _http_ok(svc["health_url"])))
-    return rows
+    return [(svc["name"], svc["pid"], _alive(svc["pid"]), _alive(svc["pid"]) and _http_ok(svc["health_url"]))
+            for svc in state["services"]]
+
+
+def strays(s: StackSettings) -> list[psutil.Process]:
+    """Members of the stack outside every live service's tree: flow runs (and their DVC/stage processes) whose
+    worker died. ``down`` (or the next ``up``) stops them."""
+    state = _read_state(s) or {"services": []}
+    owned = {p.pid for svc in state["services"] for p in _tree(svc["pid"])}
+    return [p for p in members(s.state_dir) if p.pid not in owned]

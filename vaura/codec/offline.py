@@ -173,6 +173,10 @@ def run_stage(
                 raise CodecDataError(f"{data_dir / 'clips' / 'manifest.csv'}: no TRAIN clips to train the codec on")
             audio = read_clip_audio(list(inputs.train["path"]), cfg.offline.sample_rate, "codec train audio", progress)
             result = train_offline_codec(audio, cfg, seed, progress=progress, on_log=on_train_log)
+            if result.steps < cfg.train.steps:  # how far a time cap gets depends on the machine's load
+                raise ConfigError(f"params.codec.train.max_minutes={cfg.train.max_minutes:g} stopped training at step "
+                                  f"{result.steps} of codec.train.steps={cfg.train.steps}: a time-capped codec is no "
+                                  "reproduction of its params and is not saved; raise codec.train.max_minutes")
             blob = offline_checkpoint(
                 result.model,
                 cfg.offline.dac_kwargs(),

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, loaded_or_reason
 
 
 def load_ib_model(
@@ -24,13 +24,9 @@ def load_ib_model(
     ``build`` (default: ImageBind-huge) is injectable so tests can strict-load a tiny random model.
     """
     from vaura.curation.imagebind_score import load_imagebind
-    from vaura.weights import WeightsError
 
-    try:
-        kwargs = {"build": build} if build is not None else {}
-        return load_imagebind(weights, device=device, **kwargs), ""
-    except WeightsError as exc:
-        return None, str(exc)
+    kwargs = {"build": build} if build is not None else {}
+    return loaded_or_reason(lambda: load_imagebind(weights, device=device, **kwargs))
 
 
 def ib_score(

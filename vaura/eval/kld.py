@@ -14,8 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vaura.eval.results import MetricResult
-from vaura.weights import WeightsError
+from vaura.eval.results import MetricResult, loaded_or_reason
 
 EPS = 1e-6
 
@@ -43,10 +42,7 @@ def load_kld_model(
     """(PaSST, "") or (None, reason) when the weights are missing or not in the released layout."""
     from vaura.eval.passt import PaSSTSize, load_passt
 
-    try:
-        return load_passt(weights, size or PaSSTSize(), device=device), ""
-    except WeightsError as exc:
-        return None, str(exc)
+    return loaded_or_reason(lambda: load_passt(weights, size or PaSSTSize(), device=device))
 
 
 def kld_score(

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
+
+from vaura.weights import WeightsError
+
+Loaded = TypeVar("Loaded")
 
 
 @dataclass
@@ -43,3 +47,12 @@ class MetricResult:
         else:
             out["reason"] = self.reason
         return out
+
+
+def loaded_or_reason(load: Callable[[], Loaded]) -> tuple[Loaded | None, str]:
+    """``(load(), "")``, or ``(None, reason)`` when the pretrained weights are missing or do not fit: the metric is
+    then skipped with the reason instead of failing the stage."""
+    try:
+        return load(), ""
+    except WeightsError as exc:
+        return None, str(exc)

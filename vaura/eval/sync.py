@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, loaded_or_reason
 
 VIDEO_FPS = 25
 AUDIO_SR = 16000
@@ -133,13 +133,9 @@ def load_sync_predictor(
     """(predictor, "") from the strict Synchformer loader, or (None, reason) when the checkpoint is missing
     or does not match the released layout. ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
     from vaura.eval.synchformer import SynchformerSize, load_synchformer
-    from vaura.weights import WeightsError
 
-    try:
-        model = load_synchformer(weights, size or SynchformerSize(), device=device)
-    except WeightsError as exc:
-        return None, str(exc)
-    return synchformer_predictor(model), ""
+    model, reason = loaded_or_reason(lambda: load_synchformer(weights, size or SynchformerSize(), device=device))
+    return (synchformer_predictor(model) if model is not None else None), reason
 
 
 def synchformer_predictor(model: Any) -> OffsetPredictor:

@@ -72,6 +72,9 @@ class GenerationConfig:
     top_p: float = 0.0
     window_s: float = 2.56
     stride_s: float = 1.28
+    # decode step: "auto" = the compiled CUDA-graph step where it can run (CUDA + triton), else eager with one
+    # message saying why; "compiled" insists (error elsewhere); "eager" never compiles
+    decode: Literal["auto", "compiled", "eager"] = "auto"
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:

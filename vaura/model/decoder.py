@@ -16,7 +16,6 @@ Parameter names equal the released checkpoint's ``sampler.*`` keys, so importing
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +130,7 @@ class VAURA(nn.Module):
         self.n_prefix = 0 if self.fusion else self.n_null
         self.n_positions = self.n_prefix + self.max_frames + n_codebooks
         self._rope: torch.Tensor | None = None  # fp32 (cos, sin) table, built per device by rope_on()
+        self._loss_fn = codebook_loss  # compile_blocks() swaps in the compiled one
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -211,6 +211,17 @@ class VAURA(nn.Module):
         h = self.norm(h)
         return torch.stack([head(h) for head in self.lm_heads], dim=1)
 
+    def compile_blocks(self) -> None:
+        """``torch.compile`` each decoder block and the loss, in place, for training speed.
+
+        The blocks share one code object, so the graph is compiled once and reused by every layer (regional
+        compilation): about the compile time of one block instead of the whole unrolled model, with the fusions
+        that matter (norms, RoPE, SwiGLU, attention's surroundings) inside the block.
+        """
+        for layer in self.layers:
+            layer.compile()
+        self._loss_fn = torch.compile(codebook_loss)
+
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         cfg = self.cfg
         return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head, device, dtype)
@@ -238,18 +249,9 @@ class VAURA(nn.Module):
              drop_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked per-codebook cross-entropy averaged over codebooks; ``(loss, per_codebook [K] detached)``.
 
-        Frames whose code is negative (padding past a clip's end) are excluded from the loss.
+        Frames whose code is negative (padding past a clip's end) are excluded (see :func:`codebook_loss`).
         """
-        logits = self(codes, visual, drop_cond)
-        valid = codes >= 0
-        per_cb = []
-        for q in range(self.n_codebooks):
-            m = valid[:, q]
-            if not m.any():
-                raise ValueError(f"codebook {q} has no valid frame in this batch")
-            per_cb.append(F.cross_entropy(logits[:, q][m].float(), codes[:, q][m]))
-        per = torch.stack(per_cb)
-        return per.mean(), per.detach()
+        return self._loss_fn(self(codes, visual, drop_cond), codes)
 
     # ---- initialisation from the codec ----------------------------------------------------------------------
     @torch.no_grad()
@@ -257,7 +259,8 @@ class VAURA(nn.Module):
         """Copy the codec's codebooks (+ a random special row) and out-projections into the audio embedding.
 
         ``codec`` follows ``vaura.codec.Codec`` (``codebooks()``, ``out_projections()``). Out-projections are
-        copied only when their width equals the model's audio width; returns how many were copied.
+        copied only when their width equals the model's audio width (a smaller model than the codec's latent is a
+        normal configuration, not a problem to warn about); returns how many were copied.
         """
         books, projs = codec.codebooks(), codec.out_projections()
         if len(books) < self.n_codebooks:
@@ -276,10 +279,25 @@ class VAURA(nn.Module):
                 emb.out_proj.weight_v.copy_(v.reshape(emb.out_proj.weight_v.shape))
                 emb.out_proj.bias.copy_(bias if bias is not None else torch.zeros_like(emb.out_proj.bias))
                 copied += 1
-        if copied < self.n_codebooks:
-            warnings.warn(f"codec out-projections map to {v.shape[0]} channels but the model's audio width is "
-                          f"{self.audio_width}; only the codebooks were copied", stacklevel=2)
         return copied
+
+
+def codebook_loss(logits: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over codebooks of each codebook's cross-entropy over its valid frames (``codes >= 0``).
+
+    ``logits [B, K, T, card]``, ``codes [B, K, T]``; returns ``(loss, per_codebook [K] detached)``. One
+    cross-entropy over every token with padding as ``ignore_index``, summed per codebook and divided by the
+    codebook's count of valid frames: selecting the valid frames with a boolean mask instead would need their
+    number on the host, a GPU→CPU sync per codebook per step. A codebook with no valid frame in the batch gives
+    NaN (0/0), which the trainer reports as a non-finite loss.
+    """
+    b, k, t, card = logits.shape
+    valid = codes >= 0
+    target = torch.where(valid, codes, torch.full_like(codes, -100))
+    per_token = F.cross_entropy(logits.float().reshape(-1, card), target.reshape(-1), ignore_index=-100,
+                                reduction="none").view(b, k, t)
+    per = per_token.sum(dim=(0, 2)) / valid.sum(dim=(0, 2))
+    return per.mean(), per.detach()
 
 
 def _weight_norm_parts(proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

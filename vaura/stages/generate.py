@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: params seed)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run (auto = cuda when available)")
-    parser.add_argument("--compile", action="store_true",
-                        help="CUDA only: compile the one-step decode with CUDA graphs (faster long generations)")
+    parser.add_argument("--decode", choices=["auto", "compiled", "eager"], default=None,
+                        help="decode step: compiled CUDA graphs, eager, or auto = compiled where it can run "
+                             "(default: params generation.decode)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.generate.official import official_codec, official_visual_encoder
     from vaura.generate.video import GenerateError, audio_for_video, check_compatible
     from vaura.model.official import load_official_checkpoint, official_decoder
+    from vaura.model.sampler import use_compiled_decode
     from vaura.train.checkpoint import CheckpointError, load_trained_model
     from vaura.visual import VisualConfig, load_visual_encoder
     from vaura.weights import WeightsError
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         paths: PathsConfig = load_section(PathsConfig, "paths", params)
         if args.cfg_scale is not None:
             gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
+        if args.decode is not None:
+            gen = dataclasses.replace(gen, decode=args.decode)
         seed = args.seed if args.seed is not None else int(params.get("seed", 0))
     except (ConfigError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)
@@ -64,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    try:
+        compiled = use_compiled_decode(gen.decode, device)
+    except ValueError as exc:
+        print(f"vaura generate: {exc}", file=sys.stderr)
+        return 1
     root = args.root
     checkpoint = args.checkpoint or root / paths.data / "train" / "best.pt"
     try:
@@ -80,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         codec.to(device)
         check_compatible(model, codec, encoder, str(checkpoint))
         model.cfg.check_window(gen.window_s, "params.generation")
-        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
+        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=compiled)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
     except (ConfigError, WeightsError, CheckpointError, GenerateError, MediaError, ValueError) as exc:
         print(f"vaura generate: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, load_codec
     from vaura.generate.sweep import SweepConfig, SweepError, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
+    from vaura.model.sampler import use_compiled_decode
     from vaura.train.checkpoint import CheckpointError, load_trained_model
     from vaura.weights import WeightsError
 
@@ -49,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     root = args.root
     data = root / paths.data
     device = resolve_device(cfg.device)
+    try:
+        compiled = use_compiled_decode(gen.decode, device)
+    except ValueError as exc:
+        print(f"vaura sweep: {exc}", file=sys.stderr)
+        return 1
     torch.manual_seed(cfg.seed)
     try:
         codec = load_codec(codec_cfg, root, paths.data).to(device)
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vaura sweep: {exc}", file=sys.stderr)
         return 1
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
+    gen_kwargs["compile"] = compiled
     index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
     print(f"vaura sweep: {len(index)} clips indexed in {data / 'sweep' / 'index.csv'}")
     return 0

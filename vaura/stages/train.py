@@ -14,18 +14,20 @@ With train.nproc = 1 it trains in this process; with train.nproc > 1 it launches
 `torchrun --standalone --nproc-per-node N -m vaura.train` (gloo on CPU, NCCL on GPU). The launcher is tied
 to this process: if `vaura train` is interrupted or killed, torchrun and its workers are terminated too.
 Multi-node: infra/slurm/train.sbatch runs the same `-m vaura.train` entry point.
-A killed run restarted with the same params continues exactly from last.pt (`--resume auto`).
+A killed run restarted with the same params continues exactly from last.pt (`--resume auto`). A run cut short by
+the wall-clock budget train.max_minutes (0 = none, the default) exits non-zero, so DVC does not record it.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
 
-from vaura.train.config import load_setup
+from vaura.train.config import TrainConfig, load_setup
 
 _PR_SET_PDEATHSIG = 1
 
@@ -85,11 +87,31 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     return cmd
 
 
+# Exit status of a run cut short by train.max_minutes: DVC records no failed stage in dvc.lock or its cache.
+BUDGET_EXIT = 3
+
+
+def budget_verdict(result: dict, cfg: TrainConfig) -> int:
+    """0, or :data:`BUDGET_EXIT` with a one-line reason when the wall-clock budget ended training early.
+
+    How far a time budget gets depends on the machine's load, so such a run is not a reproduction of its params:
+    its checkpoints stay in place (the next ``dvc repro`` resumes from last.pt) but the stage fails.
+    """
+    if not result.get("stopped_early"):
+        return 0
+    print(f"vaura train: train.max_minutes={cfg.max_minutes:g} stopped training at step {result.get('steps')} of "
+          f"train.total_steps={cfg.total_steps}: not recorded as a reproduction; last.pt is kept and the next "
+          "`dvc repro` resumes from it (train.max_minutes: 0 trains to total_steps in one go)", file=sys.stderr)
+    return BUDGET_EXIT
+
+
 def run(args: argparse.Namespace) -> int:
     setup = load_setup(args.params)
     if setup.train.nproc > 1:
-        return launch(torchrun_command(args, setup.train.nproc))
+        rc = launch(torchrun_command(args, setup.train.nproc))
+        if rc != 0:
+            return rc
+        return budget_verdict(json.loads((setup.data_dir / "train" / "metrics.json").read_text()), setup.train)
     from vaura.train.trainer import train
 
-    train(setup, resume=args.resume, checksum_dir=args.checksum_dir)
-    return 0
+    return budget_verdict(train(setup, resume=args.resume, checksum_dir=args.checksum_dir), setup.train)
