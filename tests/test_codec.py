@@ -13,7 +13,7 @@ import torch
 from vaura.codec import Codec, CodecConfig, CodecInputError, load_codec, load_dac_state_dict
 from vaura.codec.codec import offline_checkpoint
 from vaura.codec.config import CodecGateConfig, TinyDACConfig
-from vaura.codec.train import MultiScaleMelLoss, quality_gate, reconstruct, train_offline_codec
+from vaura.codec.standin import MultiScaleMelLoss, quality_gate, reconstruct, train_offline_codec
 from vaura.io import atomic_torch_save
 from vaura.weights import WeightsError
 

@@ -16,11 +16,11 @@ def test_trainjob_runs_the_torchrun_training_entry_point() -> None:
     assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     trainer = job["spec"]["trainer"]
-    assert trainer["command"][:3] == ["torchrun", "-m", "vaura.train"]
+    assert trainer["command"][:4] == ["torchrun", "-m", "vaura.cli", "train"]
     assert trainer["numNodes"] > 1
-    import vaura.train.__main__ as entry  # the module torchrun starts must exist and take --params
+    from vaura.cli import build_parser  # the command torchrun starts must exist and take --params
 
-    assert "--params" in entry.build_parser().format_help()
+    assert build_parser("train").parse_args(trainer["command"][3:]).params.name == "params.yaml"
 
 
 def test_prefect_k8s_job_template_declares_every_placeholder() -> None:

@@ -119,7 +119,7 @@ def test_train_sweep_and_evaluate_read_only_what_the_stage_before_wrote(micro_re
     (root / "forward.yaml").write_text(yaml.safe_dump(params))
     run(["vaura", "train", "--params", "forward.yaml", "--resume", "never"], root, env, timeout=600)
     run(["vaura", "sweep", "--params", "forward.yaml"], root, env, timeout=600)
-    run(["vaura", "evaluate", "--params", "forward.yaml", "--no-mlflow"], root, env, timeout=600)
+    run(["vaura", "evaluate", "--params", "forward.yaml", "--no-track"], root, env, timeout=600)
     assert (data / "eval" / "metrics.json").is_file()
     from mlflow.tracking import MlflowClient
 

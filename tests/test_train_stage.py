@@ -15,11 +15,13 @@ from vaura.stages.train import torchrun_command
 def test_torchrun_command_carries_the_entry_point_and_options(tmp_path):
     import argparse
 
-    args = argparse.Namespace(params=tmp_path / "p.yaml", resume="never", checksum_dir=None)
+    args = argparse.Namespace(params=tmp_path / "p.yaml", resume="never", checksum_dir=None, root=None,
+                              no_track=True, debug=False)
     cmd = torchrun_command(args, 4)
-    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert "torchrun" in cmd[2]  # torchrun, run in-process by vaura.stages.train.torchrun
     assert cmd[cmd.index("--nproc-per-node") + 1] == "4"
-    assert cmd[-6:] == ["-m", "vaura.train", "--params", str(tmp_path / "p.yaml"), "--resume", "never"]
+    assert cmd[-8:] == ["-m", "vaura.cli", "train", "--params", str(tmp_path / "p.yaml"), "--resume", "never",
+                        "--no-track"]
 
 
 @pytest.mark.slow

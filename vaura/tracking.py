@@ -330,8 +330,8 @@ def stage_run(
     Logs ``params`` (flattened, redacted) as params and as the ``config/params.json`` artifact, and tags the
     run with the stage, pipeline id, git commit, DVC experiment name (``$DVC_EXP_NAME``) and data hashes.
     ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
-    exists in the store. ``config``: the ``tracking`` section when the caller has already parsed it. The run ends
-    FAILED if the body raises, KILLED on SIGTERM/SIGINT.
+    exists in the store. ``config``: the ``tracking`` section when the caller has it already (else it is read
+    from ``params`` or ``params_file``). The run ends FAILED if the body raises, KILLED on SIGTERM/SIGINT.
     """
     import mlflow
     from mlflow.tracking import MlflowClient

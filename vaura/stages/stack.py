@@ -13,10 +13,9 @@ VAURA_S3_BUCKET environment variables.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from vaura.stack import StackError, StackSettings, down, status, strays, up
+from vaura.stack import StackSettings, down, status, strays, up
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,25 +43,21 @@ def run(args: argparse.Namespace) -> int:
         mlflow_port=args.mlflow_port, prefect_port=args.prefect_port, bucket=args.bucket,
         work_pool=args.work_pool, deploy=not args.no_deploy, timeout_s=args.timeout,
     )
-    try:
-        if args.action == "up":
-            up(settings)
-        elif args.action == "down":
-            down(settings)
-        else:
-            rows = status(settings)
-            if not rows:
-                print(f"no stack recorded in {settings.state_dir}")
-                return 1
-            for name, pid, alive, healthy in rows:
-                print(f"{name:15s} pid {pid:<8d} {'alive' if alive else 'dead':6s} "
-                      f"{'healthy' if healthy else 'unhealthy'}")
-            left = strays(settings)
-            if left:
-                print(f"{len(left)} process(es) of flow runs whose worker died still run: "
-                      f"{' '.join(str(p.pid) for p in left)} (`vaura stack down` stops them)")
-            return 0 if all(h for *_, h in rows) and not left else 1
-    except StackError as exc:
-        print(f"vaura stack {args.action}: {exc}", file=sys.stderr)
-        return 1
+    if args.action == "up":
+        up(settings)
+    elif args.action == "down":
+        down(settings)
+    else:
+        rows = status(settings)
+        if not rows:
+            print(f"no stack recorded in {settings.state_dir}")
+            return 1
+        for name, pid, alive, healthy in rows:
+            print(f"{name:15s} pid {pid:<8d} {'alive' if alive else 'dead':6s} "
+                  f"{'healthy' if healthy else 'unhealthy'}")
+        left = strays(settings)
+        if left:
+            print(f"{len(left)} process(es) of flow runs whose worker died still run: "
+                  f"{' '.join(str(p.pid) for p in left)} (`vaura stack down` stops them)")
+        return 0 if all(h for *_, h in rows) and not left else 1
     return 0

@@ -58,36 +58,39 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainSetup:
-    """Every params section training reads, parsed once; ``params`` is the file as read, only to be logged."""
+    """Every params section training reads, parsed once, and where it runs: ``root`` is the folder params paths are
+    relative to, ``data_dir`` = root / ``paths.data``; ``params`` is the file as read, only to be logged; ``track``
+    off means no MLflow run."""
 
     train: TrainConfig
     model: ModelConfig
     generation: GenerationConfig
     codec: CodecConfig
-    paths: PathsConfig
     tracking: TrackingConfig
     params: Mapping[str, Any]
     params_file: Path
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.paths.data)
+    root: Path
+    data_dir: Path
+    track: bool = True
 
 
 def load_setup(params_file: str | Path) -> TrainSetup:
-    """Read ``params_file`` once into a :class:`TrainSetup` (strict: unknown keys and wrong types raise)."""
+    """Read ``params_file`` once into a :class:`TrainSetup`, paths relative to its folder (as ``vaura train`` does
+    by default); for library callers and tests."""
     from vaura.codec.config import CodecConfig
     from vaura.model.config import GenerationConfig, ModelConfig
-    from vaura.tracking import tracking_config
+    from vaura.tracking import TrackingConfig
 
     params = load_yaml(params_file)
+    root = Path(params_file).parent
     return TrainSetup(
         train=load_section(TrainConfig, "train", params),
         model=load_section(ModelConfig, "model", params),
         generation=load_section(GenerationConfig, "generation", params),
         codec=load_section(CodecConfig, "codec", params),
-        paths=load_section(PathsConfig, "paths", params),
-        tracking=tracking_config(params, params_file),
+        tracking=load_section(TrackingConfig, "tracking", params),
         params=params,
         params_file=Path(params_file),
+        root=root,
+        data_dir=root / load_section(PathsConfig, "paths", params).data,
     )

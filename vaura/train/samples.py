@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # importing the codec package loads DAC; only runs that decod
     from vaura.codec.config import CodecConfig
 
 
-def load_codec(cfg: CodecConfig, data_dir: Path, device: torch.device) -> Any:
+def load_codec(cfg: CodecConfig, root: Path, data_dir: Path, device: torch.device) -> Any:
     """The frozen codec of section ``codec`` (embedding init + decoding logged samples)."""
     from vaura.codec import load_codec as load
 
-    return load(cfg, data_dir=str(data_dir)).to(device).eval()
+    return load(cfg, root, str(data_dir)).to(device).eval()
 
 
 class SampleLogger:

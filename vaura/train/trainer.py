@@ -218,8 +218,9 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
     t_start = time.monotonic()
     cfg, model_cfg = setup.train, setup.model
     cache_dir, out_dir = setup.data_dir / "cache", setup.data_dir / "train"
-    if env.is_main:
-        import mlflow  # rank 0 logs; the other ranks skip the import
+    tracked = env.is_main and setup.track  # rank 0 logs the MLflow run; the other ranks skip the import
+    if tracked:
+        import mlflow
 
     meta = read_meta(cache_dir)
     model_cfg.check_window(float(meta["window_s"]), f"{cache_dir / 'meta.json'}")
@@ -231,8 +232,8 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
     torch.manual_seed(cfg.seed)
     raw_model = VAURA(model_cfg, **dims).to(env.device)
     codec = None
-    if cfg.init_from_codec or (cfg.log_audio_every > 0 and env.is_main):
-        codec = load_codec(setup.codec, setup.data_dir, env.device)
+    if cfg.init_from_codec or (cfg.log_audio_every > 0 and tracked):
+        codec = load_codec(setup.codec, setup.root, setup.data_dir, env.device)
     if cfg.init_from_codec:
         copied = raw_model.init_audio_embeddings(codec)
         log.info("audio embeddings from the codec: codebooks, and %d of %d out-projections (copied where the "
@@ -261,14 +262,14 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     steplog = JsonlLog(out_dir / "train_log.jsonl", keep_until_step=state.step) if env.is_main else None
     samples = (SampleLogger(setup.generation, cfg, val_set, codec, env.device)
-               if env.is_main and cfg.log_audio_every > 0 else None)
+               if tracked and cfg.log_audio_every > 0 else None)
     resolved = {"train": to_dict(cfg), "model": to_dict(model_cfg), "model_dims": dims, "world_size": env.world_size,
                 "device": str(env.device), "bf16": isinstance(amp, torch.autocast)}
     run_ctx = (
         tracking.stage_run("train", setup.params, tags={"vaura.world_size": str(env.world_size)},
                            params_file=setup.params_file, config=setup.tracking, data_files=[cache_dir / "index.csv"],
                            resume_run_id=state.mlflow_run_id or None)
-        if env.is_main else contextlib.nullcontext()
+        if tracked else contextlib.nullcontext()
     )
 
     metrics: dict[str, Any] = {}
@@ -294,6 +295,7 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
             tok_s = tokens * env.world_size / max(time.perf_counter() - t0, 1e-9)
             if env.is_main:
                 steplog.write({"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s})
+            if tracked:
                 mlflow.log_metrics({"train/loss": last_loss, "train/lr": lr, "train/grad_norm": grad_norm,
                                     "train/tokens_per_s": tok_s}, step=step)
             # The wall-clock budget ends training like the last step does (validation, best.pt, last.pt), so a
@@ -305,7 +307,7 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
                 metrics = validate(raw_model, val_set, env, cfg, amp)
                 improved = metrics["val/loss"] < state.best_val
                 state.best_val = min(state.best_val, metrics["val/loss"])
-                if env.is_main:
+                if tracked:
                     mlflow.log_metrics({**metrics, "val/best_loss": state.best_val}, step=step)
                 if improved:
                     save_state(out_dir / "best.pt", state, env, identity)
@@ -328,6 +330,7 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
         if env.is_main:
             steplog.close()
             atomic_write_json(out_dir / "metrics.json", result)
+        if tracked:
             mlflow.log_metrics({"final/steps": state.step, "final/minutes": result["minutes"]})
             for name in ("last.pt", "best.pt"):
                 if (out_dir / name).is_file():
