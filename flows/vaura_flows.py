@@ -3,6 +3,9 @@
 The flows are thin: every unit of work is a DVC command (``dvc repro``, ``dvc exp run --temp -S ...``) run as
 a subprocess in its own process group, so DVC stays the single source of truth for what is up to date, and a
 cancelled or timed-out task kills the whole tree (dvc → vaura → torchrun → ranks) instead of orphaning it.
+``vaura-pipeline`` and ``ablation`` run in this checkout, like ``dvc repro``: their results are in
+``dvc.lock``, so ``dvc push`` right after them pushes what they produced. ``train-vaura`` runs an isolated
+experiment (``dvc exp push <git remote> <name>`` shares it, ``dvc exp apply <name>`` takes it into the checkout).
 All stages a flow run starts share one MLflow parent run (``VAURA_PIPELINE_ID``, read by
 ``vaura.tracking``); the flow links those runs as Prefect artifacts.
 """
@@ -25,21 +28,11 @@ from typing import Any, Callable, Iterator
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import get_run_context
 
 # Where the DVC project lives: the deployment's working directory (prefect.yaml pull step) or this repo.
 PROJECT_DIR = Path(os.environ.get("VAURA_PROJECT_DIR") or Path(__file__).resolve().parents[1])
-
-# Default ablations (paper Tables II-IV) around the params.yaml baseline. Threshold and conditioning need
-# retraining, so they are DVC experiments; the CFG table (IV) comes from the `sweep` stage's γ grid inside each.
-# Thresholds are on the scorer's scale (offline: motion-onset correlation; see filter.report_thresholds).
-DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "prepend": {"model.conditioning": "prepend"},
-    "threshold-0.0": {"filter.threshold": 0.0},
-    "threshold-0.4": {"filter.threshold": 0.4},
-}
 
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
@@ -242,11 +235,23 @@ def _dvc() -> list[str]:
 
 
 def pipeline_stages(project: Path) -> list[str]:
-    """Stage names of ``dvc.yaml`` in file order (the file lists them in dependency order)."""
-    path = project / "dvc.yaml"
-    if not path.exists():
-        raise StageFailed(f"{path}: no dvc.yaml in the project folder")
-    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
+    """Stage names as DVC expands them (a ``foreach`` stage per variant: ``train@baseline``), in dvc.yaml order,
+    which lists them in dependency order."""
+    if not (project / "dvc.yaml").exists():
+        raise StageFailed(f"{project / 'dvc.yaml'}: no dvc.yaml in the project folder")
+    out = subprocess.run(_dvc() + ["stage", "list", "--name-only"], cwd=project, capture_output=True, text=True,
+                         timeout=600)
+    if out.returncode != 0:
+        raise StageFailed(f"{project / 'dvc.yaml'}: `dvc stage list` failed: {out.stderr.strip()[-2000:]}")
+    return out.stdout.split()
+
+
+def stages_upto(stages: list[str], target: str) -> list[str]:
+    """The stages up to ``target`` (a stage, or a foreach group such as ``train``: all its variants)."""
+    hits = [i for i, name in enumerate(stages) if name == target or name.startswith(target + "@")]
+    if not hits:
+        raise StageFailed(f"unknown stage '{target}'; dvc.yaml has {stages}")
+    return stages[: hits[-1] + 1]
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:
@@ -266,14 +271,38 @@ def repro_stage(stage: str, project: str, pipeline_id: str, force: bool = False,
                         get_run_logger().info)
 
 
-@task(name="dvc-exp-run", task_run_name="exp {name}")
-def exp_run(name: str, overrides: dict[str, Any], target: str, project: str, pipeline_id: str,
-            timeout_s: float | None = None) -> str:
-    """``dvc exp run --temp -n <name> -S k=v ... <target>``: an isolated experiment, recorded by DVC and MLflow."""
-    proj = Path(project)
-    env = stage_env(proj, pipeline_id)
+def run_experiment(name: str, overrides: dict[str, Any], target: str, project: Path, pipeline_id: str,
+                   timeout_s: float | None = None, log: Callable[[str], None] = print) -> str:
+    """Run one experiment; if it is killed (cancel, timeout), close DVC's record of it as DVC would."""
     argv = _dvc() + ["exp", "run", "--temp", "--name", name, *_override_args(overrides), target]
-    return run_in_group(argv, proj, env, timeout_s, get_run_logger().info)
+    try:
+        return run_in_group(argv, project, stage_env(project, pipeline_id), timeout_s, log)
+    except BaseException:
+        close_killed_experiment(project, name)
+        raise
+
+
+def close_killed_experiment(project: Path, name: str) -> bool:
+    """Mark experiment ``name`` failed and remove its temporary copy of the repo, if it was killed mid-run.
+
+    ``dvc exp run --temp`` closes its executor record (``.dvc/tmp/exps/run/<rev>/<rev>.run``) and deletes its
+    temp folder only when it ends by itself; killed, it would stay "Running" in ``dvc exp show`` forever, with
+    its copy of the data. This does what DVC's own executor clean-up does for a run that failed.
+    """
+    import shutil
+
+    from dvc.repo.experiments.executor.base import ExecutorInfo, TaskStatus
+
+    closed = False
+    for info_file in (project / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"):
+        info = ExecutorInfo.load_json(str(info_file))
+        if info.name == name and info.status <= TaskStatus.RUNNING:
+            info.status = TaskStatus.FAILED
+            info.dump_json(str(info_file))
+            if info.location == "tempdir":
+                shutil.rmtree(info.root_dir, ignore_errors=True)
+            closed = True
+    return closed
 
 
 def _flow_run_id() -> str:
@@ -339,17 +368,21 @@ def vaura_pipeline(target: str = "", force: bool = False, stage_timeout_s: float
     project = PROJECT_DIR
     stages = pipeline_stages(project)
     if target:
-        if target not in stages:
-            raise StageFailed(f"unknown stage '{target}'; dvc.yaml has {stages}")
-        stages = stages[: stages.index(target) + 1]
+        stages = stages_upto(stages, target)
     pid = f"vaura-pipeline-{_flow_run_id()}"
     with mlflow_parent(project, pid), stop_on_exit():
-        for stage in stages:
-            retries = acquire_retries if stage == "acquire" else 0
-            repro_stage.with_options(retries=retries, retry_delay_seconds=10)(
-                stage, str(project), pid, force, stage_timeout_s)
+        run_stages(stages, project, pid, force, stage_timeout_s, acquire_retries)
     publish_links(pid, _tracking_uri(project))
     return stages
+
+
+def run_stages(stages: list[str], project: Path, pipeline_id: str, force: bool, timeout_s: float,
+               acquire_retries: int = 2) -> None:
+    """One ``dvc repro --single-item`` task per stage, in order."""
+    for stage in stages:
+        retries = acquire_retries if stage == "acquire" else 0
+        repro_stage.with_options(retries=retries, retry_delay_seconds=10)(
+            stage, str(project), pipeline_id, force, timeout_s)
 
 
 @flow(name="train-vaura", log_prints=True)
@@ -367,64 +400,37 @@ def train_vaura(overrides: dict[str, Any] | None = None, target: str = "train", 
     exp_name = name or f"train-{run_id}"
     pid = f"train-vaura-{run_id}"
     with mlflow_parent(project, pid), stop_on_exit():
-        exp_run.fn(exp_name, dict(overrides or {}), target, str(project), pid, timeout_s)
+        run_experiment(exp_name, dict(overrides or {}), target, project, pid, timeout_s, get_run_logger().info)
     publish_links(pid, _tracking_uri(project))
     return exp_name
 
 
-def ablation_table(runs: list[dict[str, Any]], variants: dict[str, dict[str, Any]], prefix: str,
-                   stage: str = "evaluate") -> list[dict[str, Any]]:
-    """One row per variant: its overrides and the metrics of the latest ``stage`` run of experiment
-    ``<prefix>-<variant>`` (only the overrides when that stage logged nothing)."""
-    rows = []
-    for name, overrides in variants.items():
-        evals = [r for r in runs if r["stage"] == stage and r["exp"] == f"{prefix}-{name}"]
-        metrics = evals[-1]["metrics"] if evals else {}
-        rows.append({"variant": name, **{k: str(v) for k, v in overrides.items()},
-                     **{k: round(float(v), 4) for k, v in sorted(metrics.items())}})
-    return rows
-
-
-@task(name="paper-tables", retries=0)
-def paper_tables(project: str, pipeline_id: str, timeout_s: float | None = None) -> None:
-    """Re-run the ``report`` stage (it reads every ``evaluate`` run in MLflow) and publish its tables."""
-    proj = Path(project)
-    argv = _dvc() + ["repro", "--force", "--single-item", "report"]
-    run_in_group(argv, proj, stage_env(proj, pipeline_id), timeout_s, get_run_logger().info)
-    params = yaml.safe_load((proj / "params.yaml").read_text()) or {}
-    reports = proj / str((params.get("paths") or {}).get("reports", "reports"))
+def attach_reports(project: Path) -> list[str]:
+    """Attach the ``report`` stage's tables (``<paths.reports>/*.md``) to the flow run as markdown artifacts."""
+    params = yaml.safe_load((project / "params.yaml").read_text()) or {}
+    reports = project / str((params.get("paths") or {}).get("reports", "reports"))
+    keys = []
     for md in sorted(reports.glob("*.md")):
-        create_markdown_artifact(md.read_text(), key=f"table-{re.sub(r'[^a-z0-9-]', '-', md.stem.lower())}",
-                                 description=f"{md.name} from `vaura report`")
+        keys.append(f"table-{re.sub(r'[^a-z0-9-]', '-', md.stem.lower())}")
+        create_markdown_artifact(md.read_text(), key=keys[-1], description=f"{md.name} from `vaura report`")
+    return keys
 
 
 @flow(name="ablation", log_prints=True)
-def ablation(variants: dict[str, dict[str, Any]] | None = None, target: str = "evaluate", report: bool = True,
-             timeout_s: float = 6 * 3600.0) -> list[dict[str, Any]]:
-    """Run parameter variants as DVC experiments under one MLflow parent, then gather their metrics table.
+def ablation(force: bool = False, stage_timeout_s: float = 6 * 3600.0) -> list[str]:
+    """The variants of params.yaml ``ablation.variants`` and the paper's tables, in this checkout.
 
-    Variants run one after the other (a CPU or single GPU is saturated by one; nothing waits in a queue that
-    a cancellation would have to drain); each is ``dvc exp run --temp -n ablation-<id>-<variant> -S ...``. A
-    failed variant does not stop the others; the flow fails at the end if any did. With ``report``, the
-    ``report`` stage then rebuilds the paper's tables and they are attached to the flow run.
+    dvc.yaml runs each variant's stages (``train@<variant>``, ...; the variant list has one definition, in
+    params.yaml), one task per stage like ``vaura-pipeline``, through ``report``; DVC skips what is up to date.
+    The tables are attached to the flow run, the MLflow runs share one parent, and ``dvc push`` afterwards
+    pushes every variant's outputs.
     """
     install_termination_handler()
     project = PROJECT_DIR
-    variants = dict(variants or DEFAULT_VARIANTS)
-    run_id = _flow_run_id()
-    pid = f"ablation-{run_id}"
-    table: list[dict[str, Any]] = []
-    try:
-        with mlflow_parent(project, pid):
-            with stop_on_exit():
-                failed = [name for name, ov in variants.items() if exp_run(
-                    f"{pid}-{name}", ov, target, str(project), pid, timeout_s, return_state=True).is_failed()]
-                if report and not failed:
-                    paper_tables(str(project), pid, timeout_s)
-            if failed:
-                raise StageFailed(f"variants failed: {', '.join(failed)} (their task logs say why)")
-    finally:
-        if not _stopping.is_set():  # the variants that ran, also when one failed
-            table = ablation_table(publish_links(pid, _tracking_uri(project)), variants, pid, stage=target)
-            create_table_artifact(table, key=f"ablation-{run_id}", description=f"ablation {pid}: metrics per variant")
-    return table
+    pid = f"ablation-{_flow_run_id()}"
+    stages = stages_upto(pipeline_stages(project), "report")
+    with mlflow_parent(project, pid), stop_on_exit():
+        run_stages(stages, project, pid, force, stage_timeout_s)
+    publish_links(pid, _tracking_uri(project))
+    attach_reports(project)
+    return stages

@@ -154,3 +154,53 @@ def test_down_stops_a_dead_workers_flow_runs_and_says_the_worker_was_dead(tmp_pa
         assert not (settings.state_dir / "stack.json").exists()
     finally:
         flow_run.kill()
+
+
+@pytest.mark.slow
+def test_old_runs_keep_their_artifacts_and_the_dvc_remote_its_objects_across_a_restart(tmp_path: Path) -> None:
+    """`stack down` + `stack up` must not break old MLflow runs (their artifacts live in the stack's S3)."""
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from vaura.stack import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for argv in (["git", "init", "-q"], DVC + ["init", "-q"]):
+        run(argv, proj, clean_env())
+    settings = StackSettings(state_dir=tmp_path / "st", project_dir=proj, s3_port=free_port(),
+                             mlflow_port=free_port(), prefect_port=free_port(), bucket="vaura-restart", deploy=False)
+    s3 = boto3.client("s3", endpoint_url=settings.s3_url, aws_access_key_id=S3_ACCESS_KEY,
+                      aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION)
+    blob = bytes(range(256)) * 40_000  # 10 MB: boto3 uploads it in parts
+    try:
+        up(settings, log=lambda m: None)
+        client = MlflowClient(settings.mlflow_url)
+        run_id = client.create_run(client.create_experiment("restart")).info.run_id
+        client.log_text(run_id, "loss went down", "notes/summary.txt")
+        client.set_terminated(run_id)
+        (tmp_path / "blob.bin").write_bytes(blob)
+        s3.upload_file(str(tmp_path / "blob.bin"), settings.bucket, "dvc/files/md5/ab/cdef")
+        down(settings, log=lambda m: None)
+        up(settings, log=lambda m: None)
+        got = Path(MlflowClient(settings.mlflow_url).download_artifacts(run_id, "notes/summary.txt", str(tmp_path)))
+        assert got.read_text() == "loss went down"
+        assert s3.get_object(Bucket=settings.bucket, Key="dvc/files/md5/ab/cdef")["Body"].read() == blob
+    finally:
+        down(settings, log=lambda m: None)
+
+
+def test_a_fresh_clone_names_the_stack_remote_and_the_stack_env_reaches_it() -> None:
+    """The DVC remote must not live only in the ignored .dvc/config.local: the committed config names it (url
+    only: no endpoint, no credentials), and env.sh gives the endpoint and keys that DVC's S3 client reads."""
+    import configparser
+
+    from vaura.stack import DEFAULT_REMOTE_URL, DVC_REMOTE, client_env
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / ".dvc" / "config")
+    assert cfg["core"]["remote"] == DVC_REMOTE
+    assert dict(cfg[f"'remote \"{DVC_REMOTE}\"'"]) == {"url": DEFAULT_REMOTE_URL}
+    env = client_env(StackSettings(s3_port=9100))
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9100"
+    assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] and env["AWS_DEFAULT_REGION"]

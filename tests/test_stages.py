@@ -120,13 +120,19 @@ def test_debug_adds_the_traceback(tmp_path, capsys, monkeypatch, how):
 
 
 def test_the_root_is_the_params_files_folder_not_the_working_directory(tmp_path, monkeypatch):
+    """Data and a relative MLflow store both land beside the params file, wherever the command runs from."""
     params = _filter_project(tmp_path / "project")
+    p = yaml.safe_load(params.read_text())
+    p["tracking"].update(uri="sqlite:///mlruns.db", artifact_root="mlartifacts")
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert main(["filter", "--params", str(params), "--no-track"]) == 0
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["filter", "--params", str(params)]) == 0
     assert (tmp_path / "project" / "data" / "splits" / "train.csv").is_file()
-    assert not (elsewhere / "data").exists()
+    assert (tmp_path / "project" / "mlruns.db").is_file()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_root_overrides_the_params_folder(tmp_path):
@@ -171,29 +177,25 @@ def test_vaura_checks_and_os_errors_are_expected(capsys):
     assert one_line(RuntimeError("multi\n  line")) is None
 
 
-def _train_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def _failed_train_line(tmp_path: Path, nproc: int) -> str:
+    """Run `vaura train` on a project without a cache; return its one error line (fails unless exactly one)."""
+    params = _project(tmp_path, lambda p: p["train"].update(nproc=nproc, device="cpu"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "vaura.cli", "train", "--params", str(params), "--no-track"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vaura train: ")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr
+    return lines[0]
 
 
 def test_train_error_in_process_is_one_line(tmp_path):
     """nproc 1: no cache to train on -> one line, no traceback."""
-    params = _project(tmp_path, lambda p: p["train"].update(nproc=1, device="cpu"))
-    proc = subprocess.run([sys.executable, "-m", "vaura.cli", "train", "--params", str(params), "--no-track"],
-                          env=_train_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("vaura train: ")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "data/cache" in lines[0]
+    assert "data/cache" in _failed_train_line(tmp_path, 1)
 
 
 @pytest.mark.slow
 def test_train_error_under_torchrun_is_one_line_not_one_per_rank(tmp_path):
     """nproc 2: both workers fail the same way; the launcher prints the line once, torchrun's report not at all."""
-    params = _project(tmp_path, lambda p: p["train"].update(nproc=2, device="cpu"))
-    proc = subprocess.run([sys.executable, "-m", "vaura.cli", "train", "--params", str(params), "--no-track"],
-                          env=_train_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("vaura train: ")]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr
-    assert "data/cache" in lines[0]
+    assert "data/cache" in _failed_train_line(tmp_path, 2)

@@ -61,7 +61,8 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     p = yaml.safe_load(params.read_text())
     p["train"].update(max_minutes=0.0, total_steps=6)  # resumed with a longer schedule
     params.write_text(yaml.safe_dump(p))
-    done = train(load_setup(params))  # resume=auto picks up last.pt
+    # an explicit resume (auto would start afresh: the params changed, see the run fingerprint)
+    done = train(load_setup(params), resume=str(data / "train" / "last.pt"))
     assert done["steps"] == 6 and not done["stopped_early"]
     assert json.loads((data / "train" / "metrics.json").read_text())["steps"] == 6
     lrs = [json.loads(line)["lr"] for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
@@ -70,7 +71,7 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     p["model"]["d_model"] = 64
     params.write_text(yaml.safe_dump(p))
     with pytest.raises(CheckpointError, match="model config"):
-        train(load_setup(params))
+        train(load_setup(params), resume=str(data / "train" / "last.pt"))
 
 
 def test_too_little_data_is_a_clear_error(cache, tmp_path, monkeypatch):

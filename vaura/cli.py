@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "acquire": ("vaura.stages.acquire", "fetch raw videos: synthetic benchmark, local folder, s3:// or https list"),
     "preprocess": ("vaura.stages.preprocess", "re-encode videos to the paper format; bad files go to rejected.csv"),
     "codec": ("vaura.stages.codec", "offline codec stand-in: shipped or trained tiny DAC + onset quality gate"),
-    "stack": ("vaura.stages.stack", "start/stop/inspect the local stack: moto S3, MLflow, Prefect server + worker"),
+    "stack": ("vaura.stages.stack", "start/stop/inspect the local stack: S3, MLflow, Prefect server + worker"),
     "profile": ("vaura.stages.profile", "switch params.yaml to a profile in configs/ (offline, paper, micro)"),
     "score": ("vaura.stages.score", "score each clip's audio-visual relevance (motion-onset | imagebind)"),
     "filter": ("vaura.stages.filter", "relevance threshold -> train/val/test lists with fixed eval windows"),

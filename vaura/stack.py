@@ -1,10 +1,16 @@
-"""The local stack: moto S3, MLflow server (S3-proxied artifacts), Prefect server, a process work pool + worker.
+"""The local stack: S3 (localbucket), MLflow server (S3-proxied artifacts), Prefect server, a process work pool +
+worker.
 
 One command starts it (`vaura stack up`) and one stops it (`vaura stack down`). Every server binds to
 127.0.0.1; ports, the S3 bucket and the state folder (pid records, logs, sqlite databases, ``env.sh``) are
 configurable so several stacks (e.g. CI jobs) can run side by side. Services are started in their own
 sessions so that stopping one kills its whole process tree (servers fork workers; the Prefect worker starts
 flow runs that start DVC, which starts torchrun).
+
+Everything a restart must keep lives in the state folder: MLflow's and Prefect's sqlite databases and the S3
+bucket, which localbucket stores as plain folders (``<state>/s3/<bucket>/<key>``). moto's server keeps objects
+in memory, and its request recorder, replayed on start, loses multipart uploads (measured: a 30 MB boto3
+upload is not restored), so old runs would list without artifacts after ``stack down``/``up``.
 """
 from __future__ import annotations
 
@@ -25,11 +31,12 @@ import psutil
 
 from vaura.io import atomic_write_json, atomic_write_text
 
-# moto accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
+# The local S3 accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
 S3_ACCESS_KEY = "vaura-local"
 S3_SECRET_KEY = "vaura-local-secret"
 S3_REGION = "us-east-1"
 DVC_REMOTE = "vaura-stack"
+DEFAULT_REMOTE_URL = "s3://vaura/dvc"  # the committed .dvc/config's remote (the default bucket)
 # Every process the stack starts carries this variable (= its state folder), and so does everything they start:
 # flow runs, DVC, the stages, torchrun ranks. That is how `down` finds a dead worker's flow runs, which have
 # their own sessions and were re-parented to init.
@@ -208,14 +215,24 @@ def _worker_registered(s: StackSettings) -> bool:
         return False
 
 
-def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> None:
-    """Point the project's DVC default remote at the stack's bucket (``--local``: ports are machine-specific)."""
+def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> str:
+    """Make the stack's bucket the project's default DVC remote; returns where the setting lives.
+
+    The remote is named in the committed ``.dvc/config`` (``s3://vaura/dvc``): it holds no endpoint and no
+    credentials, which come from the environment (``env.sh``: ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``,
+    ...), so a fresh clone reaches it after ``source .stack/env.sh``. Only a non-default bucket is set in
+    ``.dvc/config.local`` (machine-specific; ``down`` removes it).
+    """
     dvc = [sys.executable, "-m", "dvc"]
     url = f"s3://{s.bucket}/dvc"
-    _run(dvc + ["remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], s, env, "dvc remote add", 60)
-    for key, value in (("endpointurl", s.s3_url), ("access_key_id", S3_ACCESS_KEY),
-                       ("secret_access_key", S3_SECRET_KEY), ("region", S3_REGION)):
-        _run(dvc + ["remote", "modify", "--local", DVC_REMOTE, key, value], s, env, f"dvc remote modify {key}", 60)
+    listed = _run(dvc + ["remote", "list", "--project"], s, env, "dvc remote list", 60)
+    if [DVC_REMOTE, DEFAULT_REMOTE_URL] not in [line.split()[:2] for line in listed.splitlines()]:
+        _run(dvc + ["remote", "add", "--project", "--default", "--force", DVC_REMOTE, DEFAULT_REMOTE_URL], s, env,
+             "dvc remote add", 60)
+    if url == DEFAULT_REMOTE_URL:
+        return f"{DVC_REMOTE} -> {url} (in .dvc/config)"
+    _run(dvc + ["remote", "add", "--local", "--force", DVC_REMOTE, url], s, env, "dvc remote add --local", 60)
+    return f"{DVC_REMOTE} -> {url} (bucket in .dvc/config.local)"
 
 
 def _create_bucket(s: StackSettings) -> None:
@@ -225,7 +242,10 @@ def _create_bucket(s: StackSettings) -> None:
     try:
         boto3.client("s3", endpoint_url=s.s3_url, aws_access_key_id=S3_ACCESS_KEY,
                      aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION).create_bucket(Bucket=s.bucket)
-    except (BotoCoreError, ClientError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # kept from the last `up`
+            raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
+    except BotoCoreError as exc:
         raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
 
 
@@ -264,8 +284,8 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
 
     try:
         # Start the three servers together (they take seconds each on a busy CPU), then wait for each.
-        services.append(_start("s3", [_bin("moto_server"), "-H", s.host, "-p", str(s.s3_port)], s, env,
-                               f"{s.s3_url}/moto-api/"))
+        services.append(_start("s3", [_bin("localbucket"), "--host", s.host, "--port", str(s.s3_port),
+                                      str(s.state_dir / "s3")], s, env, f"{s.s3_url}/"))
         services.append(_start("mlflow", [
             _bin("mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{s.state_dir / 'mlflow.db'}",
@@ -277,7 +297,7 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         save()
         _wait_healthy(services[0], deadline)
         _create_bucket(s)
-        log(f"S3 (moto)      {s.s3_url}  bucket s3://{s.bucket}")
+        log(f"S3             {s.s3_url}  bucket s3://{s.bucket}  (stored in {s.state_dir / 's3'})")
         _wait_healthy(services[2], deadline, lambda body: body.strip() == b"true")
         log(f"Prefect UI     http://{s.host}:{s.prefect_port}")
         prefect = _bin("prefect")
@@ -301,8 +321,7 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         closed = _close_stale_runs(s)
         if closed:
             log(f"MLflow         {closed} run(s) left RUNNING by killed processes marked KILLED")
-        _configure_dvc_remote(s, env)
-        log(f"DVC remote     {DVC_REMOTE} -> s3://{s.bucket}/dvc (in .dvc/config.local)")
+        log(f"DVC remote     {_configure_dvc_remote(s, env)}")
     except BaseException:
         _stop_services([asdict(x) for x in services], log=lambda m: None)
         _state_file(s).unlink(missing_ok=True)
@@ -391,8 +410,8 @@ def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: fl
 
 
 def down(s: StackSettings, log: Callable[[str], None] = print) -> None:
-    """Stop every recorded service and its flow runs (also those of a dead worker), and unset the DVC remote
-    the stack configured; logs stay in the state folder."""
+    """Stop every recorded service and its flow runs (also those of a dead worker), and drop the machine-specific
+    DVC remote bucket the stack set, if any; logs, databases and the S3 data stay in the state folder."""
     state = _read_state(s)
     if state is None:
         stray = members(s.state_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
@@ -71,6 +72,20 @@ class Context:
 
         return resolve_device(self.device or default)
 
+    def tracking(self) -> Any:
+        """The ``tracking`` section with a relative sqlite store and artifact folder under the root (the root rule
+        holds for MLflow too; with the default root ``.`` nothing changes)."""
+        from vaura.tracking import TrackingConfig
+
+        cfg = load_section(TrackingConfig, "tracking", self.params)
+        uri, art = cfg.uri, cfg.artifact_root
+        sqlite = "sqlite:///"
+        if uri.startswith(sqlite) and not Path(uri[len(sqlite):]).is_absolute():
+            uri = sqlite + str(self.root / uri[len(sqlite):])
+        if "://" not in art and not Path(art).is_absolute():
+            art = str(self.root / art)
+        return dataclasses.replace(cfg, uri=uri, artifact_root=art)
+
     @contextlib.contextmanager
     def tracked(self, logged: Mapping[str, Any], **kwargs: Any) -> Iterator[Any]:
         """The stage's MLflow run (yields the ``mlflow`` module), or nothing with ``--no-track`` (yields None)."""
@@ -79,10 +94,9 @@ class Context:
             return
         import mlflow
 
-        from vaura.tracking import stage_run, tracking_config
+        from vaura.tracking import stage_run
 
-        with stage_run(self.stage, logged, params_file=self.params_file, config=tracking_config(self.params),
-                       **kwargs):
+        with stage_run(self.stage, logged, params_file=self.params_file, config=self.tracking(), **kwargs):
             yield mlflow
 
 

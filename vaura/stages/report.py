@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     from vaura.eval.report import ReportConfig, build_tables, cfg_curve, search_runs, to_markdown
     from vaura.io import atomic_write_csv, atomic_write_text
-    from vaura.tracking import TrackingConfig
 
-    ctx, (cfg, tcfg) = load(args, "report", report=ReportConfig, tracking=TrackingConfig)
+    ctx, (cfg,) = load(args, "report", report=ReportConfig)
+    tcfg = ctx.tracking()
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tcfg.uri)
     cfg = cfg.resolved(ctx.params)
     evals, trains = search_runs(tcfg.experiment, "evaluate"), search_runs(tcfg.experiment, "train")

@@ -1,4 +1,4 @@
-"""Start, inspect or stop the local stack: moto S3, MLflow server, Prefect server, process work pool + worker.
+"""Start, inspect or stop the local stack: S3 (localbucket), MLflow server, Prefect server, process work pool + worker.
 
   vaura stack up        start everything on 127.0.0.1, deploy prefect.yaml, point the DVC remote at the bucket
   vaura stack status    one line per service: pid, alive, healthy; flow-run processes a dead worker left
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pid record, logs, sqlite databases and env.sh (default: %(default)s)")
     parser.add_argument("--project-dir", type=Path, default=defaults.project_dir,
                         help="repo whose prefect.yaml is deployed and whose DVC remote is set (default: cwd)")
-    parser.add_argument("--s3-port", type=int, default=defaults.s3_port, help="moto S3 port (default: %(default)s)")
+    parser.add_argument("--s3-port", type=int, default=defaults.s3_port, help="S3 port (default: %(default)s)")
     parser.add_argument("--mlflow-port", type=int, default=defaults.mlflow_port,
                         help="MLflow server port (default: %(default)s)")
     parser.add_argument("--prefect-port", type=int, default=defaults.prefect_port,

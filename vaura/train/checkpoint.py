@@ -10,6 +10,9 @@ data stream's position and :class:`RankRng`); :func:`save_state` and :func:`resu
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from vaura.model import VAURA, ModelConfig
 from vaura.train.distributed import DistEnv, gather_objects
 
 FORMAT = "vaura-train-v1"
+log = logging.getLogger("vaura.train")
 
 
 class CheckpointError(RuntimeError):
@@ -62,6 +66,22 @@ def restore_rng(state: dict[str, Any], cond_generator: torch.Generator) -> None:
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     cond_generator.set_state(state["cond"])
+
+
+def run_fingerprint(train_config: dict[str, Any], model_config: dict[str, Any], dims: Any, world_size: int,
+                    cache_dir: str | Path, codec_section: Any = None) -> str:
+    """What a training trajectory depends on, hashed: a checkpoint is only resumed automatically into the same one.
+
+    ``dvc repro`` keeps ``last.pt`` across runs (a persisted output, so a crash does not lose the run); after
+    params or data changed, the old checkpoint must not be continued as if it belonged to the new run. The cache
+    enters through its index, meta and shard sizes (hashing every shard would read the whole dataset).
+    """
+    cache_dir = Path(cache_dir)
+    cache = {p.name: (hashlib.md5(p.read_bytes()).hexdigest() if p.suffix in (".csv", ".json") else p.stat().st_size)
+             for p in sorted(cache_dir.iterdir()) if p.is_file()} if cache_dir.is_dir() else {}
+    blob = json.dumps({"train": train_config, "model": model_config, "dims": dims, "world_size": world_size,
+                       "cache": cache, "codec": codec_section}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -142,9 +162,17 @@ def save_state(path: Path, state: TrainState, env: DistEnv, identity: Mapping[st
         })
 
 
-def resume(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, Any]) -> None:
-    """Load a checkpoint written by :func:`save_state` into ``state``; refuse one of another model or world size."""
+def resume(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, Any], auto: bool = False) -> bool:
+    """Load a checkpoint written by :func:`save_state` into ``state``; refuse one of another model or world size.
+
+    ``auto`` (``--resume auto``): a checkpoint of another run (its ``fingerprint``, see :func:`run_fingerprint`,
+    differs) is left alone and False returned, so training starts from step 0; True when ``state`` was restored.
+    """
     ckpt = load_checkpoint(path)
+    if auto and ckpt.get("fingerprint") != identity["fingerprint"]:
+        # last.pt survives `dvc repro` (persisted) but belongs to other params/data: a fresh start, not a resume
+        log.warning("%s was trained with other params or data; starting from step 0", path)
+        return False
     if ckpt["model_config"] != identity["model_config"] or ckpt["model_dims"] != identity["model_dims"]:
         raise CheckpointError(f"{path}: model config/sizes differ from params; use --resume never")
     if ckpt["world_size"] != env.world_size:
@@ -159,6 +187,7 @@ def resume(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, A
     state.data.load_state_dict(ckpt["data"])
     state.step, state.best_val = ckpt["step"], ckpt["best_val"]
     state.mlflow_run_id = ckpt.get("mlflow_run_id") or ""
+    return True
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> VAURA:

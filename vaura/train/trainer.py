@@ -37,7 +37,7 @@ from vaura.config import to_dict
 from vaura.io import atomic_write_json, atomic_write_text
 from vaura.model import VAURA
 from vaura.model.decoder import cfg_drop_mask
-from vaura.train.checkpoint import RankRng, TrainState, resume_target, save_state
+from vaura.train.checkpoint import RankRng, TrainState, resume_target, run_fingerprint, save_state
 from vaura.train.checkpoint import resume as resume_from
 from vaura.train.config import TrainConfig, TrainError, TrainSetup
 from vaura.train.data import SeededWindows, TrainStream, epoch_batches, make_loader, model_dims, open_cache
@@ -247,12 +247,15 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
     stream = TrainStream(train_set, env, cfg)
     state = TrainState(raw_model, optimizer, scheduler, rng, stream)
-    identity = {"model_config": to_dict(model_cfg), "model_dims": dims, "train_config": to_dict(cfg)}
+    identity = {"model_config": to_dict(model_cfg), "model_dims": dims, "train_config": to_dict(cfg),
+                "fingerprint": run_fingerprint(to_dict(cfg), to_dict(model_cfg), dims, env.world_size, cache_dir,
+                                               setup.params.get("codec") if cfg.init_from_codec else None)}
     ckpt_path = resume_target(resume, out_dir)
-    if ckpt_path is not None:
-        resume_from(ckpt_path, state, env, identity)
+    if ckpt_path is not None and resume_from(ckpt_path, state, env, identity, auto=resume == "auto"):
         follow_params(scheduler, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
         log.info("resumed from %s at step %d", ckpt_path, state.step)
+    elif env.is_main:
+        (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run's best.pt must come from this run
 
     model = wrap(raw_model, cfg, env)
     amp = autocast_context(cfg, env.device)
@@ -335,5 +338,5 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
             for name in ("last.pt", "best.pt"):
                 if (out_dir / name).is_file():
                     mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoints")
-            mlflow.log_artifact(str(setup.params_file), artifact_path="config")
+            tracking.log_params_file(setup.params_file)
     return result
