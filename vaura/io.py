@@ -34,8 +34,8 @@ def safe_child(folder: str | Path, name: str, *, nested: bool = False) -> Path:
     if name.startswith("/"):
         raise UnsafeNameError(f"unsafe file name {name!r}: absolute path")
     parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise UnsafeNameError(f"unsafe file name {name!r}: empty, '.' or '..' path component")
+    if name == "." or any(p in ("", "..") for p in parts):
+        raise UnsafeNameError(f"unsafe file name {name!r}: empty or '..' path component, or '.' itself")
     if len(parts) > 1 and not nested:
         raise UnsafeNameError(f"unsafe file name {name!r}: contains a folder separator")
     root = Path(folder).resolve()
