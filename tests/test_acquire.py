@@ -221,7 +221,7 @@ def test_stage_cli_overrides(tmp_path: Path) -> None:
     (src / "a.mp4").write_bytes(BLOBS["clip0.mp4"])
     params = tmp_path / "p.yaml"
     params.write_text(
-        f"seed: 1\npaths: {{data: {tmp_path / 'data'}}}\n"
+        f"seed: 1\npaths: {{data: {tmp_path / 'data'}, reports: reports}}\n"
         "acquire: {source: synthetic, uri: '', endpoint_url: '', output: raw, retries: 0, backoff_s: 0.1, timeout_s: 5.0, "
         "default_split: val}\n"
     )

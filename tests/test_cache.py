@@ -221,18 +221,14 @@ def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_
     torch.save(offline_checkpoint(_new_dac(kwargs), kwargs, 2), _mkdir(data / "codec") / "codec.pt")
     size = MotionFormerSize(dim=16, depth=1, heads=2, mlp_ratio=2, img_size=32, patch=16, tubelet=2, frames=16)
     torch.save(standin_payload(MotionFormer(size)), _mkdir(data / "avclip") / "visual.pt")
-    params = {
-        "paths": {"data": "data", "weights": "weights", "reports": "reports"},
-        "cache": {"shard_size": shard_size, "batch_size": 1},
-        "filter": {"threshold": 0.0, "apply_to": ["train"], "report_thresholds": [0.0], "eval_start_s": 0.0,
-                   "window_s": 2.56},
-        "codec": {"kind": "offline", "n_quantizers": 2},
-        "visual": {"kind": "offline", "standin": "data/avclip/visual.pt", "dim": 16, "depth": 1, "heads": 2,
-                   "mlp_ratio": 2, "crop": 32, "short_side": 32, "patch": 16, "tubelet": 2,
-                   "frames_per_segment": 16, "batch_size": 8, "device": "cpu"},
-        "tracking": {"uri": f"sqlite:///{tracking_db}", "artifact_root": str(root / "art"), "experiment": "t",
-                     "system_metrics": False, "system_metrics_interval_s": 1.0},
-    }
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["cache"].update(shard_size=shard_size, batch_size=1, torch_threads=0)
+    params["filter"].update(window_s=2.56)
+    params["codec"].update(kind="offline", n_quantizers=2)
+    params["visual"].update(kind="offline", dim=16, depth=1, heads=2, mlp_ratio=2, crop=32, short_side=32, patch=16,
+                            tubelet=2, frames_per_segment=16, batch_size=8, device="cpu")
+    params["tracking"].update(uri=f"sqlite:///{tracking_db}", artifact_root=str(root / "art"), experiment="t",
+                              system_metrics=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 

@@ -177,9 +177,9 @@ def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatc
     (tmp_path / "data" / "raw").mkdir()
     pd.DataFrame(truth).to_csv(tmp_path / "data" / "raw" / "relevance.csv", index=False)
     params = {
-        "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+        "paths": {"data": "data", "reports": "reports"},
         "score": {"scorer": "motion-onset", "imagebind_weights": "weights/imagebind_huge.pth", "batch_size": 2,
-                  "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
+                  "workers": 2, "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),
                      "experiment": "test", "system_metrics": False, "system_metrics_interval_s": 1.0},
     }

@@ -16,11 +16,12 @@ def test_trainjob_runs_the_torchrun_training_entry_point() -> None:
     assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     trainer = job["spec"]["trainer"]
-    assert trainer["command"][0] == "torchrun"
+    command = trainer["command"]
+    assert command[0] == "torchrun" and command[command.index("-m"):][:3] == ["-m", "vaura.cli", "train"]
     assert trainer["numNodes"] > 1
-    import vaura.train.__main__ as entry  # the module torchrun starts must exist and take --params
+    from vaura.cli import build_parser  # the command torchrun starts must exist and take --params
 
-    assert "--params" in entry.build_parser().format_help()
+    assert build_parser("train").parse_args(command[command.index("-m") + 3:]).params.name == "params.yaml"
 
 
 def test_prefect_k8s_job_template_declares_every_placeholder() -> None:
@@ -55,8 +56,8 @@ def test_slurm_and_trainjob_share_the_entry_point_and_rendezvous_settings() -> N
     job = yaml.safe_load((INFRA / "k8s" / "trainjob.yaml").read_text())["spec"]["trainer"]
     k8s = job["command"]
     entry = slurm[slurm.index("-m", 3):]
-    assert entry[:2] == ["-m", "vaura.train"] and entry[-2:] == ["--resume", "auto"]
-    assert k8s[k8s.index("-m"):] == ["-m", "vaura.train", "--params", "params.yaml", "--resume", "auto"]
+    assert entry[:3] == ["-m", "vaura.cli", "train"] and entry[-2:] == ["--resume", "auto"]
+    assert k8s[k8s.index("-m"):] == ["-m", "vaura.cli", "train", "--params", "params.yaml", "--resume", "auto"]
     s, k = _flags(slurm), _flags(k8s)
     assert s["rdzv-backend"] == k["rdzv-backend"] == "c10d"
     default_restarts = re.search(r"^MAX_RESTARTS=\$\{MAX_RESTARTS:-(\d+)\}$", SBATCH.read_text(), flags=re.M)

@@ -101,6 +101,13 @@ def test_vggish_missing_weights_is_skipped_with_reason(tmp_path) -> None:
     assert res.to_dict()["status"] == "skipped" and "fad" not in res.to_dict()
 
 
+def test_a_corrupt_vggish_file_is_an_error_naming_it_not_a_skipped_fad(tmp_path) -> None:
+    (tmp_path / "vggish.pth").write_bytes(b"\x00 truncated download")
+    with pytest.raises(WeightsError, match=rf"{tmp_path / 'vggish.pth'}: cannot read"):
+        fad([np.zeros(SR, np.float32)] * 2, [np.zeros(SR, np.float32)] * 2, SR, backbone="vggish",
+            vggish_weights=tmp_path / "vggish.pth")
+
+
 def test_vggish_strict_loader_and_shapes(tmp_path) -> None:
     from vaura.eval.vggish import VGGish, examples_from_log_mel, load_vggish
 
@@ -186,8 +193,8 @@ def test_passt_strict_loads_and_kld_compares_clip_pairs(tmp_path) -> None:
     state = net.state_dict()
     state["head.1.weight"] = torch.zeros(9, 32)
     torch.save(state, tmp_path / "bad.pt")
-    model, reason = load_kld_model(tmp_path / "bad.pt", size=size)
-    assert model is None and "bad.pt" in reason
+    with pytest.raises(WeightsError, match=r"bad\.pt"):  # present but unusable: an error, not a skipped metric
+        load_kld_model(tmp_path / "bad.pt", size=size)
 
 
 def test_passt_full_size_matches_the_released_layout() -> None:
@@ -288,8 +295,8 @@ def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
     state = _tiny_imagebind().state_dict()
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / "partial.pth")
-    model, reason = load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
-    assert model is None and "partial.pth" in reason
+    with pytest.raises(WeightsError, match=r"partial\.pth"):  # present but unusable: an error, not a skip
+        load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
     model, reason = load_ib_model(tmp_path / "absent.pth")
     assert model is None and "imagebind_huge.pth" in reason
     res = ib_score(None, [], [], 16000, skip_reason=reason)
@@ -336,8 +343,8 @@ def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> Non
     state = Synchformer(size).state_dict()
     state["transformer.off_head.weight"] = torch.zeros(20, 32)
     torch.save({"model": state}, tmp_path / "bad.pt")
-    predictor, reason = load_sync_predictor(tmp_path / "bad.pt", size=size)
-    assert predictor is None and "bad.pt" in reason
+    with pytest.raises(WeightsError, match=r"bad\.pt"):  # present but unusable: an error, not a skip
+        load_sync_predictor(tmp_path / "bad.pt", size=size)
 
 
 def test_metric_values_serialise_as_strict_json() -> None:

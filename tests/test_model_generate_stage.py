@@ -20,7 +20,7 @@ def project(tmp_path_factory, repo_root):
     from vaura.codec.codec import offline_checkpoint, offline_codec_path
     from vaura.train.checkpoint import save_checkpoint
     from vaura.visual import MotionFormer, VisualConfig
-    from vaura.visual.encoder import size_from_config, standin_payload
+    from vaura.visual.encoder import size_from_config, standin_path, standin_payload
 
     root = tmp_path_factory.mktemp("project")
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
@@ -32,8 +32,9 @@ def project(tmp_path_factory, repo_root):
     path.parent.mkdir(parents=True)
     torch.save(offline_checkpoint(dac.DAC(**kwargs), kwargs, codec_cfg.n_quantizers), path)
     visual_cfg = load_section(VisualConfig, "visual", params)
-    (root / visual_cfg.standin).parent.mkdir(parents=True)
-    torch.save(standin_payload(MotionFormer(size_from_config(visual_cfg))), root / visual_cfg.standin)
+    standin = standin_path(root, params["paths"]["data"])
+    standin.parent.mkdir(parents=True)
+    torch.save(standin_payload(MotionFormer(size_from_config(visual_cfg))), standin)
     cfg = named_size("tiny")
     dims = dict(n_codebooks=codec_cfg.n_quantizers, codebook_size=codec_cfg.offline.codebook_size,
                 codebook_dim=codec_cfg.offline.codebook_dim,

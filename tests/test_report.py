@@ -107,14 +107,14 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
     from vaura.stages import report
 
     db_dir, params = store
-    params = {**params, "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+    params = {**params, "paths": {"data": "data", "reports": "reports"},
               "filter": {"threshold": 0.3},  # report.baseline_threshold null → this threshold
               "report": {"test_set": "syn", "cfg_scale": 6.0, "baseline_threshold": None,
                          "baseline_conditioning": "fusion"}}
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("VAURA_PIPELINE_ID", "report-test")
-    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False))
+    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False))
     assert rc == 0
     for name in ("threshold", "conditioning", "cfg"):
         assert (tmp_path / "reports" / f"{name}.md").read_text().startswith("# Table")
@@ -195,7 +195,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
                          "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
     pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
     params = _params(store[0], 0.2, "fusion", experiment="vaura-eval-stage")  # the module's store, own experiment
-    params.update({"paths": {"data": "data", "weights": "weights", "reports": "reports"},
+    params.update({"paths": {"data": "data", "reports": "reports"},
                    "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
                                 "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
                                 "manifest": "clips/manifest.csv", "events": "raw/events.csv",
@@ -204,7 +204,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
-    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False)) == 0
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False)) == 0
 
     doc = json.loads((data / "eval" / "metrics.json").read_text())
     assert doc["variant"] == {"filter.threshold": 0.2, "model.conditioning": "fusion"}

@@ -21,7 +21,7 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "vaura.train", "--params", str(params), "--checksum-dir", str(tmp_path / "sums")],
+         "-m", "vaura.cli", "train", "--params", str(params), "--checksum-dir", str(tmp_path / "sums")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -114,7 +114,7 @@ def runs(tmp_path_factory):
 def test_sbatch_runs_the_training_entry_point_with_elastic_c10d_rendezvous():
     cmd = node_command(Path("p.yaml"), 29501, "42")
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
-    assert cmd[cmd.index("-m", 3):] == ["-m", "vaura.train", "--params", "p.yaml", "--resume", "auto"]
+    assert cmd[cmd.index("-m", 3):] == ["-m", "vaura.cli", "train", "--params", "p.yaml", "--resume", "auto"]
     assert {"--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:29501",
             "--rdzv-id=42", "--max-restarts=1"} <= set(cmd)
     assert sbatch_exports()["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
@@ -125,7 +125,7 @@ def test_two_nodes_equal_one_node_with_the_same_global_batch(runs):
     one_data, one_params = job(tmp, "one_node", cache)
     two_data, two_params = job(tmp, "two_nodes", cache)
     one = start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                  "-m", "vaura.train", "--params", str(one_params)], one_data.parent, env, tmp / "one_node.log")
+                  "-m", "vaura.cli", "train", "--params", str(one_params)], one_data.parent, env, tmp / "one_node.log")
     nodes = launch_nodes(two_params, two_data.parent, env, "two-nodes")
     finish([one, *nodes])
     # both: 2 ranks x batch 2 x 2 micro-batches per step; rank r reads the same DistributedSampler shard,
@@ -144,7 +144,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_exactly(runs):
         assert nodes[1].poll() is None and time.monotonic() < deadline, nodes[1].stderr_log.read_text()[-3000:]
         time.sleep(0.01)
     workers = psutil.Process(nodes[1].pid).children()
-    assert len(workers) == 1 and "vaura.train" in " ".join(workers[0].cmdline())
+    assert len(workers) == 1 and "vaura.cli" in " ".join(workers[0].cmdline())
     workers[0].send_signal(signal.SIGKILL)  # one node's worker dies; its launcher and the other node live on
     killed_at = torch.load(data / "train" / "last.pt", weights_only=True)["step"]
     assert 3 <= killed_at < TOTAL

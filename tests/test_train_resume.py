@@ -14,7 +14,7 @@ TOTAL = 12
 
 
 def _cmd(params):
-    return [sys.executable, "-m", "vaura.train", "--params", str(params)]
+    return [sys.executable, "-m", "vaura.cli", "train", "--params", str(params)]
 
 
 pytestmark = pytest.mark.slow

@@ -233,7 +233,7 @@ def test_encoder_is_frozen_and_stays_in_eval_mode():
 
 
 def test_offline_standin_roundtrip_and_architecture_check(tmp_path):
-    cfg = VisualConfig(kind="offline", standin="data/avclip/visual.pt", dim=32, depth=2, heads=4, mlp_ratio=2,
+    cfg = VisualConfig(kind="offline", dim=32, depth=2, heads=4, mlp_ratio=2,
                        crop=32, short_side=32, patch=16, batch_size=4, device="cpu")
     with pytest.raises(WeightsError, match="avclip"):
         load_visual_encoder(cfg, root=tmp_path)

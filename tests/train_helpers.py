@@ -74,14 +74,13 @@ def write_params(path: Path, data_dir: Path, tracking_uri: str, **train_override
         max_minutes=0.0, nproc=1, init_from_codec=False,
     )
     train.update(train_overrides)
-    params = {
-        "paths": {"data": str(data_dir), "weights": str(data_dir / "weights"), "reports": str(data_dir / "reports")},
-        "train": train,
-        "model": dict(n_layer=1, d_model=32, n_head=2, ffn_multiple_of=16, cond_channels=8, dropout=0.1,
-                      cfg_dropout=0.3),
-        "tracking": dict(uri=tracking_uri, artifact_root=str(data_dir / "mlartifacts"), experiment="test",
-                         system_metrics=False, system_metrics_interval_s=1.0),
-    }
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["paths"] = {"data": str(data_dir), "reports": str(data_dir / "reports")}
+    params["train"] = train
+    params["model"].update(n_layer=1, d_model=32, n_head=2, ffn_multiple_of=16, cond_channels=8, dropout=0.1,
+                           cfg_dropout=0.3)
+    params["tracking"] = dict(uri=tracking_uri, artifact_root=str(data_dir / "mlartifacts"), experiment="test",
+                              system_metrics=False, system_metrics_interval_s=1.0)
     path.write_text(yaml.safe_dump(params))
     return path
 

@@ -4,6 +4,11 @@ Every section is a dataclass; loading rejects unknown keys, missing keys and wro
 ``params.yaml`` (or a key a refactor stopped reading) fails loudly instead of silently doing nothing.
 Sections are owned by the module that reads them; this file holds only the mechanism (the registry of all
 sections is :data:`vaura.profiles.SECTIONS`, which imports them, so this module stays on the ground floor).
+
+One rule for missing keys: a params file must set every key of every section it has; a missing one is a
+:class:`ConfigError` naming ``section.key`` and ``configs/offline.yaml``, where each key is documented. The
+dataclass defaults are the paper's values, for Python callers (tests, notebooks, ``vaura preprocess --input``);
+loading a params file never falls back to them, so an omission cannot silently pick a paper value.
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+
+DOCUMENTED_IN = "configs/offline.yaml"  # the full, commented params file every profile starts from
 
 
 class ConfigError(ValueError):
@@ -81,13 +89,15 @@ def from_dict(cls: type, data: Any, where: str = "params") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing key '{name}'")
-    return cls(**kwargs)
+    missing = [name for name in fields if name not in data]
+    if missing:
+        keys = ", ".join(f"{where}.{name}" for name in missing)
+        raise ConfigError(f"{keys}: missing (every key must be set; {DOCUMENTED_IN} documents each one)")
+    kwargs = {name: _check_type(data[name], hints[name], f"{where}.{name}") for name in fields}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the section's own consistency checks (__post_init__)
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def to_dict(obj: Any) -> dict:
@@ -131,8 +141,8 @@ def load_section(cls: type, name: str, params: str | Path | Mapping = "params.ya
 
 @dataclass
 class PathsConfig:
-    """Where pipeline outputs and user-supplied pretrained weights live (relative to the repo root)."""
+    """Where pipeline outputs live (relative to the root: the params file's folder). Pretrained weights are
+    named one file per key (``visual.weights``, ``evaluate.*_weights``, ...)."""
 
     data: str = "data"
-    weights: str = "weights"
     reports: str = "reports"

@@ -29,12 +29,14 @@ class CodecInputError(ValueError):
 
 
 def _new_dac(kwargs: Mapping[str, Any] | None, device: str | torch.device = "cpu") -> nn.Module:
-    import dac
-
     with warnings.catch_warnings():
-        # dac builds its layers with the deprecated torch.nn.utils.weight_norm / jit.script; the checkpoint
-        # layout (weight_g / weight_v) depends on exactly that, so the warning is expected and not actionable.
-        warnings.simplefilter("ignore", FutureWarning)
+        # dac scripts a layer with the deprecated torch.jit.script when imported and builds its layers with the
+        # deprecated torch.nn.utils.weight_norm; the checkpoint layout (weight_g / weight_v) depends on exactly
+        # that, so these two warnings are expected and not actionable. Any other warning still shows.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        warnings.filterwarnings("ignore", r"`torch\.nn\.utils\.weight_norm` is deprecated", FutureWarning)
+        import dac
+
         with torch.device(device):
             return dac.DAC(**dict(kwargs or {}))
 

@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, load_or_skip
 from vaura.weights import WeightsError
 
 EMBED_SR = 16000  # both backbones embed 16 kHz audio (VGGish's rate), so they share one front-end
@@ -126,12 +126,12 @@ def fad(
     backbone: str = "logmel",
     vggish_weights: str | Path | None = None,
 ) -> MetricResult:
-    """FAD between generated and reference audio sets; skipped (with the reason) when weights are missing."""
+    """FAD between generated and reference audio sets; skipped (with the reason) when the weights file is absent
+    (a present, unusable one raises)."""
     label = "log-mel, weight-free" if backbone == "logmel" else backbone
-    try:
-        embedder = make_embedder(backbone, vggish_weights)
-    except WeightsError as exc:
-        return MetricResult.skipped("fad", str(exc), backbone=label)
+    embedder, reason = load_or_skip(vggish_weights, lambda: make_embedder(backbone, vggish_weights))
+    if embedder is None:
+        return MetricResult.skipped("fad", reason, backbone=label)
     gen = embedder(generated, sample_rate)
     ref = embedder(reference, sample_rate)
     return MetricResult.ok("fad", {"fad": frechet_distance(gen, ref)}, backbone=label)

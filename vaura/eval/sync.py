@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, load_or_skip
 
 VIDEO_FPS = 25
 AUDIO_SR = 16000
@@ -130,16 +130,12 @@ def desync_score(
 def load_sync_predictor(
     weights: str | Path, device: str | torch.device = "cpu", size: Any = None
 ) -> tuple[OffsetPredictor | None, str]:
-    """(predictor, "") from the strict Synchformer loader, or (None, reason) when the checkpoint is missing
-    or does not match the released layout. ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
+    """(predictor, "") from the strict Synchformer loader, or (None, reason) when the checkpoint is absent (a
+    present one that does not fit the released layout raises). ``size`` lets tests use a tiny network."""
     from vaura.eval.synchformer import SynchformerSize, load_synchformer
-    from vaura.weights import WeightsError
 
-    try:
-        model = load_synchformer(weights, size or SynchformerSize(), device=device)
-    except WeightsError as exc:
-        return None, str(exc)
-    return synchformer_predictor(model), ""
+    model, reason = load_or_skip(weights, lambda: load_synchformer(weights, size or SynchformerSize(), device=device))
+    return (synchformer_predictor(model) if model is not None else None), reason
 
 
 def synchformer_predictor(model: Any) -> OffsetPredictor:

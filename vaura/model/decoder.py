@@ -16,7 +16,6 @@ Parameter names equal the released checkpoint's ``sampler.*`` keys, so importing
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +250,8 @@ class VAURA(nn.Module):
         """Copy the codec's codebooks (+ a random special row) and out-projections into the audio embedding.
 
         ``codec`` follows ``vaura.codec.Codec`` (``codebooks()``, ``out_projections()``). Out-projections are
-        copied only when their width equals the model's audio width; returns how many were copied.
+        copied only when their width equals the model's audio width (a smaller model than the codec's latent is a
+        normal configuration, not a problem to warn about); returns how many were copied.
         """
         books, projs = codec.codebooks(), codec.out_projections()
         if len(books) < self.n_codebooks:
@@ -270,9 +270,6 @@ class VAURA(nn.Module):
                 emb.out_proj.weight_v.copy_(v.reshape(emb.out_proj.weight_v.shape))
                 emb.out_proj.bias.copy_(bias if bias is not None else torch.zeros_like(emb.out_proj.bias))
                 copied += 1
-        if copied < self.n_codebooks:
-            warnings.warn(f"codec out-projections map to {v.shape[0]} channels but the model's audio width is "
-                          f"{self.audio_width}; only the codebooks were copied", stacklevel=2)
         return copied
 
 

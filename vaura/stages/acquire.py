@@ -19,61 +19,39 @@ A source without its own manifest.csv gets one listing every file (split = `acqu
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml, to_dict
+from vaura.config import load_section, to_dict
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    add_common(parser)
     parser.add_argument("--source", choices=["synthetic", "local", "s3", "https"], default=None,
                         help="override acquire.source")
     parser.add_argument("--uri", default=None, help="override acquire.uri (folder, s3://bucket/prefix or URL list)")
     parser.add_argument("--output", type=Path, default=None, help="output folder (default: <paths.data>/<acquire.output>)")
-    parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.data.sources import AcquireConfig, AcquireError, acquire
+    from vaura.data.sources import AcquireConfig, acquire
     from vaura.data.synthetic import SyntheticConfig
 
-    try:
-        params = load_yaml(args.params)
-        cfg: AcquireConfig = load_section(AcquireConfig, "acquire", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        if args.source is not None:
-            cfg.source = args.source
-        if args.uri is not None:
-            cfg.uri = args.uri
-        synthetic = load_section(SyntheticConfig, "synthetic", params) if cfg.source == "synthetic" else None
-    except ConfigError as exc:
-        print(f"vaura acquire: {exc}", file=sys.stderr)
-        return 1
-    out = args.output if args.output is not None else Path(paths.data) / cfg.output
-    seed = int(params.get("seed", 0))
-
-    def body() -> dict:
+    ctx, (cfg,) = load(args, "acquire", acquire=AcquireConfig)
+    if args.source is not None:
+        cfg.source = args.source
+    if args.uri is not None:
+        cfg.uri = args.uri
+    # the synthetic section matters (and must be valid) only for the synthetic source
+    synthetic = load_section(SyntheticConfig, "synthetic", ctx.params) if cfg.source == "synthetic" else None
+    out = args.output if args.output is not None else ctx.data / cfg.output
+    logged = {"acquire": to_dict(cfg)} | ({"synthetic": to_dict(synthetic), "seed": ctx.seed} if synthetic else {})
+    with ctx.tracked(logged) as mlflow:
         t0 = time.perf_counter()
-        counts = acquire(out, cfg, synthetic, seed)
-        return {**counts, "wall_s": round(time.perf_counter() - t0, 2)}
-
-    try:
-        if args.no_track:
-            metrics = body()
-        else:
-            from vaura.tracking import stage_run
-
-            logged = {"acquire": to_dict(cfg)} | ({"synthetic": to_dict(synthetic), "seed": seed} if synthetic else {})
-            with stage_run("acquire", logged, params_file=args.params):
-                import mlflow
-
-                metrics = body()
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    except (AcquireError, ValueError) as exc:
-        print(f"vaura acquire: {exc}", file=sys.stderr)
-        return 1
+        metrics = {**acquire(out, cfg, synthetic, ctx.seed), "wall_s": round(time.perf_counter() - t0, 2)}
+        if mlflow:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     print(f"acquire {cfg.source}: {metrics['downloaded']} fetched, {metrics['resumed']} resumed, "
           f"{metrics['skipped']} already complete -> {out} ({metrics['wall_s']:.1f} s)")
     return 0

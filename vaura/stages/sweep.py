@@ -8,6 +8,8 @@ features from the cache, decodes them with the codec and writes
   <data>/sweep/<test_set>/recon/<clip>.wav           codec reconstruction of the reference (if reconstructions)
   <data>/sweep/index.csv                             test_set,cfg_scale,clip,sample,start_sec,path,sample_rate
 
+and one MLflow run (params `sweep` and `generation`, clips indexed) unless `--no-track`.
+
 Resumable: batches whose WAVs exist are skipped. Sampling settings (temperature, top-k, top-p) come from the
 `generation` section; γ = 0 samples from the null condition only.
 """
@@ -15,61 +17,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
 
 import torch
 
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
-from vaura.devices import resolve_device
+from vaura.config import to_dict
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
+    add_common(parser, device="where to generate (default: params sweep.device)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.cache import CacheError
     from vaura.codec import CodecConfig, load_codec
-    from vaura.generate.sweep import SweepConfig, SweepError, load_test_items, run_sweep
+    from vaura.generate.sweep import SweepConfig, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
     from vaura.model.sampler import use_compiled_decode
-    from vaura.train.checkpoint import CheckpointError, load_trained_model
-    from vaura.weights import WeightsError
+    from vaura.train.checkpoint import load_trained_model
 
-    try:
-        params = load_yaml(args.params)
-        cfg: SweepConfig = load_section(SweepConfig, "sweep", params)
-        gen: GenerationConfig = load_section(GenerationConfig, "generation", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        codec_cfg: CodecConfig = load_section(CodecConfig, "codec", params)
-    except ConfigError as exc:
-        print(f"vaura sweep: {exc}", file=sys.stderr)
-        return 1
-    root = args.root
-    data = root / paths.data
-    device = resolve_device(cfg.device)
-    try:
-        compiled = use_compiled_decode(gen.decode, device)
-    except ValueError as exc:
-        print(f"vaura sweep: {exc}", file=sys.stderr)
-        return 1
+    ctx, (cfg, gen, codec_cfg) = load(args, "sweep", sweep=SweepConfig, generation=GenerationConfig,
+                                      codec=CodecConfig)
+    data = ctx.data
+    device = ctx.device_or(cfg.device)
+    compiled = use_compiled_decode(gen.decode, device)
     torch.manual_seed(cfg.seed)
-    try:
-        codec = load_codec(codec_cfg, root, paths.data).to(device)
-        model = load_trained_model(data / "train" / "best.pt", device=device)
-        test_sets = {
-            name: load_test_items(
-                data / "cache", dataclasses.replace(ts, windows=str(root / ts.windows) if ts.windows else ""), name
-            )
-            for name, ts in cfg.test_sets.items()
-        }
-    except (SweepError, CheckpointError, ConfigError, CacheError, WeightsError) as exc:
-        print(f"vaura sweep: {exc}", file=sys.stderr)
-        return 1
+    codec = load_codec(codec_cfg, ctx.root, ctx.paths.data).to(device)
+    model = load_trained_model(data / "train" / "best.pt", device=device)
+    test_sets = {
+        name: load_test_items(
+            data / "cache", dataclasses.replace(ts, windows=str(ctx.path(ts.windows)) if ts.windows else ""), name
+        )
+        for name, ts in cfg.test_sets.items()
+    }
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
     gen_kwargs["compile"] = compiled
-    index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
+    with ctx.tracked({"sweep": to_dict(cfg), "generation": to_dict(gen)}) as mlflow:
+        index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
+        if mlflow:
+            mlflow.log_metric("clips_indexed", len(index))
     print(f"vaura sweep: {len(index)} clips indexed in {data / 'sweep' / 'index.csv'}")
     return 0

@@ -421,7 +421,9 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
     if cfg.init_from_codec or (cfg.log_audio_every > 0 and env.is_main):
         codec = load_codec_from_params(params, data_dir, env.device)
     if cfg.init_from_codec:
-        raw_model.init_audio_embeddings(codec)
+        copied = raw_model.init_audio_embeddings(codec)
+        log.info("audio embeddings from the codec: codebooks, and %d of %d out-projections (copied where the "
+                 "codec's width equals the model's audio width)", copied, raw_model.n_codebooks)
     cond_gen = torch.Generator().manual_seed(cfg.seed * 7919 + env.rank)
     torch.manual_seed(cfg.seed + env.rank)
     np.random.seed(cfg.seed + env.rank)

@@ -15,7 +15,6 @@ class VisualConfig:
 
     kind: Literal["offline", "segment_avclip"] = "offline"
     weights: str = "weights/23-12-22T16-10-50/checkpoints/epoch_best.pt"
-    standin: str = "data/avclip/visual.pt"
     dim: int = 768
     depth: int = 12
     heads: int = 12
@@ -34,7 +33,7 @@ class AVClipConfig:
     """Offline stand-in pretraining: segment-level audio-visual InfoNCE on synthetic train clips."""
 
     source: Literal["train", "shipped"] = "train"
-    shipped: str = "vaura/visual/standin/avclip.pt"
+    shipped: str = "assets/avclip_offline.pt"
     max_train_clips: int = 96
     max_val_clips: int = 24
     probe_clips: int = 48

@@ -196,14 +196,19 @@ def check_paper_size(cfg: VisualConfig) -> None:
         )
 
 
-def load_visual_encoder(cfg: VisualConfig, root: str | Path = ".") -> VisualEncoder:
-    """Build the frozen encoder named by ``cfg`` (paths relative to ``root``)."""
+def standin_path(root: str | Path = ".", data_dir: str = "data") -> Path:
+    """Where the ``avclip`` stage writes the offline stand-in and ``cache``/``generate`` read it (one rule)."""
+    return Path(root) / data_dir / "avclip" / "visual.pt"
+
+
+def load_visual_encoder(cfg: VisualConfig, root: str | Path = ".", data_dir: str = "data") -> VisualEncoder:
+    """Build the frozen encoder named by ``cfg`` (paths relative to ``root``; the stand-in under ``data_dir``)."""
     root = Path(root)
     if cfg.kind == "segment_avclip":
         check_paper_size(cfg)
         model = load_segment_avclip(MotionFormer(PAPER_SIZE), root / cfg.weights)
     else:
-        model = load_standin(root / cfg.standin, size_from_config(cfg))
+        model = load_standin(standin_path(root, data_dir), size_from_config(cfg))
     return VisualEncoder(model, cfg.short_side, cfg.batch_size, resolve_device(cfg.device))
 
 
