@@ -21,7 +21,7 @@ def test_trainjob_runs_the_torchrun_training_entry_point() -> None:
     assert trainer["numNodes"] > 1
     from vaura.cli import build_parser  # the command torchrun starts must exist and take --params
 
-    assert build_parser("train").parse_args(command[command.index("-m") + 3:]).params.name == "params.yaml"
+    assert build_parser("train").parse_args(command[command.index("-m") + 2:]).params.name == "params.yaml"
 
 
 def test_prefect_k8s_job_template_declares_every_placeholder() -> None:
