@@ -354,3 +354,18 @@ def test_metric_values_serialise_as_strict_json() -> None:
     assert silent.values["missed"] == 1 and np.isnan(silent.values["offset_ms"])
     doc = json.loads(json.dumps(silent.to_dict(), allow_nan=False))
     assert doc["offset_ms"] is None and doc["recall"] == 0.0
+
+
+def test_damaged_passt_and_synchformer_files_are_errors_naming_them(tmp_path) -> None:
+    """Missing weights skip a metric (not installed); a file that is there but unreadable must not pass as
+    'skipped': KLD (PaSST) and Sync (Synchformer) raise, naming the file (VGGish: test_a_corrupt_vggish_file_is_an_error_naming_it_not_a_skipped_fad)."""
+    from vaura.eval.kld import load_kld_model
+    from vaura.eval.sync import load_sync_predictor
+
+    for name in ("passt.pt", "synchformer.pt"):
+        (tmp_path / name).write_bytes(b"<html>404 Not Found</html>")  # a typical failed download
+    with pytest.raises(WeightsError, match=r"passt\.pt: cannot read checkpoint"):
+        load_kld_model(tmp_path / "passt.pt")
+    with pytest.raises(WeightsError, match=r"synchformer\.pt: cannot read checkpoint"):
+        load_sync_predictor(tmp_path / "synchformer.pt")
+    assert load_kld_model(tmp_path / "absent.pt")[0] is None  # absent: skipped, as before

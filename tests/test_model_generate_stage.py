@@ -100,3 +100,22 @@ def test_generate_refuses_a_compiled_decode_it_cannot_run(project, capsys):
     assert rc == 1 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "generation.decode=compiled" in err[0] and "cpu" in err[0]
+
+
+def test_generate_refuses_to_overwrite_its_input_before_any_work(project, capsys):
+    """Same file (also via symlink / hard link) or a folder as -o: one line, exit 1, the input untouched. The
+    checkpoint given does not exist, so an error about the output proves it was checked first."""
+    import os
+
+    src = project / "clip.mp4"
+    before = src.read_bytes()
+    (project / "alias.mp4").symlink_to(src)
+    os.link(src, project / "hard.mp4")
+    (project / "outdir").mkdir()
+    for out, why in ((src, "is the input"), (project / "alias.mp4", "is the input"), (project / "hard.mp4", "is the input"),
+                     (project / "outdir", "is a folder")):
+        rc = main(["generate", str(src), "-o", str(out), "--params", str(project / "params.yaml"), "--root", str(project),
+                   "--checkpoint", str(project / "missing.pt")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and len(err.splitlines()) == 1 and why in err and str(out) in err
+    assert src.read_bytes() == before

@@ -1,6 +1,8 @@
 """The CFG sweep: batched generation over (clip × sample) per γ, WAV layout, index, resume, test-set windows."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -256,3 +258,17 @@ def test_sweep_stage_refuses_a_compiled_decode_off_cuda(tmp_path, repo_root, cap
     assert main(["sweep", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vaura sweep: generation.decode=compiled")
+
+
+def test_sweep_removes_the_temp_file_a_killed_run_left(tmp_path) -> None:
+    """A kill inside an atomic write leaves `.NAME.xxxxxxxx.tmp.wav`; the next run deletes it (DVC would cache it)."""
+    import tempfile
+
+    folder = tmp_path / "syn" / "g3"
+    folder.mkdir(parents=True)
+    fd, stale = tempfile.mkstemp(prefix=".clip0__s0.wav.", suffix=".tmp.wav", dir=folder)  # atomic_path's naming
+    os.close(fd)
+    (folder / ".keep").write_text("not ours")
+    _sweep(tmp_path, FakeGenerate())
+    assert not os.path.exists(stale) and (folder / ".keep").exists()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".keep"]

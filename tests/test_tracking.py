@@ -89,6 +89,49 @@ def test_credentials_never_reach_the_store(store):
     assert "hunter2" not in stored and "pw@" not in stored
 
 
+SIGNED = ("https://bucket.s3.amazonaws.com/v/list.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          "&X-Amz-Credential=AKIAEXAMPLE%2F20240101&X-Amz-Signature=deadbeefcafe&X-Amz-Security-Token=sesstok")
+SECRETS = ("AKIAEXAMPLE", "deadbeefcafe", "sesstok", "hunter2", "sastoken", "azsig")
+
+
+def test_presigned_signatures_and_passwords_are_redacted_in_every_sink(store):
+    """params table, config/params.json, the raw params.yaml artifact and tags, from one redaction function."""
+    import yaml
+
+    tmp, params, client = store
+    values = {"acquire": {"uri": SIGNED, "endpoint_url": "http://minio:hunter2@host:9000",
+                          "mirror": "https://acct.blob.core.windows.net/c/x.mp4?sv=2022&sig=azsig&token=sastoken"}}
+    (tmp / "params.yaml").write_text(yaml.safe_dump({**params, **values}))
+    with tracking.stage_run("acquire", {**params, **values}, tags={"source": SIGNED}) as run:
+        tracking.log_params_file(tmp / "params.yaml")
+    r = client.get_run(run.info.run_id)
+    sinks = {"params": json.dumps(r.data.params), "tags": json.dumps(r.data.tags),
+             "params.json": _artifact(client, run.info.run_id, "config/params.json").decode(),
+             "params.yaml": _artifact(client, run.info.run_id, "config/params.yaml").decode()}
+    for sink, text in sinks.items():
+        assert not [s for s in SECRETS if s in text], sink
+    # what is not a secret survives, so the value stays recognisable
+    assert r.data.params["acquire.uri"].startswith("https://bucket.s3.amazonaws.com/v/list.txt?X-Amz-Algorithm=AWS4")
+    assert "X-Amz-Signature=***" in r.data.params["acquire.uri"] and "sv=2022" in r.data.params["acquire.mirror"]
+    assert yaml.safe_load(sinks["params.yaml"])["acquire"]["endpoint_url"] == "http://host:9000"
+
+
+def test_acquire_refuses_credentials_in_params_before_dvc_records_them(tmp_path, capsys):
+    """dvc.lock stores params values verbatim: the stage stops (no output, so no lock entry) and says where they go."""
+    from vaura.cli import main
+
+    params = tmp_path / "p.yaml"
+    params.write_text(
+        f"seed: 1\npaths: {{data: {tmp_path / 'data'}, reports: reports}}\n"
+        f"acquire: {{source: https, uri: '{SIGNED}', endpoint_url: '', output: raw, retries: 0, backoff_s: 0.1, "
+        "timeout_s: 5.0, default_split: train}\n"
+    )
+    assert main(["acquire", "--params", str(params), "--no-track"]) == 1
+    err = capsys.readouterr().err
+    assert "params.acquire.uri: carries a credential" in err and "environment" in err
+    assert not [s for s in SECRETS if s in err] and not (tmp_path / "data").exists()
+
+
 def test_failed_stage_marks_run_failed_and_reraises(store):
     _, params, client = store
     with pytest.raises(RuntimeError, match="boom"):

@@ -23,7 +23,7 @@ from vaura.visual import (
     load_visual_encoder,
     to_segments,
 )
-from vaura.visual.encoder import standin_payload
+from vaura.visual.encoder import load_standin, standin_payload
 from vaura.visual.motionformer import DividedAttention
 from vaura.weights import WeightsError
 
@@ -273,4 +273,21 @@ def test_checkpoint_reader_never_runs_pickled_code(tmp_path, zip_format):
     else:  # the pre-1.6 format is refused with a clear error rather than unpickled
         with pytest.raises(WeightsError, match=r"epoch_best\.pt: not a torch zip checkpoint"):
             load_segment_avclip(MotionFormer(TINY), path)
+    assert not marker.exists()
+
+
+def test_own_stand_in_files_with_an_extra_pickled_global_are_refused(tmp_path):
+    """A released file may pickle configs (read around, inertly); a stand-in vaura wrote never does, so one that
+    does was tampered with: the visual stand-in and the codec stand-in both refuse it, naming the file."""
+    from vaura.codec.codec import read_offline_checkpoint
+
+    marker = tmp_path / "pwned"
+    visual = tmp_path / "visual.pt"
+    torch.save({**standin_payload(MotionFormer(TINY)), "extra": _Hostile(marker)}, visual)
+    with pytest.raises(WeightsError, match=r"visual\.pt: holds pickled Python objects"):
+        load_standin(visual, TINY)
+    codec = tmp_path / "codec.pt"
+    torch.save({"format": "x", "kwargs": {}, "n_quantizers": 1, "state_dict": {}, "extra": _Hostile(marker)}, codec)
+    with pytest.raises(WeightsError, match=r"codec\.pt: holds pickled Python objects"):
+        read_offline_checkpoint(codec)
     assert not marker.exists()

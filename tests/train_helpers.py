@@ -154,6 +154,21 @@ def read_losses(data_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
+def assert_same_training(ref_dir: Path, got_dir: Path, total_steps: int) -> tuple[dict, dict]:
+    """Per-step losses (rel 1e-6) and final weights of ``got_dir``'s run equal ``ref_dir``'s; returns both last.pt."""
+    import pytest
+
+    ref, got = read_losses(ref_dir), read_losses(got_dir)
+    assert sorted(ref) == sorted(got) == list(range(1, total_steps + 1))
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step
+    a = torch.load(ref_dir / "train" / "last.pt", weights_only=True)
+    b = torch.load(got_dir / "train" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-6, atol=0)
+    return a, b
+
+
 def wait_for_file(proc, path: Path, timeout_s: float, what: str) -> None:
     """Poll until ``path`` exists; fail with the process's stderr if it exits first, or after ``timeout_s``."""
     import time

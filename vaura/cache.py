@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from vaura.config import bounded
 from vaura.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
 FORMAT = "vaura-cache/1"
@@ -50,10 +51,10 @@ class CacheError(RuntimeError):
 class CacheConfig:
     """params.yaml section ``cache``."""
 
-    shard_size: int = 16
-    batch_size: int = 4
-    workers: int = 2
-    torch_threads: int = 0
+    shard_size: int = bounded(16, ge=1)
+    batch_size: int = bounded(4, ge=1)
+    workers: int = bounded(2, ge=0)
+    torch_threads: int = bounded(0, ge=0)
 
 
 class CodecLike(Protocol):

@@ -13,6 +13,8 @@ loading a params file never falls back to them, so an omission cannot silently p
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +29,43 @@ DOCUMENTED_IN = "configs/offline.yaml"  # the full, commented params file every 
 
 class ConfigError(ValueError):
     """A params file that does not match the typed schema."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric params key (each item, for a list); ``None`` bounds are open."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+        return " and ".join(parts)
+
+    def contains(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with a range that :func:`from_dict` checks at load time (``-1`` batches, a NaN threshold
+    or ``0`` workers fail with the key and the allowed range, not later with an empty result or a traceback)."""
+    meta = {"range": Range(ge, gt, le, lt)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check_range(value: Any, rng: Range | None, where: str) -> None:
+    if rng is None or value is None:
+        return
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        if not rng.contains(v):
+            at = f"{where}[{i}]" if isinstance(value, list) else where
+            raise ConfigError(f"{at}: {v!r} is out of range; allowed: {rng.describe()}")
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -62,8 +101,14 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            raise ConfigError(f"{where}: expected a number, got the string {value!r} (YAML 1.1 reads a number in "
+                              f"exponent form as text unless it has a dot and a signed exponent: write "
+                              f"{float(value)!r} or {_yaml_exponent(value.strip())})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -94,10 +139,22 @@ def from_dict(cls: type, data: Any, where: str = "params") -> Any:
         keys = ", ".join(f"{where}.{name}" for name in missing)
         raise ConfigError(f"{keys}: missing (every key must be set; {DOCUMENTED_IN} documents each one)")
     kwargs = {name: _check_type(data[name], hints[name], f"{where}.{name}") for name in fields}
+    for name, f in fields.items():
+        _check_range(kwargs[name], f.metadata.get("range"), f"{where}.{name}")
     try:
         return cls(**kwargs)
     except ValueError as exc:  # the section's own consistency checks (__post_init__)
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _yaml_exponent(text: str) -> str:
+    """``3e-1`` → ``3.0e-1``: the spelling a YAML 1.1 loader (PyYAML, DVC) reads as a float."""
+    mantissa, exponent = text.lower().split("e")
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    return f"{mantissa}e{exponent if exponent[:1] in '+-' else '+' + exponent}"
 
 
 def to_dict(obj: Any) -> dict:

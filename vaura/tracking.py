@@ -11,8 +11,8 @@ pipeline run, so re-running one stage after a failure lands under the same paren
 
 Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else ``params.yaml`` section ``tracking.uri`` (default
 ``sqlite:///mlruns.db``); with a local store, artifacts go to ``tracking.artifact_root`` (``mlartifacts/``).
-Values whose key looks like a credential are redacted, and user:password is stripped from URIs, before
-anything is logged.
+Every param, tag and config artifact passes through :mod:`vaura.redact` first (credential-named keys masked,
+``user:password@`` and presigned-URL signatures removed from values).
 
 Run states: every run ends FINISHED, FAILED or KILLED. A stage run ends KILLED on SIGTERM/SIGINT (the
 handler installed while the stage runs turns them into an exception, so the run is closed before the process
@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -41,7 +40,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from vaura.config import flatten, from_dict, load_yaml
+from vaura.config import bounded, flatten, from_dict, load_yaml
+from vaura.redact import MASK, SECRET_KEY, redact, redact_tree
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -49,9 +49,6 @@ PIPELINE_TAG = "vaura.pipeline_id"
 ROLE_TAG = "vaura.role"
 OWNER_HOST, OWNER_PID, OWNER_START, OWNER_KIND = ("vaura.owner.host", "vaura.owner.pid", "vaura.owner.start",
                                                   "vaura.owner.kind")
-# credential-like key names (a whole ``token`` component only: ``tokens_per_s`` is a metric, not a secret)
-_SECRET_KEY = re.compile(r"password|passwd|secret|credential|access[_-]?key|api[_-]?key|(^|[._-])token($|[._-])", re.I)
-_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_PARAM_CHARS = 6000
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
 
@@ -64,19 +61,14 @@ class TrackingConfig:
     artifact_root: str = "mlartifacts"
     experiment: str = "vaura"
     system_metrics: bool = True
-    system_metrics_interval_s: float = 10.0
-
-
-def redact(value: Any) -> Any:
-    """Strip ``user:password@`` from URI-like strings."""
-    return _URI_USERINFO.sub("", value) if isinstance(value, str) else value
+    system_metrics_interval_s: float = bounded(10.0, gt=0)
 
 
 def safe_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Flattened params with credential-like keys masked and URIs stripped of user info."""
     out = {}
     for key, value in flatten(params).items():
-        out[key] = "***" if _SECRET_KEY.search(key) else redact(value)
+        out[key] = MASK if SECRET_KEY.search(key) else redact(value)
     return out
 
 
@@ -398,14 +390,6 @@ def stage_run(
                 client.set_terminated(parent.info.run_id, status=status)
 
 
-def _redacted_tree(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) else _redacted_tree(v)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_redacted_tree(v) for v in obj]
-    return redact(obj)
-
-
 def log_params(params: Mapping[str, Any]) -> None:
     """Log a nested dict as flattened, redacted MLflow params (long values truncated to MLflow's limit)."""
     import mlflow
@@ -416,11 +400,20 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
+def log_params_file(path: str | Path, artifact_path: str = "config") -> None:
+    """Log a params YAML file as an artifact, redacted like every other sink (the raw file may hold a secret)."""
+    import mlflow
+    import yaml
+
+    redacted = redact_tree(load_yaml(path))
+    mlflow.log_text(yaml.safe_dump(redacted, sort_keys=False), f"{artifact_path}/{Path(path).name}")
+
+
 def log_json(obj: Any, artifact_file: str) -> None:
     """Log a JSON-serialisable object as an artifact (e.g. ``"config/resolved.json"``)."""
     import mlflow
 
-    mlflow.log_dict(json.loads(json.dumps(_redacted_tree(obj), default=str)), artifact_file)
+    mlflow.log_dict(json.loads(json.dumps(redact_tree(obj), default=str)), artifact_file)
 
 
 def _mono(audio: Any) -> np.ndarray:

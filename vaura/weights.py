@@ -36,9 +36,13 @@ class WeightsError(RuntimeError):
     """Pretrained weights that are missing, unreadable, or do not match the network (the message names the file)."""
 
 
-def read_checkpoint(path: str | Path, what: str, params_key: str = "") -> Mapping[str, Any]:
+def read_checkpoint(path: str | Path, what: str, params_key: str = "", own_file: bool = False) -> Mapping[str, Any]:
     """Load a weights file as a mapping; a missing file raises with download instructions (``what``) and the
-    params key that holds the path."""
+    params key that holds the path.
+
+    ``own_file``: a file vaura writes itself (the stand-ins) holds only tensors and plain types, so anything
+    ``weights_only`` refuses means it was tampered with or is not ours: it is refused, not read around.
+    """
     path = Path(path)
     if not path.is_file():
         where = f" (or set params {params_key} to where you saved it)" if params_key else ""
@@ -48,7 +52,10 @@ def read_checkpoint(path: str | Path, what: str, params_key: str = "") -> Mappin
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if own_file:
+            raise WeightsError(f"{path}: holds pickled Python objects besides tensors and plain values, which vaura's "
+                               f"own files never do; refused (nothing in it was run): {str(exc).splitlines()[0]}") from exc
         try:
             obj, _ = restricted_load(path)
         except UnsafeCheckpointError as exc:

@@ -167,7 +167,7 @@ def read_offline_checkpoint(path: str | Path) -> dict:
             f"offline codec weights not found: {path}. Produce them with `vaura codec --params params.yaml` "
             f"(DVC stage `codec`)."
         )
-    blob = read_checkpoint(path, "offline codec stand-in")
+    blob = read_checkpoint(path, "offline codec stand-in", own_file=True)
     if blob.get("format") != OFFLINE_FORMAT:
         raise WeightsError(f"{path}: not a vaura offline codec checkpoint (expected format {OFFLINE_FORMAT})")
     for key in ("kwargs", "n_quantizers", "state_dict"):

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 import pandas as pd
 from tqdm import tqdm
 
+from vaura.config import bounded
 from vaura.curation.scorer import Scorer, ScoringError
 
 
@@ -22,11 +23,11 @@ class ScoreConfig:
 
     scorer: Literal["motion-onset", "imagebind"] = "motion-onset"
     imagebind_weights: str = "weights/imagebind_huge.pth"
-    batch_size: int = 4
-    workers: int = 2
-    motion_short_side: int = 64
-    motion_max_lag_frames: int = 2
-    motion_audio_rate: int = 16000
+    batch_size: int = bounded(4, ge=1)
+    workers: int = bounded(2, ge=1)
+    motion_short_side: int = bounded(64, ge=1)
+    motion_max_lag_frames: int = bounded(2, ge=0)
+    motion_audio_rate: int = bounded(16000, ge=1)
 
 
 def _build_motion_onset(cfg: ScoreConfig, root: Path, device: str) -> Scorer:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vaura.config import bounded
 from vaura.eval.fad import fad
 from vaura.eval.ib import ib_score
 from vaura.eval.kld import kld_score
@@ -65,9 +66,9 @@ class EvaluateConfig:
     synchformer_weights: str = "weights/synchformer/24-01-04T16-39-21.pt"
     manifest: str = "clips/manifest.csv"
     events: str = "raw/events.csv"
-    onset_tolerance_s: float = 0.1
-    window_s: float = 2.56
-    n_artifact_clips: int = 2
+    onset_tolerance_s: float = bounded(0.1, gt=0)
+    window_s: float = bounded(2.56, gt=0)
+    n_artifact_clips: int = bounded(2, ge=0)
     device: str = "auto"
 
 

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vaura.io import atomic_path, atomic_write_csv
+from vaura.config import bounded
+from vaura.io import atomic_path, atomic_write_csv, remove_stale_temps
 
 INDEX_COLUMNS = ["test_set", "cfg_scale", "clip", "sample", "start_sec", "path", "sample_rate"]
 
@@ -48,12 +49,12 @@ class TestSetConfig:
 class SweepConfig:
     """params.yaml section ``sweep``."""
 
-    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 6.0, 7.0, 9.0])
-    samples_per_clip: int = 10
-    batch_size: int = 16
+    cfg_scales: list[float] = bounded([1.0, 3.0, 5.0, 6.0, 7.0, 9.0], ge=0)
+    samples_per_clip: int = bounded(10, ge=1)
+    batch_size: int = bounded(16, ge=1)
     reconstructions: bool = True
     device: str = "auto"
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     test_sets: dict[str, TestSetConfig] = field(default_factory=lambda: {"test": TestSetConfig()})
 
 
@@ -162,6 +163,7 @@ def run_sweep(
     if generate is None:
         from vaura.model.sampler import generate
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir)  # a killed earlier run's half-written WAVs
     rows: list[dict[str, Any]] = []
     sr = int(codec.sample_rate)
     model.eval()

@@ -30,9 +30,13 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # the vaura/ folder: ValueErrors
 ERROR_DIR_ENV = "VAURA_ERROR_DIR"  # set by `vaura train` for its torchrun workers: one file per failed rank
 
 
-def add_common(parser: argparse.ArgumentParser, *, device: str | None = None) -> None:
-    """The flags every pipeline stage takes; ``device`` is the help text of ``--device`` where it applies."""
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+def add_common(parser: argparse.ArgumentParser, *, device: str | None = None, params_help: str = "") -> None:
+    """The flags every pipeline stage takes; ``device`` is the help text of ``--device`` where it applies.
+
+    ``params_help`` (a stage that also runs without a params file) makes ``--params`` optional (default None).
+    """
+    parser.add_argument("--params", type=Path, default=None if params_help else Path("params.yaml"),
+                        help=params_help or "params file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=None,
                         help="folder the paths in params are relative to (default: the params file's folder)")
     parser.add_argument("--no-track", action="store_true", help="do not log an MLflow run")

@@ -9,6 +9,12 @@ Sources (params `acquire.source`, `acquire.uri`):
               AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN])
   https       download every URL listed in the text file (or URL) `uri`: one `URL [sha256]` per line
 
+Credentials never go in params.yaml (DVC records params values verbatim in dvc.lock, and git keeps them): S3 keys
+come from AWS_* environment variables, presigned/signed URLs belong in the URL-list file. A params value that
+carries one (user:password@, X-Amz-Signature=, sig=, token=...) stops the stage before anything is recorded.
+Bad files (empty, unreadable, unsafe names such as ../x, 404, checksum mismatch) are listed with their reason in
+OUT/rejected.csv and the rest goes on.
+
 Resumable: complete files are skipped, NAME.part files are continued (HTTP/S3 Range) or redone, sizes and
 checksums are verified where the source declares them; failures are retried with exponential backoff.
 A source without its own manifest.csv gets one listing every file (split = `acquire.default_split`).
@@ -19,10 +25,12 @@ A source without its own manifest.csv gets one listing every file (split = `acqu
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from vaura.config import load_section, to_dict
+from vaura.config import ConfigError, load_section, to_dict
+from vaura.redact import find_secret
 from vaura.stages import add_common, load
 
 
@@ -39,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from vaura.data.synthetic import SyntheticConfig
 
     ctx, (cfg,) = load(args, "acquire", acquire=AcquireConfig)
+    secret = find_secret(ctx.params)
+    if secret:
+        raise ConfigError(f"{secret}: carries a credential, which DVC would record in dvc.lock; put credentials "
+                          "in the environment (AWS_* variables) and signed URLs in the URL-list file")
     if args.source is not None:
         cfg.source = args.source
     if args.uri is not None:
@@ -52,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = {**acquire(out, cfg, synthetic, ctx.seed), "wall_s": round(time.perf_counter() - t0, 2)}
         if mlflow:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    if metrics["rejected"]:
+        print(f"vaura acquire: {metrics['rejected']} file(s) rejected, reasons in {out / 'rejected.csv'}", file=sys.stderr)
     print(f"acquire {cfg.source}: {metrics['downloaded']} fetched, {metrics['resumed']} resumed, "
-          f"{metrics['skipped']} already complete -> {out} ({metrics['wall_s']:.1f} s)")
+          f"{metrics['skipped']} already complete, {metrics['rejected']} rejected -> {out} ({metrics['wall_s']:.1f} s)")
     return 0

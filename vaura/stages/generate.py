@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, load_codec
     from vaura.generate.official import official_codec, official_visual_encoder
     from vaura.generate.video import audio_for_video, check_compatible
+    from vaura.io import check_output_file
     from vaura.media import mux_audio
     from vaura.model.config import GenerationConfig
     from vaura.model.official import load_official_checkpoint, official_decoder
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     device = ctx.device_or("auto")
     compiled = use_compiled_decode(gen.decode, device)
     checkpoint = args.checkpoint or ctx.data / "train" / "best.pt"
+    check_output_file(args.out, args.video)  # before any work: never overwrite the input, never fail at the end
     if _is_official(checkpoint):
         ckpt = load_official_checkpoint(checkpoint)
         model = official_decoder(ckpt)

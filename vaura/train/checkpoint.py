@@ -7,6 +7,8 @@ the ranks draw different dropout masks and condition drops.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,22 @@ def restore_rng(state: dict[str, Any], cond_generator: torch.Generator) -> None:
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     cond_generator.set_state(state["cond"])
+
+
+def run_fingerprint(train_config: dict[str, Any], model_config: dict[str, Any], dims: Any, world_size: int,
+                    cache_dir: str | Path, codec_section: Any = None) -> str:
+    """What a training trajectory depends on, hashed: a checkpoint is only resumed automatically into the same one.
+
+    ``dvc repro`` keeps ``last.pt`` across runs (a persisted output, so a crash does not lose the run); after
+    params or data changed, the old checkpoint must not be continued as if it belonged to the new run. The cache
+    enters through its index, meta and shard sizes (hashing every shard would read the whole dataset).
+    """
+    cache_dir = Path(cache_dir)
+    cache = {p.name: (hashlib.md5(p.read_bytes()).hexdigest() if p.suffix in (".csv", ".json") else p.stat().st_size)
+             for p in sorted(cache_dir.iterdir()) if p.is_file()} if cache_dir.is_dir() else {}
+    blob = json.dumps({"train": train_config, "model": model_config, "dims": dims, "world_size": world_size,
+                       "cache": cache, "codec": codec_section}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

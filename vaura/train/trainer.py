@@ -36,7 +36,9 @@ from vaura import tracking
 from vaura.config import PathsConfig, load_section, load_yaml, to_dict
 from vaura.io import atomic_write_json, atomic_write_text
 from vaura.model import VAURA
-from vaura.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from vaura.train.checkpoint import (
+    CheckpointError, capture_rng, load_checkpoint, restore_rng, run_fingerprint, save_checkpoint,
+)
 from vaura.train.config import TrainConfig
 from vaura.train.lr import WarmupCosine, build_scheduler
 
@@ -433,9 +435,17 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
     step, best_val, data_pos, mlflow_run_id = 0, math.inf, {"epoch": 0, "consumed": 0}, None
 
+    fingerprint = run_fingerprint(to_dict(cfg), to_dict(model_cfg), dims, env.world_size, cache_dir,
+                                  params.get("codec") if cfg.init_from_codec else None)
     ckpt_path = None if resume == "never" else (out_dir / "last.pt" if resume == "auto" else Path(resume))
-    if ckpt_path is not None and (resume != "auto" or ckpt_path.is_file()):
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None and (resume != "auto" or ckpt_path.is_file()) else None
+    if ckpt is not None and resume == "auto" and ckpt.get("fingerprint") != fingerprint:
+        # last.pt survives `dvc repro` (persisted) but belongs to other params/data: a fresh start, not a resume
+        log.warning("%s was trained with other params or data; starting from step 0", ckpt_path)
+        ckpt = ckpt_path = None
+    if ckpt is None and env.is_main:
+        (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run's best.pt must come from this run
+    if ckpt is not None:
         if ckpt["model_config"] != to_dict(model_cfg) or ckpt["model_dims"] != dims:
             raise CheckpointError(f"{ckpt_path}: model config/sizes differ from params; use --resume never")
         if ckpt["world_size"] != env.world_size:
@@ -494,7 +504,7 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
             "step": step, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": rngs, "data": stream.state(), "best_val": best_val,
             "world_size": env.world_size, "model_config": to_dict(model_cfg), "model_dims": dims,
-            "train_config": to_dict(cfg), "mlflow_run_id": mlflow_run_id or "",
+            "train_config": to_dict(cfg), "mlflow_run_id": mlflow_run_id or "", "fingerprint": fingerprint,
         }
 
     metrics: dict[str, Any] = {}
@@ -588,5 +598,5 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
             for name in ("last.pt", "best.pt"):
                 if (out_dir / name).is_file():
                     mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoints")
-            mlflow.log_artifact(str(params_path), artifact_path="config")
+            tracking.log_params_file(params_path)
     return result

@@ -225,7 +225,7 @@ def load_standin(path: Path, size: MotionFormerSize) -> MotionFormer:
             f"offline visual encoder not found: {path}. It is produced by the 'avclip' stage "
             "(`dvc repro avclip` or `vaura avclip --params params.yaml`)."
         )
-    obj = read_checkpoint(path, "offline stand-in (run the avclip stage)")
+    obj = read_checkpoint(path, "offline stand-in (run the avclip stage)", own_file=True)
     if "size" not in obj or "state_dict" not in obj:
         raise WeightsError(f"{path}: not a vaura stand-in encoder file (needs 'size' and 'state_dict')")
     saved = MotionFormerSize(**obj["size"])

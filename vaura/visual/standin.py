@@ -248,7 +248,7 @@ def load_shipped(path: Path, vcfg: VisualConfig, cfg: AVClipConfig) -> tuple[Seg
             f"shipped avclip stand-in not found: {path}. Produce it with `vaura avclip --params params.yaml "
             "--ship`, or set params avclip.source: train"
         )
-    obj = read_checkpoint(path, "vaura avclip stand-in (vaura avclip --ship)")
+    obj = read_checkpoint(path, "vaura avclip stand-in (vaura avclip --ship)", own_file=True)
     if "towers" not in obj or "size" not in obj or "avclip" not in obj:
         raise WeightsError(f"{path}: not a shipped avclip file (needs 'size', 'avclip' and 'towers')")
     size = size_from_config(vcfg)
