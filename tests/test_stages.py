@@ -177,6 +177,15 @@ def test_vaura_checks_and_os_errors_are_expected(capsys):
     assert one_line(RuntimeError("multi\n  line")) is None
 
 
+def test_the_error_line_hides_credentials(capsys):
+    from vaura.config import ConfigError
+
+    url = "https://user:pw@host/v.mp4?X-Amz-Signature=abc123"
+    assert run_guarded("x", _raise(ConfigError(f"{url}: not found"))) == 1
+    err = capsys.readouterr().err
+    assert "pw@" not in err and "abc123" not in err and "https://host/v.mp4" in err
+
+
 def _failed_train_line(tmp_path: Path, nproc: int) -> str:
     """Run `vaura train` on a project without a cache; return its one error line (fails unless exactly one)."""
     params = _project(tmp_path, lambda p: p["train"].update(nproc=nproc, device="cpu"))
