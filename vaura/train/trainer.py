@@ -465,14 +465,14 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
         mlflow_run_id = ckpt.get("mlflow_run_id") or None
         log.info("resumed from %s at step %d", ckpt_path, step)
 
+    if cfg.compile:
+        raw_model.compile_blocks()
     model: nn.Module = LossModule(raw_model)
     if env.world_size > 1:
         # find_unused_parameters: conditioning parameters may sit out a batch (a learned null condition when no
         # sample is dropped, the reference alignment's empty-video embedding); costs one extra graph traversal.
         model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                     find_unused_parameters=True)
-    if cfg.compile:
-        model = torch.compile(model)
     amp = autocast_context(cfg, env.device)
     stream = TrainStream(train_set, env, cfg, data_pos["epoch"], data_pos["consumed"])
     batches = iter(stream)
