@@ -2,7 +2,7 @@
 
 Times the trainer's own optimizer step, ``vaura.train.trainer.train_step`` (CFG condition drop with
 ``model.cfg_dropout``, forward + loss + backward, gradient clipping, AdamW, schedule; bf16 autocast on GPU, fp32 on
-CPU; the loss module compiled with ``--compile`` as ``train.compile`` does) on random codes
+CPU; the decoder blocks compiled with ``--compile`` as ``train.compile`` does) on random codes
 and visual features of a 2.56 s window with the paper's codec/visual sizes (9 × 1024 codes at 86.13 Hz =
 221 frames, 768-d visual tokens at 12.5 Hz = 32 tokens). Usage::
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="clips per step (paper: 12 per GPU)")
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, autotuning)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the loss module (as train.compile)")
+    parser.add_argument("--compile", action="store_true", help="compile the decoder blocks and the loss (as train.compile)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s (overrides the table)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

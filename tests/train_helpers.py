@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import yaml
 
+SBATCH = Path(__file__).resolve().parents[1] / "infra" / "slurm" / "train.sbatch"
 SAMPLE_RATE, HOP = 800, 32  # 25 code frames/s: 2.56 s → 64 frames
 N_CODEBOOKS, CARD, CDIM, VDIM = 2, 16, 4, 8
 
@@ -173,3 +174,20 @@ def wait_for_file(proc, path: Path, timeout_s: float, what: str) -> None:
         assert proc.poll() is None, f"{what} exited before writing {path.name}: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, f"no {path.name} appeared within {timeout_s:.0f} s"
         time.sleep(0.01)
+
+
+def sbatch_torchrun() -> list[str]:
+    """The torchrun command line of the SLURM script (``$PYTHON -m torch.distributed.run ... --resume auto``)."""
+    import shlex
+
+    text = SBATCH.read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("srun ") and "torch.distributed.run" in ln)
+    tokens = shlex.split(line)
+    return tokens[tokens.index("$PYTHON"):]
+
+
+def sbatch_exports() -> dict[str, str]:
+    """Literal ``export NAME=value`` lines of the SLURM script (its environment for torchrun)."""
+    import re
+
+    return dict(re.findall(r"^export (\w+)=([\w.-]+)$", SBATCH.read_text(), flags=re.M))

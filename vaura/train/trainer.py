@@ -83,15 +83,15 @@ def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.Abstr
 
 
 def wrap(raw_model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
-    """The module the loop calls: the loss, under DDP on several ranks, compiled when asked."""
+    """The module the loop calls: the loss (decoder blocks compiled when asked), under DDP on several ranks."""
+    if cfg.compile:
+        raw_model.compile_blocks()
     model: nn.Module = LossModule(raw_model)
     if env.world_size > 1:
         # find_unused_parameters: conditioning parameters may sit out a batch (a learned null condition when no
         # sample is dropped, the reference alignment's empty-video embedding); costs one extra graph traversal.
         model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                     find_unused_parameters=True)
-    if cfg.compile:
-        model = torch.compile(model)
     return model
 
 
