@@ -51,6 +51,7 @@ from training import flops_per_step, gpu_peak, measured_cpu_peak  # noqa: E402  
 
 from vaura.io import atomic_write_json  # noqa: E402
 from vaura.model import VAURA, named_size  # noqa: E402
+from vaura.model.decoder import cfg_drop_mask  # noqa: E402
 from vaura.model.sampler import generate, generate_recompute  # noqa: E402
 from vaura.visual.motionformer import PAPER_SIZE, MotionFormerSize  # noqa: E402
 
@@ -352,7 +353,7 @@ class Suite:
         n_frames = math.ceil(2.56 * rate)
         codes = torch.randint(0, card, (batch, k, n_frames), device=self.device)
         visual = torch.randn(batch, 32, self.s.visual["dim"], device=self.device)
-        drop = torch.rand(batch, device=self.device) < 0.1
+        drop = cfg_drop_mask(batch, model.cfg.cfg_dropout, device=self.device)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
 
         def step() -> torch.Tensor:
@@ -422,7 +423,7 @@ class Suite:
             out = Path(tmp) / "cache"
             t_cache, summary = self.timed(lambda: build_cache(
                 plan, out, codec, encoder, read_audio, read_frames, shard_size=16, batch_size=16, workers=workers,
-                device=self.device, progress=False))
+                window_s=2.56, device=self.device, progress=False))
             if summary["clips"] != len(paths):
                 raise RuntimeError(f"cache kept {summary['clips']} of {len(paths)} clips")
             shard_bytes = sum(f.stat().st_size for f in out.glob("shard-*.pt"))

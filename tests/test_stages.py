@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vaura.cli import COMMANDS, build_parser, main
-from vaura.curation.tables import write_table
+from vaura.tables import write_table
 from vaura.stages import one_line, run_guarded
 
 REPO = Path(__file__).resolve().parents[1]

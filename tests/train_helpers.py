@@ -47,7 +47,10 @@ class MicroVisual:
 
 
 def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds: float = 3.2, seed: int = 0) -> Path:
-    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s)."""
+    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s, 2.56 s long).
+
+    Each clip's source is named ``data_dir/clips/<clip>.mp4`` (the files themselves exist only where
+    :func:`write_val_videos` writes them)."""
     from vaura.cache import ClipSpec, build_cache
 
     rng = np.random.default_rng(seed)
@@ -56,12 +59,13 @@ def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds:
     for i in range(n_train + n_val):
         split = "train" if i < n_train else "val"
         name = f"c{i:03d}"
-        audio[name] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
-        frames[name] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
-        plan.append(ClipSpec(name, name, split, None if split == "train" else 0.32))
+        source = str(data_dir / "clips" / f"{name}.mp4")
+        audio[source] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
+        frames[source] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
+        plan.append(ClipSpec(name, source, split, None if split == "train" else 0.32))
     out = data_dir / "cache"
     build_cache(plan, out, MicroCodec(), MicroVisual(), audio.__getitem__, frames.__getitem__, shard_size=5,
-                progress=False)
+                window_s=2.56, progress=False)
     return out
 
 
@@ -103,22 +107,14 @@ def write_micro_codec(data_dir: Path) -> Path:
     return path
 
 
-def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> Path:
-    """Source videos of val clips + ``splits/val.csv`` so logged samples can be muxed onto their frames."""
-    import pandas as pd
-
+def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> None:
+    """The source videos the micro cache's index names for ``clips``, so logged samples are muxed onto them."""
     from vaura.media import write_video
 
-    rows = []
     rng = np.random.default_rng(1)
     for clip in clips:
-        path = data_dir / "clips" / f"{clip}.mp4"
-        write_video(path, rng.integers(0, 255, (int(seconds * 25), 32, 32, 3), dtype=np.uint8), 25.0)
-        rows.append({"clip": clip, "path": f"../clips/{clip}.mp4", "start_sec": 0.32})
-    out = data_dir / "splits" / "val.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out, index=False)
-    return out
+        write_video(data_dir / "clips" / f"{clip}.mp4", rng.integers(0, 255, (int(seconds * 25), 32, 32, 3),
+                                                                     dtype=np.uint8), 25.0)
 
 
 def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path, Path]], str]:

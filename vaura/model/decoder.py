@@ -90,6 +90,15 @@ class VisualEmbedder(nn.Module):
         return self.projection(torch.where(drop[:, None, None], null, visual))
 
 
+def cfg_drop_mask(batch: int, p: float, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Which rows of a training batch get the null condition (classifier-free guidance dropout, probability ``p``).
+
+    The one place the mask is drawn: the trainer passes its own checkpointed ``generator`` (exact resume).
+    """
+    return torch.rand(batch, generator=generator, device=device) < p
+
+
 class VAURA(nn.Module):
     """Llama-style decoder over delayed DAC codes, conditioned on 12.5 Hz visual features."""
 
@@ -145,7 +154,7 @@ class VAURA(nn.Module):
         b = visual.shape[0]
         if drop_cond is None:
             if self.training and self.cfg.cfg_dropout > 0:
-                drop_cond = torch.rand(b, device=visual.device) < self.cfg.cfg_dropout
+                drop_cond = cfg_drop_mask(b, self.cfg.cfg_dropout, device=visual.device)
             else:
                 drop_cond = torch.zeros(b, dtype=torch.bool, device=visual.device)
         return self.cls_embeddings(visual, drop_cond.to(visual.device))

@@ -150,11 +150,10 @@ def budget_verdict(result: dict, cfg: TrainConfig) -> int:
 def run(args: argparse.Namespace) -> int:
     from vaura.codec.config import CodecConfig
     from vaura.model.config import GenerationConfig, ModelConfig
-    from vaura.train.config import TrainConfig
-    from vaura.tracking import TrackingConfig
+    from vaura.train.config import TrainConfig, TrainSetup
 
-    ctx, (cfg, *_) = load(args, "train", train=TrainConfig, model=ModelConfig, generation=GenerationConfig,
-                          codec=CodecConfig, tracking=TrackingConfig)
+    ctx, (cfg, model, generation, codec) = load(args, "train", train=TrainConfig, model=ModelConfig,
+                                                generation=GenerationConfig, codec=CodecConfig)
     if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
         rc = launch_workers(args, cfg.nproc)
         if rc != 0:
@@ -162,4 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return budget_verdict(json.loads((ctx.data / "train" / "metrics.json").read_text()), cfg)
     from vaura.train.trainer import train
 
-    return budget_verdict(train(ctx.params_file, resume=args.resume, checksum_dir=args.checksum_dir), cfg)
+    setup = TrainSetup(train=cfg, model=model, generation=generation, codec=codec, tracking=ctx.tracking(),
+                       params=ctx.params, params_file=ctx.params_file, root=ctx.root, data_dir=ctx.data,
+                       track=ctx.track)
+    return budget_verdict(train(setup, resume=args.resume, checksum_dir=args.checksum_dir), cfg)
