@@ -473,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(setup, device, args.out or default_out(device, args.tiny))
     # (name, rough seconds it needs on an H200): most important first, so a short budget loses the least
     for name, need in (("meta", 0), ("decoder_b1", 90), ("agreement", 30), ("batched", 80), ("e2e", 20),
-                       ("train", 90), ("train_reference", 30), ("cache", 40), ("reference_batched", 40), ("fast_fp32_equality", 80)):
+                       ("train", 90), ("train_reference", 30), ("cache", 40), ("reference_batched", 40),
+                       ("fast_fp32_equality", 80)):
         suite.section(name, 0 if args.tiny else need, getattr(suite, name))
     print(f"[gpu_suite] wrote {suite.out}", file=sys.stderr)
     return 0 if all(suite.r[k] is not None for k in REQUIRED_KEYS) else 1
