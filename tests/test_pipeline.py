@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,29 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
     assert sorted((r.data.tags["vaura.variant"], r.data.params["model.conditioning"], r.data.params["model.cfg_dropout"])
                   for r in trains) == [("baseline", "fusion", "0.1"), ("prepend", "prepend", "0.1"),
                                        ("prepend", "prepend", "0.3")]
+
+
+@pytest.mark.slow
+def test_train_sweep_and_evaluate_read_only_what_the_stage_before_wrote(micro_repo: Path) -> None:
+    """Data flows forward: with the split lists and the clip manifest gone, train (logging validation clips muxed
+    onto their videos), sweep and evaluate (no --variant: every cached clip) still run, finding each video through
+    the cache index."""
+    root, env = micro_repo, clean_env()
+    run(DVC + ["repro", "sweep"], root, env, timeout=1500)
+    data = root / "data"
+    shutil.rmtree(data / "splits")  # every variant's lists: without --variant, nothing reads them
+    (data / "clips" / "manifest.csv").unlink()
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(total_steps=2, eval_every=2, ckpt_every=2, log_audio_every=2, n_log_clips=1)
+    (root / "forward.yaml").write_text(yaml.safe_dump(params))
+    run(["vaura", "train", "--params", "forward.yaml", "--resume", "never"], root, env, timeout=600)
+    run(["vaura", "sweep", "--params", "forward.yaml"], root, env, timeout=600)
+    run(["vaura", "evaluate", "--params", "forward.yaml", "--no-track"], root, env, timeout=600)
+    assert (data / "eval" / "metrics.json").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("vaura").experiment_id],
+                              "tags.`vaura.stage` = 'train'", order_by=["attributes.start_time DESC"], max_results=1)
+    logged = {f.path for f in client.list_artifacts(runs[0].info.run_id, "samples/reference")}
+    assert any(p.endswith(".mp4") for p in logged), logged  # the video was found without splits/val.csv

@@ -182,8 +182,6 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
         clip_audio[clip] = audio
         write_video(data / "clips" / f"{clip}.mp4", rng.integers(0, 255, (75, 64, 64, 3), dtype=np.uint8), 25.0,
                     audio=audio, sample_rate=sr)
-    pd.DataFrame({"clip": ["a", "b"], "path": ["a.mp4", "b.mp4"], "split": ["test", "test"]}).to_csv(
-        data / "clips" / "manifest.csv", index=False)
     (data / "raw").mkdir()
     (data / "splits" / "prepend").mkdir(parents=True)
     pd.DataFrame({"clip": ["a", "b"], "time_s": [1.0, 1.0], "class": ["x", "x"]}).to_csv(
@@ -196,7 +194,8 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
             p.parent.mkdir(parents=True, exist_ok=True)
             sf.write(p, clip_audio[clip][: int(2.56 * sr)], sr)
             rows.append({"test_set": "test", "cfg_scale": 3.0, "clip": clip, "sample": k, "start_sec": 0.0,
-                         "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
+                         "window_s": 2.56, "path": f"test/g3/{clip}__s{k}.wav", "video": f"../../clips/{clip}.mp4",
+                         "sample_rate": sr})
     pd.DataFrame(rows).to_csv(data / "sweep" / "prepend" / "index.csv", index=False)
     pfile = _report_params(tmp_path)
     params = yaml.safe_load(pfile.read_text())

@@ -179,7 +179,11 @@ def one_line(exc: BaseException) -> str | None:
 
 # (No name in this module may be a stage's: importing vaura.stages.<name> sets that attribute on the package.)
 def print_error(stage: str, line: str) -> None:
-    """Print ``vaura <stage>: <line>``, or, in a worker of ``vaura train``, leave it for the launcher to print once."""
+    """Print ``vaura <stage>: <line>`` (credentials in URLs masked: logs are a sink too), or, in a worker of
+    ``vaura train``, leave it for the launcher to print once."""
+    from vaura.redact import redact
+
+    line = redact(line)
     error_dir = os.environ.get(ERROR_DIR_ENV)
     if error_dir:
         from vaura.io import atomic_write_text

@@ -1,8 +1,9 @@
 """Score the CFG sweep (the `evaluate` DVC stage): metrics per test set and γ → metrics.json + MLflow runs.
 
-Reads <data>/sweep/index.csv and its WAVs, the clip manifest (<data>/clips/manifest.csv: videos for the
-reference audio, IB-score and Sync) and, on the synthetic benchmark, the ground-truth events
-(<data>/raw/events.csv) for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
+Reads <data>/sweep/index.csv and its WAVs (the index names each clip's source video, read for the reference
+audio, IB-score and Sync, and the window length), <data>/splits/train.csv (only its row count: the train-clip
+column of the threshold ablation) and, on the synthetic benchmark, the ground-truth events (<data>/raw/events.csv)
+for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
 With `--variant NAME` (an `ablation.variants` entry) the variant's overrides apply, the sweep is
@@ -62,7 +63,7 @@ def variant_info(params: Mapping[str, Any], variant: str | None, train_clips: in
 
 def run(args: argparse.Namespace) -> int:
     from vaura.eval.evaluate import (
-        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_clip_paths, read_events,
+        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_events,
     )
     from vaura.eval.ib import load_ib_model
     from vaura.eval.kld import load_kld_model
@@ -77,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
     passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
     models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
                     passt_reason=passt_reason, device=device)
-    clip_paths = read_clip_paths(data / cfg.manifest)
     events = read_events(data / cfg.events if cfg.events else None)
-    groups = evaluate_sweep(ctx.out("sweep"), clip_paths, events, cfg, models, root=root)
+    groups = evaluate_sweep(ctx.out("sweep"), events, cfg, models, root=root)
     train_clips = train_clip_count(ctx.out("splits"))
     info = variant_info(ctx.params, ctx.variant, train_clips, ctx.out("train") / "metrics.json")
     atomic_write_json(ctx.out("eval") / "metrics.json", metrics_json(groups, info, cfg.bootstrap))
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if ctx.track:
         from vaura.variants import variant_tags
 
-        log_groups(ctx.params, groups, clip_paths, train_clips, variant_label(ctx.params, ctx.variant),
+        log_groups(ctx.params, groups, train_clips, variant_label(ctx.params, ctx.variant),
                    data_files=[ctx.out("sweep") / "index.csv"], params_file=ctx.params_file,
                    tags=variant_tags(ctx.variant))
     return 0
