@@ -134,7 +134,7 @@ def test_report_stage_reads_only_its_metrics_files(tmp_path, monkeypatch) -> Non
     assert "[0.680, 0.720]" in first["threshold.md"].decode()
     params = yaml.safe_load(pfile.read_text())
     monkeypatch.setenv("VAURA_PIPELINE_ID", "foreign")
-    log_groups(params, [_group("test", "g3", 3.0, 0.99)], {}, train_clips=1, variant_label="baseline")
+    log_groups(params, [_group("test", "g3", 3.0, 0.99)], train_clips=1, variant_label="baseline")
     assert report.run(args) == 0
     assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == first
     curve = pd.read_csv(tmp_path / "reports" / "cfg_curve.csv")
