@@ -16,10 +16,10 @@ from vaura.cli import COMMANDS
 from vaura.config import flatten
 
 
-def _stages() -> dict:
-    """dvc.yaml's stages with ``foreach`` groups expanded over params.yaml's variants (``name@variant``), as DVC
-    does, in file order."""
-    variants = yaml.safe_load((REPO / "params.yaml").read_text())["ablation"]["variants"]
+def _stages(params: Path = REPO / "params.yaml") -> dict:
+    """dvc.yaml's stages with ``foreach`` groups expanded over the variants of ``params`` (``name@variant``), as
+    DVC does, in file order."""
+    variants = yaml.safe_load(params.read_text())["ablation"]["variants"]
     out = {}
     for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
         if "foreach" not in stage:
@@ -98,7 +98,8 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
 
     root, env = micro_repo, clean_env()
     log = run(DVC + ["repro"], root, env, timeout=1500)
-    assert sorted(ran_stages(log)) == sorted(_stages()) and ran_stages(log)[-1] == "report"
+    expanded = _stages(root / "params.yaml")  # the micro profile's two variants
+    assert sorted(ran_stages(log)) == sorted(expanded) and ran_stages(log)[-1] == "report"
     for out in ("data/train/baseline/best.pt", "data/train/prepend/best.pt", "data/eval/baseline/metrics.json",
                 "data/eval/prepend/metrics.json", "data/cache/index.csv", "data/sweep/prepend/index.csv",
                 "reports/threshold.md", "reports/conditioning.md", "reports/cfg.md", "reports/cfg_curve.csv"):
@@ -106,7 +107,7 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
     conditioning = (root / "reports" / "conditioning.md").read_text()
     assert "| baseline | fusion |" in conditioning and "| prepend | prepend |" in conditioning
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert set(lock) == set(_stages())
+    assert set(lock) == set(expanded)
 
     again = run(DVC + ["repro"], root, env, timeout=300)
     assert ran_stages(again) == [] and "Data and pipelines are up to date." in again

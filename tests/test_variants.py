@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from vaura.profiles import render
-from vaura.variants import VariantError, ablation_config, apply_variant, output_dir, overrides, variant_names
+from vaura.variants import VariantError, ablation_config, apply_variant, output_dir, overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -61,11 +61,11 @@ def test_outputs_of_a_variant_live_under_its_own_folder() -> None:
 
 def test_profiles_declare_the_offline_and_paper_ablations() -> None:
     offline = yaml.safe_load(render("offline", CONFIGS))
-    assert variant_names(offline) == ["baseline", "prepend", "unfiltered"]
+    assert list(ablation_config(offline).variants) == ["baseline", "prepend", "unfiltered"]
     assert apply_variant(offline, "unfiltered")["filter"]["apply_to"] == []
     paper = yaml.safe_load(render("paper", CONFIGS))
-    thresholds = sorted(apply_variant(paper, n)["filter"]["threshold"] for n in variant_names(paper)
+    thresholds = sorted(apply_variant(paper, n)["filter"]["threshold"] for n in list(ablation_config(paper).variants)
                         if apply_variant(paper, n)["model"]["conditioning"] == "fusion")
     assert thresholds == [0.0, 0.2, 0.3, 0.4]
-    assert [n for n in variant_names(paper) if apply_variant(paper, n)["model"]["conditioning"] == "prepend"]
+    assert [n for n in list(ablation_config(paper).variants) if apply_variant(paper, n)["model"]["conditioning"] == "prepend"]
     assert paper["report"]["cfg_scale"] == 6.0  # no onset ground truth on real data: the paper's γ

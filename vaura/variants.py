@@ -4,7 +4,7 @@ params.yaml section ``ablation.variants`` maps a variant name to a nested overla
 e.g. ``prepend: {model: {conditioning: prepend}}``; ``baseline: {}`` is the parameters as they stand. dvc.yaml
 expands its per-variant stages (filter, train, sweep, evaluate) with ``foreach: ${ablation.variants}``, and each
 stage's ``--variant NAME`` flag calls :func:`apply_variant`, so the pipeline, ``dvc exp run -S`` and the Prefect
-``ablation`` flow all read one definition. A variant's outputs live under ``<paths.data>/variants/<name>/``.
+``ablation`` flow all read one definition. A variant's outputs live under ``<paths.data>/<stage>/<name>/``.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from vaura.config import ConfigError, flatten
+from vaura.config import ConfigError, flatten, load_section
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Sections a variant may not change: where outputs and runs go, and the variant list itself.
 FIXED_SECTIONS = ("paths", "tracking", "ablation", "profile")
+VARIANT_TAG = "vaura.variant"  # MLflow tag of every run a variant's stages log
 
 
 class VariantError(ConfigError):
@@ -35,8 +36,6 @@ class AblationConfig:
 
 def ablation_config(params: Mapping[str, Any]) -> AblationConfig:
     """The ``ablation`` section, checked: names are path-safe, the baseline exists, every override is valid."""
-    from vaura.config import load_section
-
     cfg: AblationConfig = load_section(AblationConfig, "ablation", params)
     if cfg.baseline not in cfg.variants:
         raise VariantError(f"params.ablation.baseline: {cfg.baseline!r} is not one of the variants "
@@ -44,11 +43,6 @@ def ablation_config(params: Mapping[str, Any]) -> AblationConfig:
     for name in cfg.variants:
         apply_variant(params, name)
     return cfg
-
-
-def variant_names(params: Mapping[str, Any]) -> list[str]:
-    """Variant names in file order (the order dvc.yaml expands them in)."""
-    return list(ablation_config(params).variants)
 
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any], where: str) -> None:
@@ -87,11 +81,6 @@ def overrides(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     return flatten((params.get("ablation") or {}).get("variants", {}).get(name) or {})
 
 
-def variant_dir(data: str | Path, name: str) -> Path:
-    """Folder of a variant's own outputs (splits, train, sweep, eval) under the data folder."""
-    return Path(data) / "variants" / name
-
-
 def resolve(params: Mapping[str, Any], variant: str | None) -> dict[str, Any]:
     """The parameters a stage runs with: ``params`` itself, or variant ``variant``'s (``--variant NAME``)."""
     return dict(params) if variant is None else apply_variant(params, variant)
@@ -105,7 +94,3 @@ def output_dir(data: str | Path, stage: str, variant: str | None) -> Path:
 def variant_tags(variant: str | None) -> dict[str, str]:
     """MLflow tag naming the variant a stage run belongs to (none outside an ablation)."""
     return {} if variant is None else {VARIANT_TAG: variant}
-
-
-VARIANT_TAG = "vaura.variant"
-
