@@ -148,3 +148,26 @@ def test_each_stage_run_honours_its_own_params_store(store, tmp_path):
         mlflow.log_metric("x", 1.0)
     assert MlflowClient(other_uri).get_run(second.info.run_id).data.metrics["x"] == 1.0
     assert MlflowClient(params["tracking"]["uri"]).get_run(first.info.run_id).info.status == "FINISHED"
+
+
+def test_runs_are_named_and_the_experiment_described_for_the_ui(store, tmp_path):
+    """MLflow's UI reads these: run names in the table, the experiment type and the markdown descriptions."""
+    tmp, params, client = store
+    (tmp / "params.yaml").write_text("profile: micro\n")
+    with tracking.stage_run("train", params, variant="prepend") as run:
+        pass
+    with tracking.stage_run("cache", params) as shared:
+        pass
+    got = client.get_run(run.info.run_id)
+    assert got.info.run_name == "train · prepend" and got.data.tags["vaura.variant"] == "prepend"
+    assert client.get_run(shared.info.run_id).info.run_name == "cache"
+    parent = client.get_run(got.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == "pipeline · micro · pipe-A"
+    assert "pipe-A" in parent.data.tags["mlflow.note.content"]
+    exp = client.get_experiment(got.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "Paper tables" in exp.tags["mlflow.note.content"]
+    client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", "my own notes")
+    with tracking.stage_run("cache", params):
+        pass
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.note.content"] == "my own notes"

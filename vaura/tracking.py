@@ -35,10 +35,28 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PIPELINE_TAG = "vaura.pipeline_id"
 ROLE_TAG = "vaura.role"
+VARIANT_TAG = "vaura.variant"
+# MLflow's own tags: a run's or experiment's markdown description, and the experiment type the UI's selector sets
+NOTE_TAG = "mlflow.note.content"
+KIND_TAG = "mlflow.experimentKind"
+# The UI (3.x) opens an experiment on its GenAI overview unless the URL asks for the classic ML workflow.
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+EXPERIMENT_NOTE = """\
+**vaura** — V-AURA video-to-audio: one *parent* run per pipeline run (`dvc repro`, `dvc exp run`, a Prefect
+flow), named `pipeline · <profile> · <commit>`, with one child run per stage beneath it (expand the parent row).
+
+- **Paper tables** (II threshold, III conditioning, IV CFG γ): the parent run's description and its
+  *Artifacts → tables* (written by the `report` stage).
+- **Ablation runs**: `evaluate · <variant> · γ <scale> · <test set>`, one per group; their params `variant`,
+  `model.conditioning`, `filter.threshold`, `gamma`, `test_set`, `train.seed`, `sweep.seed` are the axes
+  (Columns / Group by, or select runs → Compare).
+- **Listening**: each evaluate run's *Artifacts → audio / video / spectrogram* holds example clips with events.
+"""
 # credential-like key names (a whole ``token`` component only: ``tokens_per_s`` is a metric, not a secret)
 _SECRET_KEY = re.compile(r"password|passwd|secret|credential|access[_-]?key|api[_-]?key|(^|[._-])token($|[._-])", re.I)
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_PARAM_CHARS = 6000
+_MAX_NOTE_CHARS = 8000  # MLflow's tag value limit
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
 
 
@@ -133,19 +151,53 @@ def _local_store(uri: str) -> bool:
 
 def _experiment_id(client: Any, cfg: TrackingConfig, uri: str) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = Path(cfg.artifact_root).resolve().as_uri() if _local_store(uri) else None
-    try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
-    except Exception:  # another stage created it between our check and create
+    if exp is None:
+        location = Path(cfg.artifact_root).resolve().as_uri() if _local_store(uri) else None
+        try:
+            client.create_experiment(cfg.experiment, artifact_location=location)
+        except Exception:  # another stage created it between our check and create
+            pass
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise RuntimeError(f"MLflow experiment {cfg.experiment!r} could not be created in {redact(uri)}")
+    # A classic training experiment with a description; set once, so an edit made in the UI is kept.
+    for key, value in ((KIND_TAG, "custom_model_development"), (NOTE_TAG, EXPERIMENT_NOTE)):
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
-def _parent_run_id(client: Any, experiment_id: str, pid: str, commit: str) -> str:
+def runs_link(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI address of an experiment's runs table (not the GenAI overview MLflow 3 opens by default)."""
+    return base_url.rstrip("/") + "/" + RUNS_VIEW.format(id=experiment_id)
+
+
+def experiment_id(params: Mapping[str, Any] | None = None, params_file: str | Path = "params.yaml") -> str | None:
+    """Id of the configured experiment in the configured store, or None when it does not exist (yet)."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = tracking_config(params, params_file)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None  # do not create an empty store just to look
+    exp = MlflowClient(uri).get_experiment_by_name(cfg.experiment)
+    return None if exp is None else exp.experiment_id
+
+
+def pipeline_run_name(pid: str, profile: str | None) -> str:
+    """``pipeline · <DVC experiment or profile> · <commit>``: what a parent run is, readable in the runs table."""
+    what = os.environ.get("DVC_EXP_NAME") or profile or "params"
+    return f"pipeline · {what} · {pid}"
+
+
+def _pipeline_note(pid: str, commit: str, dirty: bool, profile: str | None) -> str:
+    return (f"Pipeline run `{pid}`: code `{commit[:12]}`{' with uncommitted changes' if dirty else ''}, profile "
+            f"`{profile or 'unknown'}`; its stages are the child runs (expand this row). The `report` stage "
+            "replaces this text with the paper tables.\n")
+
+
+def _parent_run_id(client: Any, experiment_id: str, pid: str, commit: str, dirty: bool = False,
+                   profile: str | None = None) -> str:
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{ROLE_TAG}` = 'pipeline'",
@@ -154,10 +206,24 @@ def _parent_run_id(client: Any, experiment_id: str, pid: str, commit: str) -> st
     )
     if found:
         return found[0].info.run_id
-    tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit}
+    tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit,
+            NOTE_TAG: _pipeline_note(pid, commit, dirty, profile)}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    return client.create_run(experiment_id, run_name=f"pipeline {pid}", tags=tags).info.run_id
+    return client.create_run(experiment_id, run_name=pipeline_run_name(pid, profile), tags=tags).info.run_id
+
+
+def _profile(params_file: str | Path) -> str | None:
+    path = Path(params_file)
+    if not path.is_file():
+        return None
+    return str(load_yaml(path).get("profile") or "") or None
+
+
+def run_name(stage: str, variant: str | None = None, *details: str) -> str:
+    """``stage · variant · details`` (e.g. ``evaluate · prepend · γ 3 · test``): distinct names in the runs table,
+    chart legends and the compare view."""
+    return " · ".join(p for p in (stage, variant, *details) if p)
 
 
 @contextlib.contextmanager
@@ -169,18 +235,24 @@ def stage_run(
     params_file: str | Path = "params.yaml",
     data_files: Sequence[str | Path] = (),
     resume_run_id: str | None = None,
+    variant: str | None = None,
+    name: str | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> Iterator[Any]:
     """Open the MLflow run of one stage execution (nested under the pipeline's parent run); yields the ActiveRun.
 
-    Logs ``params`` (flattened, redacted) as params and as the ``config/params.json`` artifact, and tags the
-    run with the stage, pipeline id, git commit, DVC experiment name (``$DVC_EXP_NAME``) and data hashes.
+    Logs ``params`` (flattened, redacted: pass only what the stage uses) as params and as the
+    ``config/params.json`` artifact, and tags the run with the stage, pipeline id, git commit, DVC experiment
+    name (``$DVC_EXP_NAME``) and data hashes. The run is named ``name`` or :func:`run_name` ``(stage, variant)``;
+    a ``variant`` is also the tag ``vaura.variant``. Runs go where ``tracking`` says, else
+    where ``params`` / ``params_file`` say (:func:`tracking_config`).
     ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
     exists in the store. The run ends FAILED if the body raises.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    cfg = tracking_config(params, params_file)
+    cfg = tracking or tracking_config(params, params_file)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = user_uri or cfg.uri
     mlflow.set_tracking_uri(uri)
@@ -192,7 +264,7 @@ def stage_run(
     exp_id = _experiment_id(client, cfg, uri)
     commit, dirty = git_commit()
     pid = pipeline_id(params_file)
-    parent = _parent_run_id(client, exp_id, pid, commit)
+    parent = _parent_run_id(client, exp_id, pid, commit, dirty, _profile(params_file))
     run_tags = {
         "vaura.stage": stage,
         PIPELINE_TAG: pid,
@@ -202,6 +274,8 @@ def stage_run(
         "git.dirty": str(dirty).lower(),
         **data_hash_tags(stage, data_files),
     }
+    if variant:
+        run_tags[VARIANT_TAG] = variant
     if os.environ.get("DVC_EXP_NAME"):
         run_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     run_tags.update({k: str(redact(v)) for k, v in (tags or {}).items()})
@@ -217,7 +291,7 @@ def stage_run(
     start = (
         dict(run_id=resume_run_id)
         if resume_run_id
-        else dict(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=run_tags)
+        else dict(experiment_id=exp_id, run_name=name or run_name(stage, variant), parent_run_id=parent, tags=run_tags)
     )
     with mlflow.start_run(
         nested=mlflow.active_run() is not None, log_system_metrics=cfg.system_metrics, **start
@@ -233,6 +307,36 @@ def stage_run(
         finally:
             mlflow.end_run(status=status)
             client.set_terminated(parent, status=status)
+
+
+def describe_pipeline(note: str, tables: Mapping[str, Any], files: Sequence[str | Path] = ()) -> str:
+    """Put results where a user looks first, the active stage run's *parent* (pipeline) run: ``note`` (markdown)
+    becomes its description, each DataFrame in ``tables`` an MLflow table ``tables/<name>.json`` (the UI's
+    table view) and ``files`` artifacts under ``tables/``. A re-run replaces them. Returns the parent's run id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("describe_pipeline needs an active stage run (vaura.tracking.stage_run)")
+    parent = client.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]
+    if len(note) > _MAX_NOTE_CHARS:
+        note = note[:_MAX_NOTE_CHARS - 80] + "\n\n… (cut to MLflow's tag limit: the full text is in Artifacts → tables)\n"
+    client.set_tag(parent, NOTE_TAG, note)
+    existing = {f.path for f in client.list_artifacts(parent, "tables")}
+    for name, df in tables.items():
+        artifact = f"tables/{name}.json"
+        if artifact in existing:  # log_table would append the rows to the earlier report's: replace the file
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / f"{name}.json"
+                df.to_json(local, orient="split", index=False)
+                client.log_artifact(parent, str(local), "tables")
+        else:
+            client.log_table(parent, df, artifact)
+    for f in files:
+        client.log_artifact(parent, str(f), "tables")
+    return parent
 
 
 def _redacted_tree(obj: Any) -> Any:

@@ -6,8 +6,8 @@ reference audio, IB-score and Sync) and, on the synthetic benchmark, the ground-
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
 Writes <data>/eval/metrics.json (DVC metrics) and one MLflow run per (test set, group) nested under the
-pipeline's parent run, with a few clips' audio (wav), spectrogram (png) and the video muxed with the generated
-audio (mp4) as artifacts. `vaura report` builds the paper's tables from these runs.
+pipeline's parent run and named `evaluate · <variant> · γ <scale> · <test set>`, with a few informative clips'
+audio (wav), spectrogram (png) and the video muxed with the generated audio (mp4) as artifacts. `vaura report` builds the paper's tables from these runs.
 """
 from __future__ import annotations
 
@@ -24,12 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
     parser.add_argument("--no-mlflow", action="store_true", help="write metrics.json only (no MLflow runs)")
-
-
-def variant_label(params: dict) -> str:
-    """Readable label of the ablation variant a pipeline run is (threshold and conditioning)."""
-    flat = flatten(params)
-    return f"threshold={flat.get('filter.threshold', '?')} conditioning={flat.get('model.conditioning', '?')}"
+    parser.add_argument("--variant", default="baseline",
+                        help="ablation variant name shown in MLflow run names and params (default: %(default)s)")
 
 
 def train_clip_count(data: Path) -> int | None:
@@ -77,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
     if not args.no_mlflow:
-        log_groups(params, groups, clip_paths, train_clip_count(data), variant_label(params),
+        log_groups(params, groups, clip_paths, train_clip_count(data), args.variant,
                    data_files=[data / "sweep" / "index.csv"], params_file=args.params)
     return 0

@@ -10,11 +10,13 @@ training time, and writes to <reports>/ (paths.reports):
 
 Each table is restricted to `report.test_set`; Tables II and III at γ = `report.cfg_scale`, Tables III and IV at
 `report.baseline_threshold` (null: this params file's `filter.threshold`), Tables II and IV with `report.baseline_conditioning`. Cells a profile cannot fill
-say why ("skipped: <reason>"). The tables are logged to MLflow as artifacts of a `report` run.
+say why ("skipped: <reason>"). The tables are logged to MLflow as artifacts of a `report` run and on the
+pipeline's parent run: its description (the markdown tables) and MLflow tables `tables/<name>.json`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -37,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import mlflow
 
-    from vaura.eval.report import ReportConfig, ReportError, build_tables, cfg_curve, search_runs, to_markdown
+    from vaura.eval.report import (
+        ReportConfig, ReportError, build_tables, cfg_curve, footnoted, search_runs, to_markdown,
+    )
     from vaura.io import atomic_write_csv, atomic_write_text
-    from vaura.tracking import stage_run, tracking_config
+    from vaura.tracking import describe_pipeline, stage_run, tracking_config
 
     try:
         params = load_yaml(args.params)
@@ -61,16 +65,19 @@ def run(args: argparse.Namespace) -> int:
     note = (f"Test set `{cfg.test_set}`; latest `evaluate` run per row (MLflow experiment `{tcfg.experiment}`, "
             f"{len(evals)} evaluate runs). γ = {cfg.cfg_scale:g} where not varied; baseline threshold "
             f"{cfg.baseline_threshold:g}, conditioning `{cfg.baseline_conditioning}`.")
-    written = []
+    written, texts = [], []
     for name, table in tables.items():
-        atomic_write_text(out / f"{name}.md", to_markdown(table, TITLES[name], note))
+        texts.append(to_markdown(table, TITLES[name], note))
+        atomic_write_text(out / f"{name}.md", texts[-1])
         atomic_write_csv(out / f"{name}.csv", table)
         written += [out / f"{name}.md", out / f"{name}.csv"]
         print(to_markdown(table, TITLES[name]))
     atomic_write_csv(out / "cfg_curve.csv", cfg_curve(evals, cfg))
     written.append(out / "cfg_curve.csv")
     if not args.no_mlflow_log:
-        with stage_run("report", params, params_file=args.params):
+        with stage_run("report", {"report": dataclasses.asdict(cfg)}, params_file=args.params, tracking=tcfg):
             for path in written:
                 mlflow.log_artifact(str(path), artifact_path="reports")
+            # the tables where a user looks first: the pipeline run's description and its table view
+            describe_pipeline("\n".join(texts), {name: footnoted(t)[0] for name, t in tables.items()}, written)
     return 0
