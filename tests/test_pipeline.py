@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_helpers import BIN as REPO_BIN
 from pipeline_helpers import DVC, REPO, clean_env, make_micro_repo, ran_stages, run
 
 from vaura.cli import COMMANDS
@@ -64,6 +66,7 @@ def micro_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("micro_pipeline")  # the browser test below reuses its store (make test: --dist loadgroup)
 def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -103,3 +106,101 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
     assert {"train", "evaluate", "report"} <= second and not second & {"acquire", "preprocess", "cache"}
     conds = {r.data.params.get("model.conditioning") for r in stage_runs if r.data.tags["vaura.stage"] == "train"}
     assert conds == {"fusion", "prepend"}
+
+
+def _body(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def _click(browser, xpath: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 120).until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+
+
+def _close_assistant(browser) -> None:
+    """MLflow 3.17 may open its assistant panel over a third of the page; a user closes it with its X."""
+    from selenium.webdriver.common.by import By
+
+    for button in browser.find_elements(By.CSS_SELECTOR, '[data-component-id="mlflow.assistant.chat_panel.close"]'):
+        button.click()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("micro_pipeline")
+def test_mlflow_ui_shows_the_ablation_in_a_real_browser(micro_repo: Path, tmp_path: Path) -> None:
+    """Headless Chromium on `mlflow ui` over the micro pipeline's store, from the link `vaura ui` prints: the runs
+    table with the evaluate runs by name and their γ column, the CFG table in the pipeline run's description
+    (2 clicks), the γ param on an evaluate run (1 click) and an audio player for its .wav (3 more clicks).
+    With $VAURA_UI_SCREENSHOTS set, the views are saved there as PNGs (docs/mlflow-ui/)."""
+    import shlex
+
+    from browser_helpers import browser_or_skip, chromium, free_port, served
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    binary, driver = browser_or_skip()
+    root, env = micro_repo, clean_env()
+    if not (root / "reports" / "cfg.md").is_file():  # not after the end-to-end test (run alone): build the store
+        run(DVC + ["repro"], root, env, timeout=1500)
+    gammas = [f"{g:g}" for g in yaml.safe_load((root / "params.yaml").read_text())["sweep"]["cfg_scales"]]
+    port = free_port()
+    printed = run([str(REPO_BIN / "vaura"), "ui", "--params", "params.yaml", "--port", str(port)], root, env)
+    link = re.search(r"(http://127\.0\.0\.1:\d+/#/experiments/\S+)", printed).group(1)
+    command = shlex.split(re.search(r"MLflow UI: (.+)", printed).group(1))
+    shots = Path(os.environ["VAURA_UI_SCREENSHOTS"]) if os.environ.get("VAURA_UI_SCREENSHOTS") else None
+
+    def shot(browser, name: str) -> None:
+        if shots is not None:
+            shots.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(shots / f"{name}.png"))
+
+    with served(command, root, env, port, tmp_path / "mlflow-ui.log"), chromium(binary, driver) as browser:
+        wait = WebDriverWait(browser, 180)
+        # the link opens the runs table (not the GenAI overview), parents expanded on their evaluate runs
+        browser.get(link)
+        wait.until(lambda b: all(f"evaluate · γ {g} · test" in _body(b) for g in gammas))
+        _close_assistant(browser)
+        text = _body(browser)
+        assert "Run Name" in text and "pipeline · micro" in text and "Overview" not in text
+        for column in ("gamma", "variant", "model.conditioning", "filter.threshold", "onset_f1", "fad"):
+            assert column in text, f"ablation column {column} not shown"
+        shot(browser, "runs-table")
+
+        # click 1: the pipeline run; click 2: "Show more" — its description holds Table IV as a rendered table
+        _click(browser, "//a[starts-with(normalize-space(.), 'pipeline · micro')]")
+        wait.until(lambda b: "Table II" in _body(b))
+        _close_assistant(browser)
+        _click(browser, "//*[normalize-space(text())='Show more']")
+        table = wait.until(lambda b: b.find_element(By.XPATH, "//h1[contains(., 'Table IV')]/following::table[1]"))
+        cells = [[c.text for c in row.find_elements(By.XPATH, "./th|./td")]
+                 for row in table.find_elements(By.TAG_NAME, "tr")]
+        md_rows = [[c.strip().replace("\\|", "|") for c in line.strip().strip("|").split(" | ")]
+                   for line in (root / "reports" / "cfg.md").read_text().splitlines()
+                   if line.startswith("| ")]
+        assert cells == md_rows  # the same numbers as reports/cfg.md
+        assert [r[0] for r in cells[1:len(gammas) + 1]] == gammas
+        browser.execute_script("arguments[0].scrollIntoView()", table)
+        shot(browser, "pipeline-description")
+
+        # an evaluate run (1 click from the table): its γ as a parameter
+        browser.get(link)
+        _click(browser, f"//a[normalize-space(.)='evaluate · γ {gammas[-1]} · test']")
+        wait.until(lambda b: re.search(rf"\ngamma\n{re.escape(gammas[-1])}\n", _body(b)))
+        _close_assistant(browser)
+        shot(browser, "evaluate-run")
+
+        # Artifacts → audio → the .wav: MLflow's player (an <audio> with controls) has decoded the clip
+        _click(browser, "//*[normalize-space(text())='Artifacts']")
+        _click(browser, "//*[normalize-space(text())='audio']")
+        _click(browser, "//*[contains(normalize-space(text()), '.wav')]")
+        duration = wait.until(lambda b: b.execute_script(
+            "for (const e of document.querySelectorAll('*')) { const a = e.shadowRoot && e.shadowRoot.querySelector"
+            "('audio'); if (a && a.controls && a.duration > 0) return a.duration; } return null;"))
+        window = yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["window_s"]
+        assert duration == pytest.approx(window, abs=0.05)
+        shot(browser, "audio-artifact")

@@ -39,8 +39,14 @@ VARIANT_TAG = "vaura.variant"
 # MLflow's own tags: a run's or experiment's markdown description, and the experiment type the UI's selector sets
 NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"
-# The UI (3.x) opens an experiment on its GenAI overview unless the URL asks for the classic ML workflow.
-RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
+# The UI (3.x) opens an experiment on its GenAI overview unless the URL asks for the classic ML workflow; a
+# shared view (experiment tag mlflow.sharedViewState.<key>, named in the URL) preselects the ablation columns.
+VIEW_KEY = "vaura-ablation"
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning&viewStateShareKey=" + VIEW_KEY
+ABLATION_COLUMNS = (
+    [f"params.`{p}`" for p in ("variant", "gamma", "model.conditioning", "filter.threshold", "test_set")]
+    + [f"metrics.`{m}`" for m in ("onset_f1", "fad", "kld", "ib", "sync_ms")]
+)
 EXPERIMENT_NOTE = """\
 **vaura** — V-AURA video-to-audio: one *parent* run per pipeline run (`dvc repro`, `dvc exp run`, a Prefect
 flow), named `pipeline · <profile> · <commit>`, with one child run per stage beneath it (expand the parent row).
@@ -164,6 +170,9 @@ def _experiment_id(client: Any, cfg: TrackingConfig, uri: str) -> str:
     for key, value in ((KIND_TAG, "custom_model_development"), (NOTE_TAG, EXPERIMENT_NOTE)):
         if key not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, key, value)
+    view = json.dumps({"selectedColumns": ABLATION_COLUMNS})
+    if exp.tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:  # ours: the UI cannot edit a shared view
+        client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
     return exp.experiment_id
 
 
@@ -220,6 +229,12 @@ def _profile(params_file: str | Path) -> str | None:
     return str(load_yaml(path).get("profile") or "") or None
 
 
+def variant_name(explicit: str | None = None) -> str | None:
+    """The ablation variant a stage runs for: ``explicit`` (a stage's ``--variant``), else the DVC experiment's
+    name (``dvc exp run -n prepend -S ...`` sets ``$DVC_EXP_NAME``), else None (a plain run: no variant claimed)."""
+    return explicit or os.environ.get("DVC_EXP_NAME") or None
+
+
 def run_name(stage: str, variant: str | None = None, *details: str) -> str:
     """``stage · variant · details`` (e.g. ``evaluate · prepend · γ 3 · test``): distinct names in the runs table,
     chart legends and the compare view."""
@@ -243,8 +258,8 @@ def stage_run(
 
     Logs ``params`` (flattened, redacted: pass only what the stage uses) as params and as the
     ``config/params.json`` artifact, and tags the run with the stage, pipeline id, git commit, DVC experiment
-    name (``$DVC_EXP_NAME``) and data hashes. The run is named ``name`` or :func:`run_name` ``(stage, variant)``;
-    a ``variant`` is also the tag ``vaura.variant``. Runs go where ``tracking`` says, else
+    name (``$DVC_EXP_NAME``) and data hashes. The run is named ``name`` or :func:`run_name` ``(stage, variant)``
+    (variant: :func:`variant_name`), which is also the tag ``vaura.variant``. Runs go where ``tracking`` says, else
     where ``params`` / ``params_file`` say (:func:`tracking_config`).
     ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
     exists in the store. The run ends FAILED if the body raises.
@@ -274,6 +289,7 @@ def stage_run(
         "git.dirty": str(dirty).lower(),
         **data_hash_tags(stage, data_files),
     }
+    variant = variant_name(variant)
     if variant:
         run_tags[VARIANT_TAG] = variant
     if os.environ.get("DVC_EXP_NAME"):

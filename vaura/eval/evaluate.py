@@ -307,6 +307,7 @@ def group_label(group: Group) -> str:
 def group_tags(group: Group) -> dict[str, str]:
     """MLflow tags of a group's run (see the module docstring)."""
     tags = {
+        "mlflow.runType": "evaluation",  # the UI expands the parent of evaluation runs: the table opens on them
         "vaura.eval.test_set": group.test_set,
         "vaura.eval.group": group.name,
         "vaura.eval.cfg_scale": "" if group.cfg_scale is None else f"{group.cfg_scale:g}",
@@ -319,10 +320,11 @@ def group_tags(group: Group) -> dict[str, str]:
     return tags
 
 
-def group_params(params: Mapping[str, Any], group: Group, variant: str) -> dict[str, Any]:
+def group_params(params: Mapping[str, Any], group: Group, variant: str | None) -> dict[str, Any]:
     """The params of a group's run: its ablation axes as values it really used (see the module docstring)."""
     flat = flatten(params)
-    axes: dict[str, Any] = {"variant": variant, "test_set": group.test_set}
+    axes: dict[str, Any] = {"variant": variant} if variant else {}
+    axes["test_set"] = group.test_set
     if group.cfg_scale is not None:  # generated audio: the trained model and the sampling γ made it
         axes["gamma"] = f"{group.cfg_scale:g}"
         axes.update({k: flat[k] for k in _MODEL_AXES if k in flat})
@@ -345,13 +347,14 @@ def log_groups(
     groups: Sequence[Group],
     clip_paths: Mapping[str, Path],
     train_clips: int | None,
-    variant: str = "baseline",
+    variant: str | None = None,
     data_files: Sequence[str | Path] = (),
     params_file: str | Path = "params.yaml",
 ) -> list[str]:
     """One MLflow run per group (``vaura.tracking.stage_run``): axes params, metrics, tags, metrics.json and, for
     the group's example clips, audio (wav), spectrogram (png) and the test video muxed with that audio (mp4),
-    named ``<clip>_<variant>_<group>``. Skip reasons go once to the parent run. Returns the run ids."""
+    named ``<clip>_<variant>_<group>``. Skip reasons go once to the parent run. Returns the run ids.
+    ``variant`` None (no named variant, no DVC experiment) leaves it out of names and params."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -372,9 +375,9 @@ def log_groups(
             mlflow.log_metrics({**flat_metrics(g), **extra})
             log_json(metrics_json([g], {}), "metrics.json")
             for clip, start, audio in g.examples:
-                stem = f"{clip}_{variant}_{g.name}"
+                stem = "_".join(p for p in (clip, variant, g.name) if p)
                 log_audio(audio, g.sample_rate, f"audio/{stem}.wav")
-                log_spectrogram(audio, g.sample_rate, f"spectrogram/{stem}.png", title=f"{clip} · {variant} · {label}")
+                log_spectrogram(audio, g.sample_rate, f"spectrogram/{stem}.png", title=run_name(clip, variant, label))
                 log_muxed_video(clip_paths[clip], audio, g.sample_rate, f"video/{stem}.mp4", start_sec=start)
             run_ids.append(run.info.run_id)
             parent = MlflowClient().get_run(run.info.run_id).data.tags["mlflow.parentRunId"]

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
     parser.add_argument("--no-mlflow", action="store_true", help="write metrics.json only (no MLflow runs)")
-    parser.add_argument("--variant", default="baseline",
-                        help="ablation variant name shown in MLflow run names and params (default: %(default)s)")
+    parser.add_argument("--variant", default=None,
+                        help="ablation variant named in the MLflow runs (default: the DVC experiment's name)")
 
 
 def train_clip_count(data: Path) -> int | None:
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
+    from vaura.tracking import variant_name
     from vaura.devices import resolve_device
 
     try:
@@ -73,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
     if not args.no_mlflow:
-        log_groups(params, groups, clip_paths, train_clip_count(data), args.variant,
+        log_groups(params, groups, clip_paths, train_clip_count(data), variant_name(args.variant),
                    data_files=[data / "sweep" / "index.csv"], params_file=args.params)
     return 0

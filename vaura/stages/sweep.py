@@ -28,8 +28,8 @@ from vaura.devices import resolve_device
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-    parser.add_argument("--variant", default="baseline",
-                        help="ablation variant name shown in the MLflow run's name and params (default: %(default)s)")
+    parser.add_argument("--variant", default=None,
+                        help="ablation variant named in the MLflow run (default: the DVC experiment's name)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.codec import CodecConfig, CodecWeightsError, load_codec
     from vaura.eval.sweep import SweepConfig, SweepError, load_test_items, load_trained_model, run_sweep
     from vaura.model.config import GenerationConfig
-    from vaura.tracking import stage_run, tracking_config
+    from vaura.tracking import stage_run, tracking_config, variant_name
     from vaura.train.checkpoint import CheckpointError
 
     try:
@@ -71,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
     # the run's params are what this stage used: the sweep section and the sampling settings, not the
     # generation.cfg_scale it never reads (each γ of sweep.cfg_scales is sampled)
-    logged = {"variant": args.variant, "sweep": dataclasses.asdict(cfg), "generation": gen_kwargs}
+    variant = variant_name(args.variant)
+    logged = {"sweep": dataclasses.asdict(cfg), "generation": gen_kwargs, **({"variant": variant} if variant else {})}
     with contextlib.ExitStack() as stack:
         if not args.no_mlflow:
-            stack.enter_context(stage_run("sweep", logged, params_file=args.params, variant=args.variant,
+            stack.enter_context(stage_run("sweep", logged, params_file=args.params, variant=variant,
                                           tracking=tracking_config(params)))
         index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
         if not args.no_mlflow:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     exp = experiment_id(params, args.params)
     cmd = ui_command(uri, args.port)
     if not server:
-        print(f"MLflow UI: {' '.join(['mlflow', *cmd[3:]])}")
+        print(f"MLflow UI: {shlex.join(cmd)}")
     if exp is None:
         print(f"  no runs in experiment '{cfg.experiment}' of {redact(uri)} yet (run `dvc repro`): {base}")
     else:
