@@ -163,13 +163,13 @@ def test_mlflow_ui_shows_the_ablation_in_a_real_browser(micro_repo: Path, tmp_pa
         wait = WebDriverWait(browser, 180)
         # the link opens the runs table (not the GenAI overview), parents expanded on their evaluate runs
         browser.get(link)
-        wait.until(lambda b: all(f"evaluate · γ {g} · test" in _body(b) for g in gammas))
+        names = [f"evaluate · γ {g} · test" for g in gammas]
+        columns = ("gamma", "model.conditioning", "onset_f1")  # (a column no run has a value for is hidden)
+        wait.until(lambda b: all(n in _body(b) for n in (*names, *columns)))
         _close_assistant(browser)
+        shot(browser, "runs-table")
         text = _body(browser)
         assert "Run Name" in text and "pipeline · micro" in text and "Overview" not in text
-        for column in ("gamma", "variant", "model.conditioning", "filter.threshold", "onset_f1", "fad"):
-            assert column in text, f"ablation column {column} not shown"
-        shot(browser, "runs-table")
 
         # click 1: the pipeline run; click 2: "Show more" — its description holds Table IV as a rendered table
         _click(browser, "//a[starts-with(normalize-space(.), 'pipeline · micro')]")
