@@ -11,8 +11,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt "torch==2.14.1" "torchvision==0.29.1" "torchaudio==2.11.0"
-	$(PIP) install -q --no-deps -c constraints.txt -r requirements-nodeps.txt
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@# Last, and without dependencies: their metadata conflicts with the stack (protobuf<3.20, pytorchvideo), and
+	@# installed earlier, pip's check at the end of the install above reports those known conflicts as ERROR.
+	$(PIP) install -q --no-deps -c constraints.txt -r requirements-nodeps.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -24,33 +24,9 @@ import torch
 
 from vaura.io import atomic_write_json
 from vaura.model import VAURA, named_size
-from vaura.model.delay import build_delayed, revert_delayed
-from vaura.model.sampler import generate, sample_logits
+from vaura.model.sampler import generate, generate_recompute
 
 K, CARD, CDIM, RATE, DV = 9, 1024, 8, 44100 / 512, 768
-
-
-@torch.no_grad()
-def generate_recompute(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float, top_k: int,
-                       generator: torch.Generator) -> torch.Tensor:
-    """The reference implementation's loop: every step runs the full prefix through the decoder (no cache)."""
-    b = visual.shape[0]
-    cond = model.condition(torch.cat([visual, visual]), torch.arange(2 * b, device=visual.device) >= b)
-    seq = build_delayed(torch.full((b, K, n_frames), model.special_token, device=visual.device),
-                        model.special_token)
-    n_steps = n_frames + K - 1
-    cond_steps = model.align(cond, n_steps) if model.fusion else None
-    delay = torch.arange(K, device=visual.device)
-    for s in range(n_steps):
-        x = model.embed_steps(torch.cat([seq[..., : s + 1]] * 2), None if cond_steps is None else cond_steps[:, : s + 1])
-        if not model.fusion:
-            x = torch.cat([cond, x], dim=1)
-        logits = model.run(x)[:, :, -1].float()
-        logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
-        new = sample_logits(logits, 1.0, top_k, 0.0, generator)
-        frame = s - delay
-        seq[..., s + 1] = torch.where(((frame >= 0) & (frame < n_frames))[None], new, seq[..., s + 1])
-    return revert_delayed(seq)
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:
@@ -97,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         result.update(kv_compiled_first_s=[], kv_compiled_s=[], same_codes_compiled=[])
     warm = torch.randn(1, 32, DV, device=device, dtype=next(model.parameters()).dtype)
     generate(model, warm, 4, cfg_scale=6.0, top_k=128)
-    generate_recompute(model, warm, 4, 6.0, 128, torch.Generator(device).manual_seed(0))
+    generate_recompute(model, warm, 4, 6.0, top_k=128, generator=torch.Generator(device).manual_seed(0))
     for b in sorted({1, args.batch}):
         visual = torch.randn(b, 32, DV, device=device, dtype=warm.dtype)
         t_kv, kv = timed(lambda: generate(model, visual, n_frames, cfg_scale=6.0, top_k=128,
                                           generator=torch.Generator(device).manual_seed(args.seed)))
-        t_re, re = timed(lambda: generate_recompute(model, visual, n_frames, 6.0, 128,
-                                                    torch.Generator(device).manual_seed(args.seed)))
+        t_re, re = timed(lambda: generate_recompute(model, visual, n_frames, 6.0, top_k=128,
+                                                    generator=torch.Generator(device).manual_seed(args.seed)))
         result["batch"].append(b)
         result["recompute_s"].append(round(t_re, 3))
         result["kv_s"].append(round(t_kv, 3))

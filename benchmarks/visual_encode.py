@@ -24,7 +24,7 @@ from vaura.config import load_section
 from vaura.io import atomic_write_json
 from vaura.visual import PAPER_SIZE, MotionFormer, VisualConfig, VisualEncoder
 from vaura.visual.encoder import size_from_config
-from vaura.visual.synchformer import Synchformer, SynchformerSize
+from vaura.eval.synchformer import Synchformer, SynchformerSize
 
 
 def _timed(fn, repeats: int) -> float:

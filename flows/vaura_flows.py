@@ -3,12 +3,16 @@
 The flows are thin: every unit of work is a DVC command (``dvc repro``, ``dvc exp run --temp -S ...``) run as
 a subprocess in its own process group, so DVC stays the single source of truth for what is up to date, and a
 cancelled or timed-out task kills the whole tree (dvc → vaura → torchrun → ranks) instead of orphaning it.
+``vaura-pipeline`` and ``ablation`` run in this checkout, like ``dvc repro``: their results are in
+``dvc.lock``, so ``dvc push`` right after them pushes what they produced. ``train-vaura`` runs an isolated
+experiment (``dvc exp push <git remote> <name>`` shares it, ``dvc exp apply <name>`` takes it into the checkout).
 All stages a flow run starts share one MLflow parent run (``VAURA_PIPELINE_ID``, read by
 ``vaura.tracking``); the flow links those runs as Prefect artifacts.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -18,74 +22,87 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import get_run_context
-from prefect.task_runners import ThreadPoolTaskRunner
 
 # Where the DVC project lives: the deployment's working directory (prefect.yaml pull step) or this repo.
 PROJECT_DIR = Path(os.environ.get("VAURA_PROJECT_DIR") or Path(__file__).resolve().parents[1])
 
-# Default ablations (paper Tables II-IV) around the params.yaml baseline. Threshold and conditioning need
-# retraining, so they are DVC experiments; the CFG table (IV) comes from the `sweep` stage's γ grid inside each.
-# Thresholds are on the scorer's scale (offline: motion-onset correlation; see filter.report_thresholds).
-DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "prepend": {"model.conditioning": "prepend"},
-    "threshold-0.0": {"filter.threshold": 0.0},
-    "threshold-0.4": {"filter.threshold": 0.4},
-}
-
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
+# Set once the flow run is being stopped (SIGTERM from Prefect's cancellation, a flow timeout, an error in the
+# flow body): no unit starts after it, so a cancelled fan-out cannot start its next queued experiment.
+_stopping = threading.Event()
+# A progress bar rewrites one line with '\r'; its frames are logged at most this often (seconds).
+PROGRESS_EVERY_S = 30.0
 
 
 class StageFailed(RuntimeError):
     """A DVC command exited non-zero or ran past its time limit (the message holds the tail of its log)."""
 
 
-def kill_group(pgid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``grace_s``."""
+class FlowStopped(RuntimeError):
+    """A unit was not started, or was killed, because the flow run is being cancelled or stopped."""
+
+
+def kill_groups(pgids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM the process groups together, then SIGKILL whatever is left after ``grace_s``."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        alive = []
+        for pgid in pgids:
             try:
-                os.killpg(pgid, 0)
+                os.killpg(pgid, sig)
+                alive.append(pgid)
             except ProcessLookupError:
-                return
+                pass
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
             time.sleep(0.1)
+            alive = [g for g in alive if _group_alive(g)]
+        if not alive:
+            return
+        pgids = alive
 
 
-def _kill_all_live() -> None:
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_all() -> None:
+    """Stop the flow run's work: start no further unit and kill the running ones' process groups."""
+    _stopping.set()
     with _live_lock:
         groups = list(_live_groups)
-    for pgid in groups:
-        kill_group(pgid, grace_s=5.0)
+    kill_groups(groups, grace_s=5.0)
 
 
-atexit.register(_kill_all_live)
+atexit.register(stop_all)
 
 
 def install_termination_handler() -> None:
-    """Chain a SIGTERM handler that kills our subprocess groups before Prefect's own handler runs.
+    """Arm this flow run's stop switch and chain a SIGTERM handler that throws it before Prefect's own runs.
 
     Prefect cancels a flow run by SIGTERM-ing its process; children in their own sessions would survive that,
-    so they are killed here first. Only possible from the main thread; elsewhere the atexit hook remains.
+    and a thread pool would start its next queued unit, so both are stopped here first. Only possible from the
+    main thread; elsewhere the atexit hook remains.
     """
+    _stopping.clear()
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
 
     def handler(signum: int, frame: Any) -> None:
-        _kill_all_live()
+        stop_all()
         if callable(previous):
             previous(signum, frame)
         else:
@@ -94,43 +111,80 @@ def install_termination_handler() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _tail(text: str, n: int = 40) -> str:
-    lines = [ln for ln in re.split(r"[\r\n]+", text) if ln.strip()]
-    return "\n".join(lines[-n:])
+@contextlib.contextmanager
+def stop_on_exit() -> Iterator[None]:
+    """Whatever ends the flow body early (cancellation, timeout, a failed unit) stops its remaining units."""
+    try:
+        yield
+    except BaseException:
+        stop_all()
+        raise
+
+
+def _pump(stream: Any, log: Callable[[str], None], tail: deque[str], every_s: float) -> None:
+    """Log a subprocess's output line by line as it arrives; '\r' progress frames at most every ``every_s``."""
+    buf = b""
+    last_frame = -float("inf")
+    while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
+        buf += chunk
+        parts = re.split(rb"(\r\n|\n|\r)", buf)
+        buf = parts.pop()  # the unfinished segment
+        for text, end in zip(parts[::2], parts[1::2]):
+            line = text.decode(errors="replace").rstrip()
+            if not line.strip():
+                continue
+            if end == b"\r":  # a progress frame: the next one overwrites it
+                if time.monotonic() - last_frame < every_s:
+                    continue
+                last_frame = time.monotonic()
+            tail.append(line)
+            log(line)
+    if buf.strip():
+        line = buf.decode(errors="replace").rstrip()
+        tail.append(line)
+        log(line)
 
 
 def run_in_group(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout_s: float | None = None,
                  log: Callable[[str], None] = print) -> str:
-    """Run ``argv`` in a new session; kill its whole process group on timeout, error or interruption.
+    """Run ``argv`` in a new session; kill its whole process group on timeout, error, interruption or stop.
 
-    Output goes to a temp file (progress bars rewrite lines; a pipe could fill up), and its tail is logged and
-    returned. Raises :class:`StageFailed` on a non-zero exit or on timeout.
+    Each output line is logged as it arrives (progress-bar frames at most every ``PROGRESS_EVERY_S``); the
+    tail is returned. Raises :class:`StageFailed` on a non-zero exit or on timeout, :class:`FlowStopped` when
+    the flow run is being stopped (then the command is not started at all, or killed).
     """
-    with tempfile.TemporaryFile(mode="w+b") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+    cmd = " ".join(argv)
+    tail: deque[str] = deque(maxlen=40)
+    with _live_lock:  # checked and registered under one lock: a stop either prevents the start or kills it
+        if _stopping.is_set():
+            raise FlowStopped(f"`{cmd}` not started: the flow run is being stopped")
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        with _live_lock:
-            _live_groups.add(proc.pid)
+        _live_groups.add(proc.pid)
+    log(f"$ {cmd}")
+    reader = threading.Thread(target=_pump, args=(proc.stdout, log, tail, PROGRESS_EVERY_S), daemon=True)
+    reader.start()
+    try:
         try:
-            try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                kill_group(proc.pid)
-                out.seek(0)
-                raise StageFailed(f"`{' '.join(argv)}` ran past {timeout_s:.0f} s and was killed:\n"
-                                  f"{_tail(out.read().decode(errors='replace'))}") from None
-        finally:
-            # Also reaps grandchildren left in the group after the leader exited (or on KeyboardInterrupt).
-            kill_group(proc.pid, grace_s=5.0)
-            proc.wait()
-            with _live_lock:
-                _live_groups.discard(proc.pid)
-        out.seek(0)
-        tail = _tail(out.read().decode(errors="replace"))
-    log(f"$ {' '.join(argv)}  (exit {rc})\n{tail}")
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_groups([proc.pid])
+            reader.join(timeout=5.0)
+            raise StageFailed(f"`{cmd}` ran past {timeout_s:.0f} s and was killed:\n" + "\n".join(tail)) from None
+    finally:
+        # Also reaps grandchildren left in the group after the leader exited (or on KeyboardInterrupt).
+        kill_groups([proc.pid], grace_s=5.0)
+        proc.wait()
+        reader.join(timeout=5.0)
+        proc.stdout.close()
+        with _live_lock:
+            _live_groups.discard(proc.pid)
+    if _stopping.is_set():
+        raise FlowStopped(f"`{cmd}` was stopped (exit {rc}): the flow run is being stopped")
+    log(f"$ {cmd}  (exit {rc})")
     if rc != 0:
-        raise StageFailed(f"`{' '.join(argv)}` failed with exit code {rc}:\n{tail}")
-    return tail
+        raise StageFailed(f"`{cmd}` failed with exit code {rc}:\n" + "\n".join(tail))
+    return "\n".join(tail)
 
 
 def _tracking_uri(project: Path) -> str:
@@ -149,19 +203,18 @@ def _tracking_uri(project: Path) -> str:
     return uri
 
 
-def _ensure_local_experiment(project: Path, uri: str) -> None:
-    """Create the MLflow experiment with an absolute artifact folder before temp-dir experiments log to it."""
-    if uri.startswith(("http://", "https://")):
-        return
-    from mlflow.tracking import MlflowClient
+def mlflow_parent(project: Path, pipeline_id: str) -> contextlib.AbstractContextManager[str]:
+    """The flow run owns its MLflow parent run: FINISHED, FAILED, or KILLED when cancelled (see vaura.tracking).
+
+    With a local store the experiment is created with an absolute artifact folder first, so stages running
+    in a ``dvc exp run --temp`` copy log their artifacts into this project, not into the copy.
+    """
+    from vaura.tracking import pipeline_parent
 
     params = yaml.safe_load((project / "params.yaml").read_text()) or {}
-    tracking = params.get("tracking") or {}
-    name = str(tracking.get("experiment", "vaura"))
-    client = MlflowClient(uri)
-    if client.get_experiment_by_name(name) is None:
-        root = (project / str(tracking.get("artifact_root", "mlartifacts"))).resolve()
-        client.create_experiment(name, artifact_location=root.as_uri())
+    tracking = dict(params.get("tracking") or {})
+    tracking["artifact_root"] = str((project / str(tracking.get("artifact_root", "mlartifacts"))).resolve())
+    return pipeline_parent(pipeline_id, {"tracking": tracking}, uri=_tracking_uri(project))
 
 
 def stage_env(project: Path, pipeline_id: str) -> dict[str, str]:
@@ -171,6 +224,9 @@ def stage_env(project: Path, pipeline_id: str) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = _tracking_uri(project)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Stage output reaches the flow's log line by line: unbuffered Python, progress bars as periodic frames.
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TQDM_MININTERVAL"] = str(PROGRESS_EVERY_S)
     return env
 
 
@@ -179,11 +235,23 @@ def _dvc() -> list[str]:
 
 
 def pipeline_stages(project: Path) -> list[str]:
-    """Stage names of ``dvc.yaml`` in file order (the file lists them in dependency order)."""
-    path = project / "dvc.yaml"
-    if not path.exists():
-        raise StageFailed(f"{path}: no dvc.yaml in the project folder")
-    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
+    """Stage names as DVC expands them (a ``foreach`` stage per variant: ``train@baseline``), in dvc.yaml order,
+    which lists them in dependency order."""
+    if not (project / "dvc.yaml").exists():
+        raise StageFailed(f"{project / 'dvc.yaml'}: no dvc.yaml in the project folder")
+    out = subprocess.run(_dvc() + ["stage", "list", "--name-only"], cwd=project, capture_output=True, text=True,
+                         timeout=600)
+    if out.returncode != 0:
+        raise StageFailed(f"{project / 'dvc.yaml'}: `dvc stage list` failed: {out.stderr.strip()[-2000:]}")
+    return out.stdout.split()
+
+
+def stages_upto(stages: list[str], target: str) -> list[str]:
+    """The stages up to ``target`` (a stage, or a foreach group such as ``train``: all its variants)."""
+    hits = [i for i, name in enumerate(stages) if name == target or name.startswith(target + "@")]
+    if not hits:
+        raise StageFailed(f"unknown stage '{target}'; dvc.yaml has {stages}")
+    return stages[: hits[-1] + 1]
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:
@@ -203,15 +271,38 @@ def repro_stage(stage: str, project: str, pipeline_id: str, force: bool = False,
                         get_run_logger().info)
 
 
-@task(name="dvc-exp-run", task_run_name="exp {name}")
-def exp_run(name: str, overrides: dict[str, Any], target: str, project: str, pipeline_id: str,
-            timeout_s: float | None = None) -> str:
-    """``dvc exp run --temp -n <name> -S k=v ... <target>``: an isolated experiment, recorded by DVC and MLflow."""
-    proj = Path(project)
-    env = stage_env(proj, pipeline_id)
-    _ensure_local_experiment(proj, env["MLFLOW_TRACKING_URI"])
+def run_experiment(name: str, overrides: dict[str, Any], target: str, project: Path, pipeline_id: str,
+                   timeout_s: float | None = None, log: Callable[[str], None] = print) -> str:
+    """Run one experiment; if it is killed (cancel, timeout), close DVC's record of it as DVC would."""
     argv = _dvc() + ["exp", "run", "--temp", "--name", name, *_override_args(overrides), target]
-    return run_in_group(argv, proj, env, timeout_s, get_run_logger().info)
+    try:
+        return run_in_group(argv, project, stage_env(project, pipeline_id), timeout_s, log)
+    except BaseException:
+        close_killed_experiment(project, name)
+        raise
+
+
+def close_killed_experiment(project: Path, name: str) -> bool:
+    """Mark experiment ``name`` failed and remove its temporary copy of the repo, if it was killed mid-run.
+
+    ``dvc exp run --temp`` closes its executor record (``.dvc/tmp/exps/run/<rev>/<rev>.run``) and deletes its
+    temp folder only when it ends by itself; killed, it would stay "Running" in ``dvc exp show`` forever, with
+    its copy of the data. This does what DVC's own executor clean-up does for a run that failed.
+    """
+    import shutil
+
+    from dvc.repo.experiments.executor.base import ExecutorInfo, TaskStatus
+
+    closed = False
+    for info_file in (project / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"):
+        info = ExecutorInfo.load_json(str(info_file))
+        if info.name == name and info.status <= TaskStatus.RUNNING:
+            info.status = TaskStatus.FAILED
+            info.dump_json(str(info_file))
+            if info.location == "tempdir":
+                shutil.rmtree(info.root_dir, ignore_errors=True)
+            closed = True
+    return closed
 
 
 def _flow_run_id() -> str:
@@ -277,16 +368,21 @@ def vaura_pipeline(target: str = "", force: bool = False, stage_timeout_s: float
     project = PROJECT_DIR
     stages = pipeline_stages(project)
     if target:
-        if target not in stages:
-            raise StageFailed(f"unknown stage '{target}'; dvc.yaml has {stages}")
-        stages = stages[: stages.index(target) + 1]
+        stages = stages_upto(stages, target)
     pid = f"vaura-pipeline-{_flow_run_id()}"
+    with mlflow_parent(project, pid), stop_on_exit():
+        run_stages(stages, project, pid, force, stage_timeout_s, acquire_retries)
+    publish_links(pid, _tracking_uri(project))
+    return stages
+
+
+def run_stages(stages: list[str], project: Path, pipeline_id: str, force: bool, timeout_s: float,
+               acquire_retries: int = 2) -> None:
+    """One ``dvc repro --single-item`` task per stage, in order."""
     for stage in stages:
         retries = acquire_retries if stage == "acquire" else 0
         repro_stage.with_options(retries=retries, retry_delay_seconds=10)(
-            stage, str(project), pid, force, stage_timeout_s)
-    publish_links(pid, _tracking_uri(project))
-    return stages
+            stage, str(project), pipeline_id, force, timeout_s)
 
 
 @flow(name="train-vaura", log_prints=True)
@@ -295,66 +391,46 @@ def train_vaura(overrides: dict[str, Any] | None = None, target: str = "train", 
     """Train with parameter overrides as a DVC experiment (``dvc exp run --temp -S key=value ... train``).
 
     ``overrides`` maps dotted params keys to values, e.g. ``{"model.conditioning": "prepend"}``; ``target`` is
-    the last stage to run (``train`` by default; ``evaluate`` to score the variant too).
+    the last stage to run (``train`` by default; ``evaluate`` to score the variant too). The experiment runs
+    in the flow itself, not in a task (one unit: a task would only repeat the flow's own states in its log).
     """
     install_termination_handler()
     project = PROJECT_DIR
     run_id = _flow_run_id()
     exp_name = name or f"train-{run_id}"
     pid = f"train-vaura-{run_id}"
-    exp_run(exp_name, dict(overrides or {}), target, str(project), pid, timeout_s)
+    with mlflow_parent(project, pid), stop_on_exit():
+        run_experiment(exp_name, dict(overrides or {}), target, project, pid, timeout_s, get_run_logger().info)
     publish_links(pid, _tracking_uri(project))
     return exp_name
 
 
-def ablation_table(runs: list[dict[str, Any]], variants: dict[str, dict[str, Any]], prefix: str,
-                   stage: str = "evaluate") -> list[dict[str, Any]]:
-    """One row per variant: its overrides and the metrics of the latest ``stage`` run of experiment
-    ``<prefix>-<variant>`` (only the overrides when that stage logged nothing)."""
-    rows = []
-    for name, overrides in variants.items():
-        evals = [r for r in runs if r["stage"] == stage and r["exp"] == f"{prefix}-{name}"]
-        metrics = evals[-1]["metrics"] if evals else {}
-        rows.append({"variant": name, **{k: str(v) for k, v in overrides.items()},
-                     **{k: round(float(v), 4) for k, v in sorted(metrics.items())}})
-    return rows
-
-
-@task(name="paper-tables", retries=0)
-def paper_tables(project: str, pipeline_id: str, timeout_s: float | None = None) -> None:
-    """Re-run the ``report`` stage (it reads every ``evaluate`` run in MLflow) and publish its tables."""
-    proj = Path(project)
-    argv = _dvc() + ["repro", "--force", "--single-item", "report"]
-    run_in_group(argv, proj, stage_env(proj, pipeline_id), timeout_s, get_run_logger().info)
-    params = yaml.safe_load((proj / "params.yaml").read_text()) or {}
-    reports = proj / str((params.get("paths") or {}).get("reports", "reports"))
+def attach_reports(project: Path) -> list[str]:
+    """Attach the ``report`` stage's tables (``<paths.reports>/*.md``) to the flow run as markdown artifacts."""
+    params = yaml.safe_load((project / "params.yaml").read_text()) or {}
+    reports = project / str((params.get("paths") or {}).get("reports", "reports"))
+    keys = []
     for md in sorted(reports.glob("*.md")):
-        create_markdown_artifact(md.read_text(), key=f"table-{re.sub(r'[^a-z0-9-]', '-', md.stem.lower())}",
-                                 description=f"{md.name} from `vaura report`")
+        keys.append(f"table-{re.sub(r'[^a-z0-9-]', '-', md.stem.lower())}")
+        create_markdown_artifact(md.read_text(), key=keys[-1], description=f"{md.name} from `vaura report`")
+    return keys
 
 
-@flow(name="ablation", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def ablation(variants: dict[str, dict[str, Any]] | None = None, target: str = "evaluate", report: bool = True,
-             timeout_s: float = 6 * 3600.0) -> list[dict[str, Any]]:
-    """Fan out parameter variants as DVC experiments under one MLflow parent, then gather their metrics table.
+@flow(name="ablation", log_prints=True)
+def ablation(force: bool = False, stage_timeout_s: float = 6 * 3600.0) -> list[str]:
+    """The variants of params.yaml ``ablation.variants`` and the paper's tables, in this checkout.
 
-    Variants run one at a time (a CPU or single GPU is saturated by one); each is
-    ``dvc exp run --temp -n ablation-<id>-<variant> -S ...``. With ``report``, the ``report`` stage then
-    rebuilds the paper's tables from all ``evaluate`` runs and they are attached to the flow run.
+    dvc.yaml runs each variant's stages (``train@<variant>``, ...; the variant list has one definition, in
+    params.yaml), one task per stage like ``vaura-pipeline``, through ``report``; DVC skips what is up to date.
+    The tables are attached to the flow run, the MLflow runs share one parent, and ``dvc push`` afterwards
+    pushes every variant's outputs.
     """
     install_termination_handler()
     project = PROJECT_DIR
-    variants = dict(variants or DEFAULT_VARIANTS)
-    run_id = _flow_run_id()
-    pid = f"ablation-{run_id}"
-    futures = [exp_run.submit(f"{pid}-{name}", ov, target, str(project), pid, timeout_s)
-               for name, ov in variants.items()]
-    for fut in futures:
-        fut.result()
-    uri = _tracking_uri(project)
-    runs = publish_links(pid, uri)
-    table = ablation_table(runs, variants, pid, stage=target)
-    create_table_artifact(table, key=f"ablation-{run_id}", description=f"ablation {pid}: metrics per variant")
-    if report:
-        paper_tables(str(project), pid, timeout_s)
-    return table
+    pid = f"ablation-{_flow_run_id()}"
+    stages = stages_upto(pipeline_stages(project), "report")
+    with mlflow_parent(project, pid), stop_on_exit():
+        run_stages(stages, project, pid, force, stage_timeout_s)
+    publish_links(pid, _tracking_uri(project))
+    attach_reports(project)
+    return stages

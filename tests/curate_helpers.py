@@ -1,4 +1,4 @@
-"""Shared helpers of the CURATE tests: tiny synthetic audio-visual clips with known event times, and fakes
+"""Shared helpers of the curation tests: tiny synthetic audio-visual clips with known event times, and fakes
 that follow the codec / visual-encoder interfaces (so the cache logic is tested independently of their weights).
 
 A clip shows a square that jumps to a new place at each event (visible contact-like motion) plus a smoothly

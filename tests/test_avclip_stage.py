@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,9 @@ import yaml
 
 from vaura.cli import main
 from vaura.visual import VisualConfig, load_visual_encoder
-from vaura.visual.avclip import (
-    AVClipConfig,
-    ClipArrays,
-    log_mel,
-    retrieval_metrics,
-    sample_batch,
-    token_labels,
-    train_avclip,
-)
+from vaura.visual.config import AVClipConfig
+from vaura.visual.probes import retrieval_metrics, token_labels
+from vaura.visual.standin import ClipArrays, log_mel, sample_batch, train_avclip
 
 VCFG = VisualConfig(dim=16, depth=1, heads=2, mlp_ratio=2, crop=32, short_side=32, batch_size=8, device="cpu")
 
@@ -129,7 +124,7 @@ def test_stage_writes_frozen_encoder_metrics_and_cache_can_load_it(micro_project
     params = yaml.safe_load((root / "params.yaml").read_text())
     from vaura.config import from_dict
 
-    enc = load_visual_encoder(from_dict(VisualConfig, params["visual"]), root=root)
+    enc = load_visual_encoder(from_dict(VisualConfig, params["visual"]), root=root, data_dir=params["paths"]["data"])
     from vaura.media import read_video
 
     clip = sorted((root / "data" / "raw").glob("syn-val-*.mp4"))[0]
@@ -181,9 +176,7 @@ def test_stage_logs_training_curve_and_metrics_to_mlflow(micro_project, tmp_path
     assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, tmp_path):
-    from vaura.visual import CheckpointError
-
+def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, tmp_path, stage_error):
     root = micro_project
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["avclip"]["shipped"] = str(tmp_path / "shipped.pt")
@@ -203,18 +196,28 @@ def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, 
 
     params["avclip"]["steps"] = 5  # a training knob: the shipped weights no longer match the params
     ship_file.write_text(yaml.safe_dump(params))
-    with pytest.raises(CheckpointError, match=r"other avclip params.*'steps': \(4, 5\)"):
-        main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])
+    assert main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"]) == 1
+    assert re.search(r"other avclip params.*'steps': \(4, 5\)", stage_error("avclip"))
     params["avclip"]["steps"], params["visual"]["depth"] = 4, 2
     ship_file.write_text(yaml.safe_dump(params))
-    with pytest.raises(CheckpointError, match=r"another visual architecture.*'depth': \(1, 2\)"):
-        main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"])
+    assert main(["avclip", "--params", str(ship_file), "--no-track", "--no-progress"]) == 1
+    assert re.search(r"another visual architecture.*'depth': \(1, 2\)", stage_error("avclip"))
+
+
+def test_a_corrupt_shipped_file_is_one_line_naming_it(micro_project, tmp_path, stage_error):
+    root = micro_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (tmp_path / "shipped.pt").write_bytes(b"PK\x03\x04 not a torch file")
+    params["avclip"].update(source="shipped", shipped=str(tmp_path / "shipped.pt"))
+    (root / "params_corrupt.yaml").write_text(yaml.safe_dump(params))
+    assert main(["avclip", "--params", str(root / "params_corrupt.yaml"), "--no-track", "--no-progress"]) == 1
+    assert str(tmp_path / "shipped.pt") in stage_error("avclip")
 
 
 def test_repo_shipped_stand_in_matches_repo_params(repo_root):
     """The committed stand-in must be loadable with the committed offline params (else `make demo` fails)."""
     from vaura.config import load_section
-    from vaura.visual.avclip import load_shipped
+    from vaura.visual.standin import load_shipped
 
     vcfg = load_section(VisualConfig, "visual", repo_root / "params.yaml")
     cfg = load_section(AVClipConfig, "avclip", repo_root / "params.yaml")

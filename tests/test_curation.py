@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from curate_helpers import write_clip
-from vaura.curation.motion_onset import MotionOnsetScorer, audio_onset_envelope, motion_envelope, sync_score
-from vaura.curation.scoring import ScoreConfig, ScoringError, build_scorer, relevance_auc, score_clips
+from vaura.curation.motion_onset import MotionOnsetScorer, audio_onset_envelope, motion_envelope, lagged_correlation
+from vaura.curation.scorer import ScoringError
+from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
+from vaura.weights import WeightsError
 
 
 def test_motion_envelope_is_mean_abs_grey_change_from_previous_frame():
@@ -35,10 +37,10 @@ def test_sync_score_finds_small_lags_but_not_large_shifts():
     rng = np.random.default_rng(0)
     m = np.zeros(100)
     m[rng.choice(100, 8, replace=False)] = 1.0
-    assert sync_score(m, m, max_lag=2) == pytest.approx(1.0)
-    assert sync_score(m, np.roll(m, 2), max_lag=2) > 0.9  # audio 80 ms late: inside the lag window
-    assert sync_score(m, np.roll(m, 12), max_lag=2) < 0.5  # 0.48 s shift: outside it
-    assert sync_score(m, np.zeros(100), max_lag=2) == 0.0  # no onsets: no evidence
+    assert lagged_correlation(m, m, max_lag=2) == pytest.approx(1.0)
+    assert lagged_correlation(m, np.roll(m, 2), max_lag=2) > 0.9  # audio 80 ms late: inside the lag window
+    assert lagged_correlation(m, np.roll(m, 12), max_lag=2) < 0.5  # 0.48 s shift: outside it
+    assert lagged_correlation(m, np.zeros(100), max_lag=2) == 0.0  # no onsets: no evidence
 
 
 def test_motion_onset_ranks_synchronous_clips_above_shifted_ones(tmp_path):
@@ -92,16 +94,15 @@ def tiny_imagebind() -> torch.nn.Module:
 
 
 def test_imagebind_missing_weights_say_what_to_download_and_where(tmp_path):
-    from vaura.curation.imagebind_score import ImageBindWeightsError
 
     cfg = ScoreConfig(scorer="imagebind", imagebind_weights="weights/imagebind_huge.pth")
-    with pytest.raises(ImageBindWeightsError, match=r"imagebind_huge\.pth.*weights/imagebind_huge\.pth"):
+    with pytest.raises(WeightsError, match=r"imagebind_huge\.pth.*weights/imagebind_huge\.pth"):
         build_scorer(cfg, root=tmp_path)
     assert not (tmp_path / ".checkpoints").exists()
 
 
 def test_imagebind_weights_load_strictly(tmp_path):
-    from vaura.curation.imagebind_score import ImageBindWeightsError, load_imagebind
+    from vaura.curation.imagebind_score import load_imagebind
 
     torch.manual_seed(0)
     src = tiny_imagebind()
@@ -112,7 +113,7 @@ def test_imagebind_weights_load_strictly(tmp_path):
     broken = dict(src.state_dict())
     broken.pop(next(iter(broken)))
     torch.save(broken, tmp_path / "broken.pth")
-    with pytest.raises(ImageBindWeightsError, match="broken.pth"):
+    with pytest.raises(WeightsError, match="broken.pth"):
         load_imagebind(tmp_path / "broken.pth", build=tiny_imagebind)
 
 
@@ -162,7 +163,7 @@ def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatc
     import yaml
 
     from vaura.cli import main
-    from vaura.curation.tables import read_table
+    from vaura.tables import read_table
 
     clips = tmp_path / "data" / "clips"
     rows, truth = [], []
@@ -176,9 +177,9 @@ def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatc
     (tmp_path / "data" / "raw").mkdir()
     pd.DataFrame(truth).to_csv(tmp_path / "data" / "raw" / "relevance.csv", index=False)
     params = {
-        "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+        "paths": {"data": "data", "reports": "reports"},
         "score": {"scorer": "motion-onset", "imagebind_weights": "weights/imagebind_huge.pth", "batch_size": 2,
-                  "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
+                  "workers": 2, "motion_short_side": 64, "motion_max_lag_frames": 2, "motion_audio_rate": 16000},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),
                      "experiment": "test", "system_metrics": False, "system_metrics_interval_s": 1.0},
     }

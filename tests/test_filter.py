@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vaura.curation.filtering import FilterConfig, FilterError, eval_window_start, filter_scores, read_split
-from vaura.curation.tables import TableError, read_table, write_table
+from vaura.tables import TableError, read_table, write_table
 
 
 def scores_table(tmp_path) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def test_filter_stage_writes_lists_and_metrics(tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_table(data / "scores" / "scores.csv", scores_table(data / "clips"))
     params = {
-        "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+        "paths": {"data": "data", "reports": "reports"},
         "filter": {"threshold": 0.2, "apply_to": ["train"], "report_thresholds": [0.0, 0.4], "eval_start_s": 1.0,
                    "window_s": 2.56},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "art"),

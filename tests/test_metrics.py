@@ -7,7 +7,8 @@ import torch
 
 from vaura.eval.fad import LogMelEmbedding, fad, frechet_distance
 from vaura.eval.onset_sync import onset_sync
-from vaura.eval.results import MetricResult, MissingWeightsError
+from vaura.eval.results import MetricResult
+from vaura.weights import WeightsError
 
 SR = 16000
 
@@ -100,6 +101,13 @@ def test_vggish_missing_weights_is_skipped_with_reason(tmp_path) -> None:
     assert res.to_dict()["status"] == "skipped" and "fad" not in res.to_dict()
 
 
+def test_a_corrupt_vggish_file_is_an_error_naming_it_not_a_skipped_fad(tmp_path) -> None:
+    (tmp_path / "vggish.pth").write_bytes(b"\x00 truncated download")
+    with pytest.raises(WeightsError, match=rf"{tmp_path / 'vggish.pth'}: cannot read"):
+        fad([np.zeros(SR, np.float32)] * 2, [np.zeros(SR, np.float32)] * 2, SR, backbone="vggish",
+            vggish_weights=tmp_path / "vggish.pth")
+
+
 def test_vggish_strict_loader_and_shapes(tmp_path) -> None:
     from vaura.eval.vggish import VGGish, examples_from_log_mel, load_vggish
 
@@ -121,11 +129,11 @@ def test_vggish_strict_loader_and_shapes(tmp_path) -> None:
     bad = dict(state)
     bad["embeddings.4.weight"] = torch.zeros(127, 4096)
     torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="bad.pth"):
+    with pytest.raises(WeightsError, match=r"bad\.pth.*embeddings\.4\.weight"):
         load_vggish(tmp_path / "bad.pth")
     del bad["embeddings.4.weight"]
     torch.save(bad, tmp_path / "bad2.pth")
-    with pytest.raises(ValueError, match="bad2.pth"):
+    with pytest.raises(WeightsError, match=r"bad2\.pth.*missing keys \(1\)"):
         load_vggish(tmp_path / "bad2.pth")
     assert isinstance(VGGish(), torch.nn.Module)
 
@@ -133,7 +141,6 @@ def test_vggish_strict_loader_and_shapes(tmp_path) -> None:
 def test_skipped_result_needs_reason() -> None:
     with pytest.raises(ValueError):
         MetricResult.skipped("kld", "")
-    assert issubclass(MissingWeightsError, FileNotFoundError)
 
 
 def test_kl_divergence_known_value_and_asymmetry() -> None:
@@ -186,8 +193,8 @@ def test_passt_strict_loads_and_kld_compares_clip_pairs(tmp_path) -> None:
     state = net.state_dict()
     state["head.1.weight"] = torch.zeros(9, 32)
     torch.save(state, tmp_path / "bad.pt")
-    model, reason = load_kld_model(tmp_path / "bad.pt", size=size)
-    assert model is None and "bad.pt" in reason
+    with pytest.raises(WeightsError, match=r"bad\.pt"):  # present but unusable: an error, not a skipped metric
+        load_kld_model(tmp_path / "bad.pt", size=size)
 
 
 def test_passt_full_size_matches_the_released_layout() -> None:
@@ -288,8 +295,8 @@ def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
     state = _tiny_imagebind().state_dict()
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / "partial.pth")
-    model, reason = load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
-    assert model is None and "partial.pth" in reason
+    with pytest.raises(WeightsError, match=r"partial\.pth"):  # present but unusable: an error, not a skip
+        load_ib_model(tmp_path / "partial.pth", build=_tiny_imagebind)
     model, reason = load_ib_model(tmp_path / "absent.pth")
     assert model is None and "imagebind_huge.pth" in reason
     res = ib_score(None, [], [], 16000, skip_reason=reason)
@@ -298,7 +305,7 @@ def test_ib_loader_rejects_wrong_layout_and_missing_file(tmp_path) -> None:
 
 def _tiny_synchformer_size():
     from vaura.visual.motionformer import MotionFormerSize
-    from vaura.visual.synchformer import SynchformerSize
+    from vaura.eval.synchformer import SynchformerSize
 
     return SynchformerSize(
         visual=MotionFormerSize(dim=32, depth=1, heads=2, mlp_ratio=2, img_size=32, patch=16, tubelet=2, frames=16),
@@ -308,7 +315,7 @@ def _tiny_synchformer_size():
 
 def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
     from vaura.eval.sync import desync_score, load_sync_predictor, sync_score
-    from vaura.visual.synchformer import Synchformer
+    from vaura.eval.synchformer import Synchformer
 
     size = _tiny_synchformer_size()
     torch.manual_seed(0)
@@ -328,7 +335,7 @@ def test_sync_strict_loads_a_random_synchformer_and_scores(tmp_path) -> None:
 
 def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> None:
     from vaura.eval.sync import load_sync_predictor
-    from vaura.visual.synchformer import Synchformer
+    from vaura.eval.synchformer import Synchformer
 
     size = _tiny_synchformer_size()
     predictor, reason = load_sync_predictor(tmp_path / "absent.pt", size=size)
@@ -336,8 +343,8 @@ def test_sync_loader_reports_missing_and_mismatched_checkpoints(tmp_path) -> Non
     state = Synchformer(size).state_dict()
     state["transformer.off_head.weight"] = torch.zeros(20, 32)
     torch.save({"model": state}, tmp_path / "bad.pt")
-    predictor, reason = load_sync_predictor(tmp_path / "bad.pt", size=size)
-    assert predictor is None and "bad.pt" in reason
+    with pytest.raises(WeightsError, match=r"bad\.pt"):  # present but unusable: an error, not a skip
+        load_sync_predictor(tmp_path / "bad.pt", size=size)
 
 
 def test_metric_values_serialise_as_strict_json() -> None:
@@ -347,3 +354,18 @@ def test_metric_values_serialise_as_strict_json() -> None:
     assert silent.values["missed"] == 1 and np.isnan(silent.values["offset_ms"])
     doc = json.loads(json.dumps(silent.to_dict(), allow_nan=False))
     assert doc["offset_ms"] is None and doc["recall"] == 0.0
+
+
+def test_damaged_passt_and_synchformer_files_are_errors_naming_them(tmp_path) -> None:
+    """Missing weights skip a metric (not installed); a file that is there but unreadable must not pass as
+    'skipped': KLD (PaSST) and Sync (Synchformer) raise, naming the file (VGGish: test_a_corrupt_vggish_file_is_an_error_naming_it_not_a_skipped_fad)."""
+    from vaura.eval.kld import load_kld_model
+    from vaura.eval.sync import load_sync_predictor
+
+    for name in ("passt.pt", "synchformer.pt"):
+        (tmp_path / name).write_bytes(b"<html>404 Not Found</html>")  # a typical failed download
+    with pytest.raises(WeightsError, match=r"passt\.pt: cannot read checkpoint"):
+        load_kld_model(tmp_path / "passt.pt")
+    with pytest.raises(WeightsError, match=r"synchformer\.pt: cannot read checkpoint"):
+        load_sync_predictor(tmp_path / "synchformer.pt")
+    assert load_kld_model(tmp_path / "absent.pt")[0] is None  # absent: skipped, as before

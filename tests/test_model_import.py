@@ -18,13 +18,13 @@ from omegaconf import OmegaConf
 
 from vaura.model import VAURA, named_size
 from vaura.model.official import (
-    OfficialCheckpointError,
     load_official_checkpoint,
     load_official_vaura,
-    official_sampler,
+    official_decoder,
     read_lightning_checkpoint,
-    sampler_from_state,
+    decoder_from_state,
 )
+from vaura.weights import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "vaura_official.json").read_text())["params"]
@@ -109,13 +109,13 @@ def test_unknown_tensor_and_missing_file_are_clear_errors(tmp_path):
     ckpt = tmp_path / "x.ckpt"
     lightning_checkpoint(ckpt, {"sampler.norm.weight": torch.ones(2), "ema.shadow": torch.ones(2)},
                          tmp_path / "m")
-    with pytest.raises(OfficialCheckpointError, match="ema.shadow"):
+    with pytest.raises(WeightsError, match="ema.shadow"):
         load_official_checkpoint(ckpt, check_counts=False)
-    with pytest.raises(OfficialCheckpointError, match="download"):
+    with pytest.raises(WeightsError, match="download"):
         load_official_checkpoint(tmp_path / "missing.ckpt")
     legacy = tmp_path / "legacy.ckpt"
     legacy.write_bytes(pickle.dumps({"state_dict": {}}))
-    with pytest.raises(OfficialCheckpointError, match="not a torch zip"):
+    with pytest.raises(WeightsError, match="not a torch zip"):
         load_official_checkpoint(legacy)
 
 
@@ -221,7 +221,7 @@ def test_imported_weights_reproduce_reference_logits(tmp_path):
     loaded = load_official_checkpoint(ckpt, check_counts=False)
     assert loaded.hparams["learning_rate"] == 1.08e-4  # read from the pickled OmegaConf/AttributeDict records
     assert loaded.sampler_params == {"num_layers": 2, "nhead": H, "d_model": D}
-    model = official_sampler(loaded)  # head count from the hyper-parameters
+    model = official_decoder(loaded)  # head count from the hyper-parameters
     assert model.cfg.n_head == H
     assert model.cfg.alignment == "reference" and model.cfg.conditioning == "fusion"
 
@@ -237,7 +237,7 @@ def test_imported_weights_reproduce_reference_logits(tmp_path):
 def test_half_split_rope_would_not_match(tmp_path):
     """Guards the test above: a different RoPE pairing gives clearly different logits."""
     sd = tiny_released_state()
-    model = sampler_from_state(sd, n_head=H)
+    model = decoder_from_state(sd, n_head=H)
     torch.manual_seed(0)
     codes, visual = torch.randint(0, CARD, (1, K, 30)), torch.randn(1, N_VIS, DV)
     ref = naive_reference_logits(sd, codes, visual)
@@ -250,7 +250,7 @@ def test_half_split_rope_would_not_match(tmp_path):
 def test_load_official_vaura_refuses_a_shrunk_checkpoint(tmp_path):
     ckpt = tmp_path / "tiny.ckpt"
     lightning_checkpoint(ckpt, {f"sampler.{k}": v for k, v in tiny_released_state().items()}, tmp_path / "m")
-    with pytest.raises(OfficialCheckpointError, match="tensor counts"):
+    with pytest.raises(WeightsError, match="tensor counts"):
         load_official_vaura(ckpt)
 
 
@@ -258,8 +258,8 @@ def test_hparams_that_contradict_the_tensors_are_refused(tmp_path):
     ckpt = tmp_path / "tiny.ckpt"
     lightning_checkpoint(ckpt, {f"sampler.{k}": v for k, v in tiny_released_state().items()}, tmp_path / "m",
                          num_layers=5)
-    with pytest.raises(OfficialCheckpointError, match="num_layers"):
-        official_sampler(load_official_checkpoint(ckpt, check_counts=False))
+    with pytest.raises(WeightsError, match="num_layers"):
+        official_decoder(load_official_checkpoint(ckpt, check_counts=False))
 
 
 def test_visual_and_codec_parts_fit_their_owners_modules():

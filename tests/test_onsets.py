@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vaura.eval.onsets import detect_onsets, event_f1, match_events
+from vaura.onsets import detect_onsets, event_f1, match_events
 
 
 def _hits(times, sr, dur=3.0, noise=0.01, seed=0):

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from pipeline_helpers import BIN as REPO_BIN
@@ -66,7 +67,7 @@ def micro_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("micro_pipeline")  # the browser test below reuses its store (make test: --dist loadgroup)
+@pytest.mark.xdist_group("micro_pipeline")  # one worker, file order: later tests reuse its store (--dist loadgroup)
 def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -106,6 +107,32 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
     assert {"train", "evaluate", "report"} <= second and not second & {"acquire", "preprocess", "cache"}
     conds = {r.data.params.get("model.conditioning") for r in stage_runs if r.data.tags["vaura.stage"] == "train"}
     assert conds == {"fusion", "prepend"}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("micro_pipeline")
+def test_train_sweep_and_evaluate_read_only_what_the_stage_before_wrote(micro_repo: Path) -> None:
+    """Data flows forward: with the split lists of val/test and the clip manifest gone, train (logging validation
+    clips muxed onto their videos), sweep and evaluate still run, finding each video through the cache index."""
+    root, env = micro_repo, clean_env()
+    run(DVC + ["repro", "sweep"], root, env, timeout=1500)
+    data = root / "data"
+    for gone in ("splits/val.csv", "splits/test.csv", "clips/manifest.csv"):
+        (data / gone).unlink()
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(total_steps=2, eval_every=2, ckpt_every=2, log_audio_every=2, n_log_clips=1)
+    (root / "forward.yaml").write_text(yaml.safe_dump(params))
+    run(["vaura", "train", "--params", "forward.yaml", "--resume", "never"], root, env, timeout=600)
+    run(["vaura", "sweep", "--params", "forward.yaml"], root, env, timeout=600)
+    run(["vaura", "evaluate", "--params", "forward.yaml", "--no-track"], root, env, timeout=600)
+    assert (data / "eval" / "metrics.json").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("vaura").experiment_id],
+                              "tags.`vaura.stage` = 'train'", order_by=["attributes.start_time DESC"], max_results=1)
+    logged = {f.path for f in client.list_artifacts(runs[0].info.run_id, "samples/reference")}
+    assert any(p.endswith(".mp4") for p in logged), logged  # the video was found without splits/val.csv
 
 
 def _body(browser) -> str:
@@ -201,6 +228,6 @@ def test_mlflow_ui_shows_the_ablation_in_a_real_browser(micro_repo: Path, tmp_pa
         duration = wait.until(lambda b: b.execute_script(
             "for (const e of document.querySelectorAll('*')) { const a = e.shadowRoot && e.shadowRoot.querySelector"
             "('audio'); if (a && a.controls && a.duration > 0) return a.duration; } return null;"))
-        window = yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["window_s"]
+        window = float(pd.read_csv(root / "data" / "sweep" / "index.csv")["window_s"].iloc[0])
         assert duration == pytest.approx(window, abs=0.05)
         shot(browser, "audio-artifact")

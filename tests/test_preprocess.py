@@ -130,7 +130,7 @@ def test_changed_format_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     write_av(src / "a.mp4", _moving(10, 96, 128, 0), audio=tone(440, 0.4, 44100)[None])
     params = tmp_path / "p.yaml"
     for short_side, rate in ((256, 44100), (64, 16000)):
-        params.write_text(f"paths: {{data: {tmp_path}}}\npreprocess: {{input: in, output: out, fps: 25.0, short_side: "
+        params.write_text(f"paths: {{data: {tmp_path}, reports: reports}}\npreprocess: {{input: in, output: out, fps: 25.0, short_side: "
                           f"{short_side}, sample_rate: {rate}, require_audio: true, strict: false, workers: 1}}\n"
                           f"tracking: {{uri: 'sqlite:///{tmp_path}/mlflow.db', artifact_root: {tmp_path}/art, "
                           f"experiment: t, system_metrics: false, system_metrics_interval_s: 10.0}}\n")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaura.config import ConfigError, flatten, validate_params
-from vaura.profiles import ProfileError, render, switch
+from vaura.config import ConfigError, flatten
+from vaura.profiles import ProfileError, render, switch, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

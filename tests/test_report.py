@@ -57,11 +57,11 @@ def store(tmp_path_factory):
         baseline = (thr, cond) == (0.3, "fusion")  # only the baseline is swept over γ (as in the paper)
         groups = [_group("reference", None, 0.9), _group("recon", None, 0.8)] if baseline else []
         groups += [_group(f"g{g:g}", g, f1 * (0.5 + g / 12)) for g in ((1.0, 3.0, 6.0) if baseline else (6.0,))]
-        log_groups(params, groups, {}, train_clips=int(100 * (1 - thr)), variant=f"t{thr}-{cond}")
+        log_groups(params, groups, train_clips=int(100 * (1 - thr)), variant=f"t{thr}-{cond}")
     # a newer re-evaluation of the 0.3/fusion γ=6 variant replaces the older one in the tables
     params = _params(tmp_path, 0.3, "fusion")
     mp.setenv("VAURA_PIPELINE_ID", "pipe-0.3-fusion")
-    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], {}, train_clips=70, variant="t0.3-fusion")
+    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], train_clips=70, variant="t0.3-fusion")
     mlflow.set_tracking_uri(params["tracking"]["uri"])
     yield tmp_path, params
     mp.undo()
@@ -109,14 +109,14 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
     from vaura.stages import report
 
     db_dir, params = store
-    params = {**params, "paths": {"data": "data", "weights": "weights", "reports": "reports"},
+    params = {**params, "paths": {"data": "data", "reports": "reports"},
               "filter": {"threshold": 0.3},  # report.baseline_threshold null → this threshold
               "report": {"test_set": "syn", "cfg_scale": 6.0, "baseline_threshold": None,
                          "baseline_conditioning": "fusion"}}
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("VAURA_PIPELINE_ID", "report-test")
-    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False))
+    rc = report.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False))
     assert rc == 0
     for name in ("threshold", "conditioning", "cfg"):
         assert (tmp_path / "reports" / f"{name}.md").read_text().startswith("# Table")
@@ -201,8 +201,6 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
         clip_audio[clip] = audio
         write_video(data / "clips" / f"{clip}.mp4", rng.integers(0, 255, (75, 64, 64, 3), dtype=np.uint8), 25.0,
                     audio=audio, sample_rate=sr)
-    pd.DataFrame({"clip": ["a", "b"], "path": ["a.mp4", "b.mp4"], "split": ["test", "test"]}).to_csv(
-        data / "clips" / "manifest.csv", index=False)
     (data / "raw").mkdir()
     (data / "splits").mkdir()
     pd.DataFrame({"clip": ["a", "b", "b"], "time_s": [1.0, 1.0, 2.0], "class": ["x", "x", "x"]}).to_csv(
@@ -215,19 +213,20 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
             p.parent.mkdir(parents=True, exist_ok=True)
             sf.write(p, clip_audio[clip][: int(2.56 * sr)], sr)
             rows.append({"test_set": "test", "cfg_scale": 3.0, "clip": clip, "sample": k, "start_sec": 0.0,
-                         "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
+                         "window_s": 2.56, "path": f"test/g3/{clip}__s{k}.wav", "video": f"../clips/{clip}.mp4",
+                         "sample_rate": sr})
     pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
     params = _params(store[0], 0.2, "fusion", experiment="vaura-eval-stage")  # the module's store, own experiment
-    params.update({"paths": {"data": "data", "weights": "weights", "reports": "reports"},
+    params.update({"paths": {"data": "data", "reports": "reports"},
                    "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
                                 "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
-                                "manifest": "clips/manifest.csv", "events": "raw/events.csv",
-                                "onset_tolerance_s": 0.1, "window_s": 2.56, "n_artifact_clips": 1, "device": "cpu"}})
+                                "events": "raw/events.csv", "onset_tolerance_s": 0.1, "n_artifact_clips": 1,
+                                "device": "cpu"}})
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
-    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow=False, variant="prepend")) == 0
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False, variant="prepend")) == 0
 
     doc = json.loads((data / "eval" / "metrics.json").read_text())
     assert doc["variant"] == {"filter.threshold": 0.2, "model.conditioning": "fusion"}
@@ -244,7 +243,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     assert g3["tags.mlflow.runName"] == "evaluate · prepend · γ 3 · test"
     assert ref["tags.mlflow.runName"] == "evaluate · prepend · real audio · test"
     assert (g3["params.variant"], g3["params.gamma"], g3["params.test_set"]) == ("prepend", "3", "test")
-    assert g3["params.model.conditioning"] == "fusion" and g3["params.evaluate.window_s"] == "2.56"
+    assert g3["params.model.conditioning"] == "fusion" and g3["params.evaluate.onset_tolerance_s"] == "0.1"
     params_cols = [c for c in runs.columns if c.startswith("params.")]
     assert "params.generation.cfg_scale" not in params_cols  # never a γ the run did not use
     assert pd.isna(ref.get("params.gamma")) and pd.isna(ref.get("params.model.conditioning"))

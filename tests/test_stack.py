@@ -8,13 +8,14 @@ import io
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from pipeline_helpers import BIN, DVC, clean_env, make_micro_repo, run
 
-from vaura.stack import StackError, StackSettings, free_port, up
+from vaura.stack import MEMBER_ENV, StackError, StackSettings, down, free_port, strays, up
 
 @pytest.mark.slow
 def test_stack_trains_through_the_worker_tracks_to_s3_and_serves_dvc_remote(tmp_path: Path) -> None:
@@ -115,3 +116,91 @@ def test_failed_start_stops_what_it_started(tmp_path: Path) -> None:
                                                 for c in (p.info["cmdline"] or []))]
     assert leftovers == []
     assert not (tmp_path / "st" / "stack.json").exists()
+
+
+def test_down_stops_a_dead_workers_flow_runs_and_says_the_worker_was_dead(tmp_path: Path) -> None:
+    """A killed worker leaves its flow run (own session, re-parented to init) running: `down` must find and stop
+    that tree, and must not claim it stopped a worker that was already gone."""
+    import os
+    import sys
+
+    from vaura.io import atomic_write_json
+
+    settings = StackSettings(state_dir=tmp_path / "st", project_dir=tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    atomic_write_json(settings.state_dir / "stack.json", {
+        "settings": {"project_dir": str(tmp_path)},
+        "services": [{"name": "prefect-worker", "pid": dead.pid, "argv": [], "log": "worker.log", "health_url": ""}],
+    })
+    pidfile = tmp_path / "child.pid"
+    flow_run = subprocess.Popen(  # a flow run as the worker starts it: own session, with a child (dvc, stages)
+        [sys.executable, "-c", "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+         f"'import time; time.sleep(120)']); open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(120)"],
+        env={**os.environ, MEMBER_ENV: str(settings.state_dir)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        assert {p.pid for p in strays(settings)} == {flow_run.pid, child}
+        said: list[str] = []
+        down(settings, log=said.append)
+        flow_run.wait(timeout=10)
+        assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        assert any(f"prefect-worker (pid {dead.pid}) was not running" in m for m in said)
+        assert not any(m.startswith("stopped prefect-worker") for m in said)
+        assert any("whose worker had died" in m and str(flow_run.pid) in m for m in said)
+        assert not (settings.state_dir / "stack.json").exists()
+    finally:
+        flow_run.kill()
+
+
+@pytest.mark.slow
+def test_old_runs_keep_their_artifacts_and_the_dvc_remote_its_objects_across_a_restart(tmp_path: Path) -> None:
+    """`stack down` + `stack up` must not break old MLflow runs (their artifacts live in the stack's S3)."""
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from vaura.stack import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for argv in (["git", "init", "-q"], DVC + ["init", "-q"]):
+        run(argv, proj, clean_env())
+    settings = StackSettings(state_dir=tmp_path / "st", project_dir=proj, s3_port=free_port(),
+                             mlflow_port=free_port(), prefect_port=free_port(), bucket="vaura-restart", deploy=False)
+    s3 = boto3.client("s3", endpoint_url=settings.s3_url, aws_access_key_id=S3_ACCESS_KEY,
+                      aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION)
+    blob = bytes(range(256)) * 40_000  # 10 MB: boto3 uploads it in parts
+    try:
+        up(settings, log=lambda m: None)
+        client = MlflowClient(settings.mlflow_url)
+        run_id = client.create_run(client.create_experiment("restart")).info.run_id
+        client.log_text(run_id, "loss went down", "notes/summary.txt")
+        client.set_terminated(run_id)
+        (tmp_path / "blob.bin").write_bytes(blob)
+        s3.upload_file(str(tmp_path / "blob.bin"), settings.bucket, "dvc/files/md5/ab/cdef")
+        down(settings, log=lambda m: None)
+        up(settings, log=lambda m: None)
+        got = Path(MlflowClient(settings.mlflow_url).download_artifacts(run_id, "notes/summary.txt", str(tmp_path)))
+        assert got.read_text() == "loss went down"
+        assert s3.get_object(Bucket=settings.bucket, Key="dvc/files/md5/ab/cdef")["Body"].read() == blob
+    finally:
+        down(settings, log=lambda m: None)
+
+
+def test_a_fresh_clone_names_the_stack_remote_and_the_stack_env_reaches_it() -> None:
+    """The DVC remote must not live only in the ignored .dvc/config.local: the committed config names it (url
+    only: no endpoint, no credentials), and env.sh gives the endpoint and keys that DVC's S3 client reads."""
+    import configparser
+
+    from vaura.stack import DEFAULT_REMOTE_URL, DVC_REMOTE, client_env
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / ".dvc" / "config")
+    assert cfg["core"]["remote"] == DVC_REMOTE
+    assert dict(cfg[f"'remote \"{DVC_REMOTE}\"'"]) == {"url": DEFAULT_REMOTE_URL}
+    env = client_env(StackSettings(s3_port=9100))
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9100"
+    assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] and env["AWS_DEFAULT_REGION"]

@@ -1,13 +1,15 @@
 """The CFG sweep: batched generation over (clip × sample) per γ, WAV layout, index, resume, test-set windows."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 import torch
 
-from vaura.eval.sweep import SweepConfig, SweepError, TestItem, TestSetConfig, gamma_dir, run_sweep, select_windows
+from vaura.generate.sweep import SweepConfig, SweepError, TestItem, TestSetConfig, gamma_dir, run_sweep, select_windows
 
 K, T, CARD, HOP, SR = 2, 20, 16, 40, 8000
 
@@ -35,7 +37,8 @@ class FakeGenerate:
 
 
 def _items(n: int) -> list[TestItem]:
-    return [TestItem(f"clip{i}", 0.08 * i, torch.randint(0, CARD, (K, T)), torch.randn(8, 4)) for i in range(n)]
+    return [TestItem(f"clip{i}", 0.08 * i, torch.randint(0, CARD, (K, T)), torch.randn(8, 4), 0.64,
+                     f"/videos/clip{i}.mp4") for i in range(n)]
 
 
 def _sweep(tmp_path, gen, **kw):
@@ -55,8 +58,12 @@ def test_sweep_writes_every_sample_once_and_indexes_it(tmp_path) -> None:
                                  for k in range(2)}
     assert gamma_dir(3.0) == "g3" and gamma_dir(0.5) == "g0.5"
     on_disk = pd.read_csv(tmp_path / "index.csv")
-    assert list(on_disk.columns) == ["test_set", "cfg_scale", "clip", "sample", "start_sec", "path", "sample_rate"]
+    assert list(on_disk.columns) == ["test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video",
+                                     "sample_rate"]
     assert len(on_disk) == 15
+    # the window and the source video travel forward (video relative to the index, as every clip table)
+    assert set(on_disk["window_s"]) == {0.64}
+    assert os.path.abspath(tmp_path / on_disk.loc[on_disk["clip"] == "clip1", "video"].iloc[0]) == "/videos/clip1.mp4"
     wav, sr = sf.read(tmp_path / "syn" / "g3" / "clip1__s0.wav")
     assert sr == SR and wav.shape == (T * HOP,)
     assert on_disk.loc[on_disk["clip"] == "clip2", "start_sec"].iloc[0] == pytest.approx(0.16)
@@ -114,7 +121,8 @@ def test_test_set_config_defaults_to_the_test_split() -> None:
 
 
 def _write_cache(root, clips: dict[str, tuple[str, float]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """A tiny cache in the documented on-disk format: 16 kHz / hop 320 (50 Hz codes), 12.5 Hz features, 4 s clips."""
+    """A tiny cache in the documented on-disk format: 16 kHz / hop 320 (50 Hz codes), 12.5 Hz features, 4 s clips,
+    2.56 s windows; each clip's source video is ``<root>/../clips/<clip>.mp4``."""
     import json
 
     from vaura.cache import FORMAT
@@ -125,16 +133,16 @@ def _write_cache(root, clips: dict[str, tuple[str, float]]) -> dict[str, tuple[t
                 "feats": [d[1] for d in data.values()], "splits": [s for s, _ in clips.values()],
                 "start_sec": [st for _, st in clips.values()], "rejected": [], "plan": "x"}, root / "shard-00000.pt")
     pd.DataFrame([{"clip": c, "split": s, "shard": 0, "n_frames": 200, "n_feats": 50,
-                   "start_sec": None if st < 0 else st} for c, (s, st) in clips.items()]).to_csv(root / "index.csv",
-                                                                                              index=False)
+                   "start_sec": None if st < 0 else st, "path": f"../clips/{c}.mp4"}
+                  for c, (s, st) in clips.items()]).to_csv(root / "index.csv", index=False)
     (root / "meta.json").write_text(json.dumps({
         "format": FORMAT, "sample_rate": 16000, "hop_length": 320, "frame_rate": 50.0, "n_codebooks": K,
-        "codebook_size": CARD, "codebook_dim": 4, "visual_dim": 4, "feature_rate": 12.5}))
+        "codebook_size": CARD, "codebook_dim": 4, "visual_dim": 4, "feature_rate": 12.5, "window_s": 2.56}))
     return data
 
 
 def test_load_test_items_takes_fixed_windows_from_the_cache(tmp_path) -> None:
-    from vaura.eval.sweep import load_test_items
+    from vaura.generate.sweep import load_test_items
 
     data = _write_cache(tmp_path / "cache", {"tr": ("train", -1.0), "a": ("test", 0.0), "b": ("test", 0.8),
                                              "c": ("test", 1.2)})
@@ -145,6 +153,7 @@ def test_load_test_items_takes_fixed_windows_from_the_cache(tmp_path) -> None:
     # start 0.8 s = visual token 10 → audio frame round(10 · 0.08 · 50) = 40
     assert torch.equal(b.codes, data["b"][0][:, 40:168].long())
     assert torch.allclose(b.feats, data["b"][1][10:42].float())
+    assert b.window_s == 2.56 and b.video == os.path.abspath(tmp_path / "clips" / "b.mp4")
     table = tmp_path / "t.csv"
     pd.DataFrame({"file": ["c.mp4"], "start_sec": [1.2]}).to_csv(table, index=False)
     assert [it.clip for it in load_test_items(tmp_path / "cache", TestSetConfig(windows=str(table)), "s")] == ["c"]
@@ -178,19 +187,23 @@ def test_evaluate_sweep_scores_groups_against_ground_truth(tmp_path) -> None:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(p, _clicks(times, seed=k), SR, subtype="FLOAT")
             rows += [{"test_set": "syn", "cfg_scale": g, "clip": clip, "sample": k, "start_sec": starts[clip],
-                      "path": p.relative_to(tmp_path / "sweep").as_posix(), "sample_rate": SR}
+                      "window_s": 2.56, "path": p.relative_to(tmp_path / "sweep").as_posix(),
+                      "video": f"../videos/{clip}.mp4", "sample_rate": SR}
                      for g, p in ((3.0, good), (0.0, bad))]
     pd.DataFrame(rows).to_csv(tmp_path / "sweep" / "index.csv", index=False)
 
     def read_audio(path, sample_rate, start_sec, duration):
-        assert start_sec == starts[str(path)] and sample_rate == SR
-        return _clicks(truth[str(path)], seed=0)
+        # the reference comes from the video the sweep index names, over the window it records
+        clip = os.path.basename(path).removesuffix(".mp4")
+        assert path == os.path.abspath(tmp_path / "videos" / f"{clip}.mp4")
+        assert start_sec == starts[clip] and sample_rate == SR and duration == 2.56
+        return _clicks(truth[clip], seed=0)
 
     def read_video(*_a, **_k):
         raise AssertionError("frames must not be decoded when no frame-based metric has a model")
 
     cfg = EvaluateConfig(fad_backbone="logmel", passt_weights="absent.pt", n_artifact_clips=1)
-    groups = evaluate_sweep(tmp_path / "sweep", {"a": "a", "b": "b"}, events, cfg,
+    groups = evaluate_sweep(tmp_path / "sweep", events, cfg,
                             Models(sync_reason="Synchformer checkpoint not found at s.pt", ib_reason="no IB at i.pt",
                                    passt_reason="PaSST weights not found at absent.pt"),
                             root=tmp_path, read_audio=read_audio, read_video=read_video)
@@ -229,17 +242,17 @@ def test_informative_clips_prefer_audible_clips_with_events() -> None:
 def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:
     """load_trained_model rebuilds the decoder from the checkpoint's own config; the real KV-cache sampler runs."""
     from vaura.config import to_dict
-    from vaura.eval.sweep import load_test_items, load_trained_model
+    from vaura.generate.sweep import load_test_items
+    from vaura.model import VAURA
     from vaura.model.config import named_size
-    from vaura.train.checkpoint import save_checkpoint
-    from vaura.train.trainer import build_model
+    from vaura.train.checkpoint import CheckpointError, load_trained_model, save_checkpoint
 
     _write_cache(tmp_path / "cache", {"a": ("test", 0.0), "b": ("test", 0.4)})
     dims = {"n_codebooks": K, "codebook_size": CARD, "codebook_dim": 4, "audio_frame_rate": 50.0,
             "visual_dim": 4, "visual_frame_rate": 12.5}
     cfg = named_size("tiny")
     torch.manual_seed(0)
-    model = build_model(cfg, dims)
+    model = VAURA(cfg, **dims)
     save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "model_config": to_dict(cfg),
                                            "model_dims": dims, "step": 1})
     loaded = load_trained_model(tmp_path / "best.pt")
@@ -256,5 +269,33 @@ def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:
     bad = model.state_dict()
     bad.pop(next(iter(bad)))
     save_checkpoint(tmp_path / "bad.pt", {"model": bad, "model_config": to_dict(cfg), "model_dims": dims})
-    with pytest.raises(SweepError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match="bad.pt"):
         load_trained_model(tmp_path / "bad.pt")
+
+
+def test_sweep_stage_refuses_a_compiled_decode_off_cuda(tmp_path, repo_root, capsys) -> None:
+    import yaml
+
+    from vaura.cli import main
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["generation"]["decode"] = "compiled"
+    params["sweep"]["device"] = "cpu"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["sweep", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vaura sweep: generation.decode=compiled")
+
+
+def test_sweep_removes_the_temp_file_a_killed_run_left(tmp_path) -> None:
+    """A kill inside an atomic write leaves `.NAME.xxxxxxxx.tmp.wav`; the next run deletes it (DVC would cache it)."""
+    import tempfile
+
+    folder = tmp_path / "syn" / "g3"
+    folder.mkdir(parents=True)
+    fd, stale = tempfile.mkstemp(prefix=".clip0__s0.wav.", suffix=".tmp.wav", dir=folder)  # atomic_path's naming
+    os.close(fd)
+    (folder / ".keep").write_text("not ours")
+    _sweep(tmp_path, FakeGenerate())
+    assert not os.path.exists(stale) and (folder / ".keep").exists()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".keep"]

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaura.visual import CheckpointError, MotionFormerSize, VisualInputError
-from vaura.visual.synchformer import Synchformer, SynchformerSize, load_synchformer, parameter_count
+from vaura.visual import MotionFormerSize, VisualInputError
+from vaura.eval.synchformer import Synchformer, SynchformerSize, load_synchformer, parameter_count
+from vaura.weights import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "synchformer_24-01-04T16-39-21.json").read_text())
@@ -47,13 +48,13 @@ def test_release_size_matches_manifest_keys_shapes_and_total():
 def test_release_layout_strict_load_on_meta_and_named_errors():
     with torch.device("meta"):
         model = Synchformer()
-    from vaura.visual.weights import load_strict
+    from vaura.weights import load_strict
 
     load_strict(model, _meta_manifest_state(), "meta")
     state = _meta_manifest_state()
     del state["afeat_extractor.ast.encoder.layer.11.layernorm_after.bias"]
     state["transformer.sync_head.weight"] = torch.empty(2, 768, device="meta")
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(WeightsError) as err:
         load_strict(model, state, "x.pt")
     msg = str(err.value)
     assert "missing keys (1)" in msg and "afeat_extractor.ast.encoder.layer.11.layernorm_after.bias" in msg
@@ -83,12 +84,12 @@ def test_random_checkpoint_file_loads_values_from_ckpt_model(tmp_path):
     for k, v in weights.items():
         assert torch.equal(model.state_dict()[k], v), k
     weights.pop("transformer.off_head.bias")
-    with pytest.raises(CheckpointError, match=r"missing keys \(1\).*transformer\.off_head\.bias"):
+    with pytest.raises(WeightsError, match=r"missing keys \(1\).*transformer\.off_head\.bias"):
         load_synchformer({"model": weights}, TINY_FULL_DEPTH)
 
 
 def test_missing_checkpoint_says_what_to_download(tmp_path):
-    with pytest.raises(CheckpointError, match="24-01-04T16-39-21"):
+    with pytest.raises(WeightsError, match="24-01-04T16-39-21"):
         load_synchformer(tmp_path / "sync.pt", TINY)
 
 

@@ -12,7 +12,7 @@ import pytest
 from vaura import media
 from vaura.data.manifest import ManifestError, read_manifest
 from vaura.data.synthetic import CLASSES, SyntheticConfig, generate_benchmark, plan_benchmark
-from vaura.eval.onsets import detect_onsets, event_f1
+from vaura.onsets import detect_onsets, event_f1
 
 MICRO = SyntheticConfig(n_train=6, n_val=2, n_test=1, size=128, irrelevant_fraction=0.5, workers=1)
 SEED = 7

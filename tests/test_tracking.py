@@ -89,6 +89,49 @@ def test_credentials_never_reach_the_store(store):
     assert "hunter2" not in stored and "pw@" not in stored
 
 
+SIGNED = ("https://bucket.s3.amazonaws.com/v/list.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          "&X-Amz-Credential=AKIAEXAMPLE%2F20240101&X-Amz-Signature=deadbeefcafe&X-Amz-Security-Token=sesstok")
+SECRETS = ("AKIAEXAMPLE", "deadbeefcafe", "sesstok", "hunter2", "sastoken", "azsig")
+
+
+def test_presigned_signatures_and_passwords_are_redacted_in_every_sink(store):
+    """params table, config/params.json, the raw params.yaml artifact and tags, from one redaction function."""
+    import yaml
+
+    tmp, params, client = store
+    values = {"acquire": {"uri": SIGNED, "endpoint_url": "http://minio:hunter2@host:9000",
+                          "mirror": "https://acct.blob.core.windows.net/c/x.mp4?sv=2022&sig=azsig&token=sastoken"}}
+    (tmp / "params.yaml").write_text(yaml.safe_dump({**params, **values}))
+    with tracking.stage_run("acquire", {**params, **values}, tags={"source": SIGNED}) as run:
+        tracking.log_params_file(tmp / "params.yaml")
+    r = client.get_run(run.info.run_id)
+    sinks = {"params": json.dumps(r.data.params), "tags": json.dumps(r.data.tags),
+             "params.json": _artifact(client, run.info.run_id, "config/params.json").decode(),
+             "params.yaml": _artifact(client, run.info.run_id, "config/params.yaml").decode()}
+    for sink, text in sinks.items():
+        assert not [s for s in SECRETS if s in text], sink
+    # what is not a secret survives, so the value stays recognisable
+    assert r.data.params["acquire.uri"].startswith("https://bucket.s3.amazonaws.com/v/list.txt?X-Amz-Algorithm=AWS4")
+    assert "X-Amz-Signature=***" in r.data.params["acquire.uri"] and "sv=2022" in r.data.params["acquire.mirror"]
+    assert yaml.safe_load(sinks["params.yaml"])["acquire"]["endpoint_url"] == "http://host:9000"
+
+
+def test_acquire_refuses_credentials_in_params_before_dvc_records_them(tmp_path, capsys):
+    """dvc.lock stores params values verbatim: the stage stops (no output, so no lock entry) and says where they go."""
+    from vaura.cli import main
+
+    params = tmp_path / "p.yaml"
+    params.write_text(
+        f"seed: 1\npaths: {{data: {tmp_path / 'data'}, reports: reports}}\n"
+        f"acquire: {{source: https, uri: '{SIGNED}', endpoint_url: '', output: raw, retries: 0, backoff_s: 0.1, "
+        "timeout_s: 5.0, default_split: train}\n"
+    )
+    assert main(["acquire", "--params", str(params), "--no-track"]) == 1
+    err = capsys.readouterr().err
+    assert "params.acquire.uri: carries a credential" in err and "environment" in err
+    assert not [s for s in SECRETS if s in err] and not (tmp_path / "data").exists()
+
+
 def test_failed_stage_marks_run_failed_and_reraises(store):
     _, params, client = store
     with pytest.raises(RuntimeError, match="boom"):
@@ -148,6 +191,141 @@ def test_each_stage_run_honours_its_own_params_store(store, tmp_path):
         mlflow.log_metric("x", 1.0)
     assert MlflowClient(other_uri).get_run(second.info.run_id).data.metrics["x"] == 1.0
     assert MlflowClient(params["tracking"]["uri"]).get_run(first.info.run_id).info.status == "FINISHED"
+
+
+# A stage process: opens its stage run, says so, then waits to be signalled (as a long training would).
+_STAGE = """
+import json, sys, time
+from pathlib import Path
+from vaura import tracking
+params = json.loads(sys.argv[1])
+with tracking.stage_run(sys.argv[2], params) as run:
+    Path(sys.argv[3]).write_text(run.info.run_id)
+    if sys.argv[4] == "wait":
+        time.sleep(120)
+"""
+
+
+def _stage_proc(tmp, params, stage, mode, env_extra=None, argv0=None):
+    import os
+    import sys
+
+    ready = tmp / f"{stage}.run_id"
+    ready.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env_extra or {})}
+    proc = subprocess.Popen([sys.executable, "-c", _STAGE, json.dumps(params), stage, str(ready), mode],
+                            cwd=tmp, env=env)
+    return proc, ready
+
+
+def _wait_file(path, proc, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        assert proc.poll() is None, f"stage process exited with {proc.returncode}"
+        time.sleep(0.1)
+    raise AssertionError(f"{path} not written")
+
+
+def test_sigterm_ends_the_stage_run_killed(store):
+    """A cancelled stage (SIGTERM from dvc/Prefect) must not leave its run RUNNING."""
+    import signal
+
+    tmp, params, client = store
+    proc, ready = _stage_proc(tmp, params, "train", "wait")
+    run_id = _wait_file(ready, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_runs_of_a_killed_process_are_closed_on_the_next_start(store):
+    """SIGKILL leaves no chance to close a run: the next stage start marks it (and its parent) KILLED."""
+    tmp, params, client = store
+    proc, ready = _stage_proc(tmp, params, "train", "wait")
+    run_id = _wait_file(ready, proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    dead = client.get_run(run_id)
+    parent_id = dead.data.tags["mlflow.parentRunId"]
+    assert dead.info.status == "RUNNING"
+    with tracking.stage_run("evaluate", params) as run:
+        assert client.get_run(run_id).info.status == "KILLED"
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert client.get_run(parent_id).info.status == "RUNNING"  # reopened by this stage
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_live_owners_running_run_is_left_alone(store):
+    tmp, params, client = store
+    proc, ready = _stage_proc(tmp, params, "train", "wait")
+    try:
+        run_id = _wait_file(ready, proc)
+        assert run_id not in tracking.close_stale_runs(client)
+        assert client.get_run(run_id).info.status == "RUNNING"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# A stand-in for `dvc repro`: a process whose program is named `dvc` that runs two stages one after the other
+# and records the parent run's state in between.
+_FAKE_DVC = """
+import json, subprocess, sys
+from mlflow.tracking import MlflowClient
+uri, params, stage_code, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+seen = []
+for stage in ("train", "evaluate"):
+    subprocess.run([sys.executable, "-c", stage_code, params, stage, stage + ".run_id", "go"], check=True)
+    parent = MlflowClient(uri).get_run(open(stage + ".run_id").read()).data.tags["mlflow.parentRunId"]
+    info = MlflowClient(uri).get_run(parent).info
+    seen.append([parent, info.status, info.end_time])
+json.dump(seen, open(out, "w"))
+"""
+
+
+def test_parent_stays_running_between_stages_and_closes_after_the_pipeline(store):
+    import os
+    import sys
+
+    tmp, params, client = store
+    fake = tmp / "bin" / "dvc"
+    fake.parent.mkdir()
+    fake.write_text(_FAKE_DVC)
+    out = tmp / "seen.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, str(fake), params["tracking"]["uri"], json.dumps(params), _STAGE, str(out)],
+                   cwd=tmp, env=env, check=True, timeout=300)
+    (parent, s1, e1), (parent2, s2, e2) = json.loads(out.read_text())
+    assert parent == parent2
+    assert (s1, e1, s2, e2) == ("RUNNING", None, "RUNNING", None)
+    # The pipeline process is gone: the next start closes the parent with its children's outcome and end time.
+    assert parent in tracking.close_stale_runs(client)
+    info = client.get_run(parent).info
+    children = client.search_runs([info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert info.status == "FINISHED"
+    assert info.end_time == max(c.info.end_time for c in children)
+
+
+def test_pipeline_parent_owned_by_a_flow_ends_with_its_outcome(store, monkeypatch):
+    tmp, params, client = store
+    outcomes = {}
+    for name, exc in (("ok", None), ("boom", RuntimeError), ("cancel", KeyboardInterrupt)):
+        monkeypatch.setenv("VAURA_PIPELINE_ID", f"flow-{name}")  # as the flow passes it to its stages
+        try:
+            with tracking.pipeline_parent(f"flow-{name}", params) as parent:
+                with tracking.stage_run("train", params) as run:
+                    assert run.data.tags["mlflow.parentRunId"] == parent
+                assert client.get_run(parent).info.status == "RUNNING"  # the stage left the flow's parent open
+                if exc:
+                    raise exc
+        except (RuntimeError, KeyboardInterrupt):
+            pass
+        outcomes[name] = client.get_run(parent).info.status
+    assert outcomes == {"ok": "FINISHED", "boom": "FAILED", "cancel": "KILLED"}
 
 
 def test_runs_are_named_and_the_experiment_described_for_the_ui(store, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from train_helpers import write_micro_cache, write_params
-from vaura.train.trainer import weights_sha256
+from vaura.weights import weights_sha256
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "vaura.train", "--params", str(params), "--checksum-dir", str(tmp_path / "sums")],
+         "-m", "vaura.cli", "train", "--params", str(params), "--checksum-dir", str(tmp_path / "sums")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

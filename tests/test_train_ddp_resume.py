@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _cmd(params, sums):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "vaura.train", "--params", str(params), "--checksum-dir", str(sums)]
+            "-m", "vaura.cli", "train", "--params", str(params), "--checksum-dir", str(sums)]
 
 
 def test_killed_ddp_job_resumes_to_the_uninterrupted_result(tmp_path):

@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from train_helpers import read_losses, resume_jobs, wait_for_file
+from train_helpers import assert_same_training, resume_jobs, wait_for_file
 
 TOTAL = 12
 
 
 def _cmd(params):
-    return [sys.executable, "-m", "vaura.train", "--params", str(params)]
+    return [sys.executable, "-m", "vaura.cli", "train", "--params", str(params)]
 
 
 pytestmark = pytest.mark.slow
@@ -47,14 +47,7 @@ def test_process_was_really_killed_mid_run(runs):
 
 
 def test_resumed_losses_and_weights_equal_uninterrupted(runs):
-    ref, got = read_losses(runs["ref"]), read_losses(runs["killed"])
-    assert sorted(ref) == sorted(got) == list(range(1, TOTAL + 1))
-    for step in ref:
-        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step
-    a = torch.load(runs["ref"] / "train" / "last.pt", weights_only=True)
-    b = torch.load(runs["killed"] / "train" / "last.pt", weights_only=True)
-    for k in a["model"]:
-        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-6, atol=0)
+    a, b = assert_same_training(runs["ref"], runs["killed"], TOTAL)
     assert a["data"] == b["data"] and a["step"] == b["step"] == TOTAL
 
 

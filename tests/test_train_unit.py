@@ -9,7 +9,10 @@ import yaml
 
 from train_helpers import write_micro_cache, write_params
 from vaura.train.checkpoint import CheckpointError
-from vaura.train.trainer import DistEnv, SeededWindows, TrainError, epoch_batches, open_cache, train
+from vaura.train.config import TrainError, load_setup
+from vaura.train.data import SeededWindows, epoch_batches, open_cache
+from vaura.train.distributed import DistEnv
+from vaura.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     data = cache.parent
     params = write_params(tmp_path / "p.yaml", data, f"sqlite:///{tmp_path / 'ml.db'}", total_steps=4,
                           max_minutes=1e-9, eval_every=2, ckpt_every=2)
-    stopped = train(params, resume="never")
+    stopped = train(load_setup(params), resume="never")
     # The budget ends training after the step in flight, which is then treated as the last one: validated,
     # best.pt and last.pt written, so a budget-stopped DVC stage still produces all of its outputs.
     assert stopped["stopped_early"] and stopped["steps"] == 1
@@ -58,7 +61,8 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     p = yaml.safe_load(params.read_text())
     p["train"].update(max_minutes=0.0, total_steps=6)  # resumed with a longer schedule
     params.write_text(yaml.safe_dump(p))
-    done = train(params)  # resume=auto picks up last.pt
+    # an explicit resume (auto would start afresh: the params changed, see the run fingerprint)
+    done = train(load_setup(params), resume=str(data / "train" / "last.pt"))
     assert done["steps"] == 6 and not done["stopped_early"]
     assert json.loads((data / "train" / "metrics.json").read_text())["steps"] == 6
     lrs = [json.loads(line)["lr"] for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
@@ -67,11 +71,11 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     p["model"]["d_model"] = 64
     params.write_text(yaml.safe_dump(p))
     with pytest.raises(CheckpointError, match="model config"):
-        train(params)
+        train(load_setup(params), resume=str(data / "train" / "last.pt"))
 
 
 def test_too_little_data_is_a_clear_error(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path / "p.yaml", cache.parent, f"sqlite:///{tmp_path / 'ml.db'}", batch_size=64)
     with pytest.raises(TrainError, match="fewer than batch_size"):
-        train(params, resume="never")
+        train(load_setup(params), resume="never")

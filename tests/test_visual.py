@@ -13,7 +13,6 @@ import torch
 
 from vaura.visual import (
     PAPER_SIZE,
-    CheckpointError,
     MotionFormer,
     MotionFormerSize,
     VisualConfig,
@@ -24,8 +23,9 @@ from vaura.visual import (
     load_visual_encoder,
     to_segments,
 )
-from vaura.visual.encoder import standin_payload
+from vaura.visual.encoder import load_standin, standin_payload
 from vaura.visual.motionformer import DividedAttention
+from vaura.weights import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "segment_avclip_vggsound_v_encoder.json").read_text())
@@ -72,15 +72,15 @@ def test_manifest_key_missing_or_extra_is_named_in_the_error():
     del state["module.v_encoder.blocks.7.timeattn.proj.bias"]
     with torch.device("meta"):
         model = MotionFormer(PAPER_SIZE)
-    with pytest.raises(CheckpointError, match=r"missing keys \(1\).*blocks\.7\.timeattn\.proj\.bias"):
+    with pytest.raises(WeightsError, match=r"missing keys \(1\).*blocks\.7\.timeattn\.proj\.bias"):
         load_segment_avclip(model, {"state_dict": state})
     state["module.v_encoder.blocks.7.timeattn.proj.bias"] = torch.empty(768, device="meta")
     state["module.v_encoder.blocks.3.temporal_fc.weight"] = torch.empty(768, 768, device="meta")
-    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\).*blocks\.3\.temporal_fc\.weight"):
+    with pytest.raises(WeightsError, match=r"unexpected keys \(1\).*blocks\.3\.temporal_fc\.weight"):
         load_segment_avclip(model, {"state_dict": state})
     del state["module.v_encoder.blocks.3.temporal_fc.weight"]
     state["module.v_encoder.pos_embed"] = torch.empty(1, 50, 768, device="meta")
-    with pytest.raises(CheckpointError, match=r"pos_embed: checkpoint \(1, 50, 768\)"):
+    with pytest.raises(WeightsError, match=r"pos_embed: checkpoint \(1, 50, 768\)"):
         load_segment_avclip(model, {"state_dict": state})
 
 
@@ -113,13 +113,13 @@ def test_vaura_checkpoint_prefix_and_bare_state_dict_load(tmp_path):
     b = load_segment_avclip(MotionFormer(TINY), weights)
     assert torch.equal(a.blocks[1].mlp.fc2.weight, weights["blocks.1.mlp.fc2.weight"])
     assert torch.equal(b.spatial_attn_agg.cls_token, weights["spatial_attn_agg.cls_token"])
-    with pytest.raises(CheckpointError, match="no visual-encoder weights"):
+    with pytest.raises(WeightsError, match="no visual-encoder weights"):
         load_segment_avclip(MotionFormer(TINY), {"state_dict": {"a_encoder.x": torch.zeros(1)}})
 
 
 def test_missing_weights_file_says_what_to_download_and_where(tmp_path):
     cfg = VisualConfig(kind="segment_avclip", weights="weights/nope/epoch_best.pt")
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(WeightsError) as err:
         load_visual_encoder(cfg, root=tmp_path)
     msg = str(err.value)
     assert "23-12-22T16-10-50/checkpoints/epoch_best.pt" in msg and str(tmp_path / "weights/nope/epoch_best.pt") in msg
@@ -127,7 +127,7 @@ def test_missing_weights_file_says_what_to_download_and_where(tmp_path):
 
 
 def test_segment_avclip_kind_refuses_non_paper_sizes(tmp_path):
-    with pytest.raises(CheckpointError, match=r"visual\.dim=64 \(paper 768\).*visual\.crop=96 \(paper 224\)"):
+    with pytest.raises(WeightsError, match=r"visual\.dim=64 \(paper 768\).*visual\.crop=96 \(paper 224\)"):
         load_visual_encoder(VisualConfig(kind="segment_avclip", dim=64, crop=96), root=tmp_path)
 
 
@@ -233,9 +233,9 @@ def test_encoder_is_frozen_and_stays_in_eval_mode():
 
 
 def test_offline_standin_roundtrip_and_architecture_check(tmp_path):
-    cfg = VisualConfig(kind="offline", standin="data/avclip/visual.pt", dim=32, depth=2, heads=4, mlp_ratio=2,
+    cfg = VisualConfig(kind="offline", dim=32, depth=2, heads=4, mlp_ratio=2,
                        crop=32, short_side=32, patch=16, batch_size=4, device="cpu")
-    with pytest.raises(CheckpointError, match="avclip"):
+    with pytest.raises(WeightsError, match="avclip"):
         load_visual_encoder(cfg, root=tmp_path)
     model = MotionFormer(TINY)
     (tmp_path / "data/avclip").mkdir(parents=True)
@@ -244,7 +244,7 @@ def test_offline_standin_roundtrip_and_architecture_check(tmp_path):
     clip = np.random.default_rng(1).integers(0, 256, size=(32, 32, 32, 3), dtype=np.uint8)
     expected = model.eval()(frames_to_input(clip, 32, False).view(2, 16, 3, 32, 32).transpose(1, 2)[None])
     assert torch.allclose(enc.encode(clip), expected.reshape(16, 32), atol=1e-5)
-    with pytest.raises(CheckpointError, match=r"different architecture.*'depth': \(2, 3\)"):
+    with pytest.raises(WeightsError, match=r"different architecture.*'depth': \(2, 3\)"):
         load_visual_encoder(replace(cfg, depth=3), root=tmp_path)
 
 
@@ -271,6 +271,23 @@ def test_checkpoint_reader_never_runs_pickled_code(tmp_path, zip_format):
         model = load_segment_avclip(MotionFormer(TINY), path)
         assert torch.equal(model.pos_embed, weights["pos_embed"])
     else:  # the pre-1.6 format is refused with a clear error rather than unpickled
-        with pytest.raises(CheckpointError, match=r"epoch_best\.pt: not a torch zip checkpoint"):
+        with pytest.raises(WeightsError, match=r"epoch_best\.pt: not a torch zip checkpoint"):
             load_segment_avclip(MotionFormer(TINY), path)
+    assert not marker.exists()
+
+
+def test_own_stand_in_files_with_an_extra_pickled_global_are_refused(tmp_path):
+    """A released file may pickle configs (read around, inertly); a stand-in vaura wrote never does, so one that
+    does was tampered with: the visual stand-in and the codec stand-in both refuse it, naming the file."""
+    from vaura.codec.codec import read_offline_checkpoint
+
+    marker = tmp_path / "pwned"
+    visual = tmp_path / "visual.pt"
+    torch.save({**standin_payload(MotionFormer(TINY)), "extra": _Hostile(marker)}, visual)
+    with pytest.raises(WeightsError, match=r"visual\.pt: holds pickled Python objects"):
+        load_standin(visual, TINY)
+    codec = tmp_path / "codec.pt"
+    torch.save({"format": "x", "kwargs": {}, "n_quantizers": 1, "state_dict": {}, "extra": _Hostile(marker)}, codec)
+    with pytest.raises(WeightsError, match=r"codec\.pt: holds pickled Python objects"):
+        read_offline_checkpoint(codec)
     assert not marker.exists()

@@ -1,4 +1,4 @@
-"""Shared helpers of the TRAIN tests: a micro token/feature cache written by the real cache writer
+"""Shared helpers of the training tests: a micro token/feature cache written by the real cache writer
 (``vaura.cache.build_cache``) from small deterministic stand-in encoders, and a tiny params file."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import yaml
 
+SBATCH = Path(__file__).resolve().parents[1] / "infra" / "slurm" / "train.sbatch"
 SAMPLE_RATE, HOP = 800, 32  # 25 code frames/s: 2.56 s → 64 frames
 N_CODEBOOKS, CARD, CDIM, VDIM = 2, 16, 4, 8
 
@@ -46,7 +47,10 @@ class MicroVisual:
 
 
 def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds: float = 3.2, seed: int = 0) -> Path:
-    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s)."""
+    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s, 2.56 s long).
+
+    Each clip's source is named ``data_dir/clips/<clip>.mp4`` (the files themselves exist only where
+    :func:`write_val_videos` writes them)."""
     from vaura.cache import ClipSpec, build_cache
 
     rng = np.random.default_rng(seed)
@@ -55,12 +59,13 @@ def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds:
     for i in range(n_train + n_val):
         split = "train" if i < n_train else "val"
         name = f"c{i:03d}"
-        audio[name] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
-        frames[name] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
-        plan.append(ClipSpec(name, name, split, None if split == "train" else 0.32))
+        source = str(data_dir / "clips" / f"{name}.mp4")
+        audio[source] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
+        frames[source] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
+        plan.append(ClipSpec(name, source, split, None if split == "train" else 0.32))
     out = data_dir / "cache"
     build_cache(plan, out, MicroCodec(), MicroVisual(), audio.__getitem__, frames.__getitem__, shard_size=5,
-                progress=False)
+                window_s=2.56, progress=False)
     return out
 
 
@@ -73,14 +78,13 @@ def write_params(path: Path, data_dir: Path, tracking_uri: str, **train_override
         max_minutes=0.0, nproc=1, init_from_codec=False,
     )
     train.update(train_overrides)
-    params = {
-        "paths": {"data": str(data_dir), "weights": str(data_dir / "weights"), "reports": str(data_dir / "reports")},
-        "train": train,
-        "model": dict(n_layer=1, d_model=32, n_head=2, ffn_multiple_of=16, cond_channels=8, dropout=0.1,
-                      cfg_dropout=0.3),
-        "tracking": dict(uri=tracking_uri, artifact_root=str(data_dir / "mlartifacts"), experiment="test",
-                         system_metrics=False, system_metrics_interval_s=1.0),
-    }
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["paths"] = {"data": str(data_dir), "reports": str(data_dir / "reports")}
+    params["train"] = train
+    params["model"].update(n_layer=1, d_model=32, n_head=2, ffn_multiple_of=16, cond_channels=8, dropout=0.1,
+                           cfg_dropout=0.3)
+    params["tracking"] = dict(uri=tracking_uri, artifact_root=str(data_dir / "mlartifacts"), experiment="test",
+                              system_metrics=False, system_metrics_interval_s=1.0)
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -103,22 +107,14 @@ def write_micro_codec(data_dir: Path) -> Path:
     return path
 
 
-def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> Path:
-    """Source videos of val clips + ``splits/val.csv`` so logged samples can be muxed onto their frames."""
-    import pandas as pd
-
+def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> None:
+    """The source videos the micro cache's index names for ``clips``, so logged samples are muxed onto them."""
     from vaura.media import write_video
 
-    rows = []
     rng = np.random.default_rng(1)
     for clip in clips:
-        path = data_dir / "clips" / f"{clip}.mp4"
-        write_video(path, rng.integers(0, 255, (int(seconds * 25), 32, 32, 3), dtype=np.uint8), 25.0)
-        rows.append({"clip": clip, "path": f"../clips/{clip}.mp4", "start_sec": 0.32})
-    out = data_dir / "splits" / "val.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out, index=False)
-    return out
+        write_video(data_dir / "clips" / f"{clip}.mp4", rng.integers(0, 255, (int(seconds * 25), 32, 32, 3),
+                                                                     dtype=np.uint8), 25.0)
 
 
 def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path, Path]], str]:
@@ -154,6 +150,21 @@ def read_losses(data_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
+def assert_same_training(ref_dir: Path, got_dir: Path, total_steps: int) -> tuple[dict, dict]:
+    """Per-step losses (rel 1e-6) and final weights of ``got_dir``'s run equal ``ref_dir``'s; returns both last.pt."""
+    import pytest
+
+    ref, got = read_losses(ref_dir), read_losses(got_dir)
+    assert sorted(ref) == sorted(got) == list(range(1, total_steps + 1))
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step
+    a = torch.load(ref_dir / "train" / "last.pt", weights_only=True)
+    b = torch.load(got_dir / "train" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-6, atol=0)
+    return a, b
+
+
 def wait_for_file(proc, path: Path, timeout_s: float, what: str) -> None:
     """Poll until ``path`` exists; fail with the process's stderr if it exits first, or after ``timeout_s``."""
     import time
@@ -163,3 +174,20 @@ def wait_for_file(proc, path: Path, timeout_s: float, what: str) -> None:
         assert proc.poll() is None, f"{what} exited before writing {path.name}: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, f"no {path.name} appeared within {timeout_s:.0f} s"
         time.sleep(0.01)
+
+
+def sbatch_torchrun() -> list[str]:
+    """The torchrun command line of the SLURM script (``$PYTHON -m torch.distributed.run ... --resume auto``)."""
+    import shlex
+
+    text = SBATCH.read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("srun ") and "torch.distributed.run" in ln)
+    tokens = shlex.split(line)
+    return tokens[tokens.index("$PYTHON"):]
+
+
+def sbatch_exports() -> dict[str, str]:
+    """Literal ``export NAME=value`` lines of the SLURM script (its environment for torchrun)."""
+    import re
+
+    return dict(re.findall(r"^export (\w+)=([\w.-]+)$", SBATCH.read_text(), flags=re.M))

@@ -1,7 +1,10 @@
 """The ``vaura`` command: one sub-command per pipeline stage plus user tools.
 
 Sub-command modules are imported lazily so ``vaura --help`` stays fast. Each module defines
-``add_arguments(parser)`` and ``run(args) -> int`` and a docstring whose first line is the help text.
+``add_arguments(parser)`` and ``run(args) -> int`` and a docstring that says what it reads and writes; pipeline
+stages take the common flags of :mod:`vaura.stages`. Every command runs under
+:func:`vaura.stages.run_guarded`: an expected failure is one line ``vaura <command>: <file or key>: <reason>``
+and exit 1; ``--debug`` (or ``VAURA_DEBUG=1``) adds the traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "acquire": ("vaura.stages.acquire", "fetch raw videos: synthetic benchmark, local folder, s3:// or https list"),
     "preprocess": ("vaura.stages.preprocess", "re-encode videos to the paper format; bad files go to rejected.csv"),
     "codec": ("vaura.stages.codec", "offline codec stand-in: shipped or trained tiny DAC + onset quality gate"),
-    "stack": ("vaura.stages.stack", "start/stop/inspect the local stack: moto S3, MLflow, Prefect server + worker"),
+    "stack": ("vaura.stages.stack", "start/stop/inspect the local stack: S3, MLflow, Prefect server + worker"),
     "profile": ("vaura.stages.profile", "switch params.yaml to a profile in configs/ (offline, paper, micro)"),
     "score": ("vaura.stages.score", "score each clip's audio-visual relevance (motion-onset | imagebind)"),
     "filter": ("vaura.stages.filter", "relevance threshold -> train/val/test lists with fixed eval windows"),
@@ -44,6 +47,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.description = (mod.__doc__ or help_text).strip()
             p.formatter_class = argparse.RawDescriptionHelpFormatter
             mod.add_arguments(p)
+            p.add_argument("--debug", action="store_true",
+                           help="on failure, print the traceback too (also VAURA_DEBUG=1)")
     return parser
 
 
@@ -54,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    from vaura.stages import debug_enabled, run_guarded
+
+    return run_guarded(args.command, lambda: importlib.import_module(args._module).run(args), debug_enabled(args))
 
 
 if __name__ == "__main__":

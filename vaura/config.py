@@ -2,11 +2,19 @@
 
 Every section is a dataclass; loading rejects unknown keys, missing keys and wrong types, so a typo in
 ``params.yaml`` (or a key a refactor stopped reading) fails loudly instead of silently doing nothing.
-Sections are owned by the module that reads them; this file only composes them.
+Sections are owned by the module that reads them; this file holds only the mechanism (the registry of all
+sections is :data:`vaura.profiles.SECTIONS`, which imports them, so this module stays on the ground floor).
+
+One rule for missing keys: a params file must set every key of every section it has; a missing one is a
+:class:`ConfigError` naming ``section.key`` and ``configs/offline.yaml``, where each key is documented. The
+dataclass defaults are the paper's values, for Python callers (tests, notebooks, ``vaura preprocess --input``);
+loading a params file never falls back to them, so an omission cannot silently pick a paper value.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,8 +24,48 @@ from typing import Any, Mapping
 import yaml
 
 
+DOCUMENTED_IN = "configs/offline.yaml"  # the full, commented params file every profile starts from
+
+
 class ConfigError(ValueError):
     """A params file that does not match the typed schema."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric params key (each item, for a list); ``None`` bounds are open."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+        return " and ".join(parts)
+
+    def contains(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with a range that :func:`from_dict` checks at load time (``-1`` batches, a NaN threshold
+    or ``0`` workers fail with the key and the allowed range, not later with an empty result or a traceback)."""
+    meta = {"range": Range(ge, gt, le, lt)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check_range(value: Any, rng: Range | None, where: str) -> None:
+    if rng is None or value is None:
+        return
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        if not rng.contains(v):
+            at = f"{where}[{i}]" if isinstance(value, list) else where
+            raise ConfigError(f"{at}: {v!r} is out of range; allowed: {rng.describe()}")
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -53,8 +101,14 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            raise ConfigError(f"{where}: expected a number, got the string {value!r} (YAML 1.1 reads a number in "
+                              f"exponent form as text unless it has a dot and a signed exponent: write "
+                              f"{float(value)!r} or {_yaml_exponent(value.strip())})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -80,13 +134,27 @@ def from_dict(cls: type, data: Any, where: str = "params") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
+    missing = [name for name in fields if name not in data]
+    if missing:
+        keys = ", ".join(f"{where}.{name}" for name in missing)
+        raise ConfigError(f"{keys}: missing (every key must be set; {DOCUMENTED_IN} documents each one)")
+    kwargs = {name: _check_type(data[name], hints[name], f"{where}.{name}") for name in fields}
     for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing key '{name}'")
-    return cls(**kwargs)
+        _check_range(kwargs[name], f.metadata.get("range"), f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the section's own consistency checks (__post_init__)
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _yaml_exponent(text: str) -> str:
+    """``3e-1`` → ``3.0e-1``: the spelling a YAML 1.1 loader (PyYAML, DVC) reads as a float."""
+    mantissa, exponent = text.lower().split("e")
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    return f"{mantissa}e{exponent if exponent[:1] in '+-' else '+' + exponent}"
 
 
 def to_dict(obj: Any) -> dict:
@@ -120,7 +188,7 @@ def load_yaml(path: str | Path) -> dict:
 def load_section(cls: type, name: str, params: str | Path | Mapping = "params.yaml") -> Any:
     """Load one section (e.g. ``load_section(ModelConfig, "model")``) strictly.
 
-    Stages call this for the sections they own; :func:`validate_params` checks the whole file at once.
+    Stages call this for the sections they own; :func:`vaura.profiles.validate_params` checks the whole file.
     """
     data = params if isinstance(params, Mapping) else load_yaml(params)
     if name not in data:
@@ -130,50 +198,8 @@ def load_section(cls: type, name: str, params: str | Path | Mapping = "params.ya
 
 @dataclass
 class PathsConfig:
-    """Where pipeline outputs and user-supplied pretrained weights live (relative to the repo root)."""
+    """Where pipeline outputs live (relative to the root: the params file's folder). Pretrained weights are
+    named one file per key (``visual.weights``, ``evaluate.*_weights``, ...)."""
 
     data: str = "data"
-    weights: str = "weights"
     reports: str = "reports"
-
-
-SECTIONS: dict[str, str] = {
-    # section name -> "module:DataclassName"; each module owns its section's schema.
-    "paths": "vaura.config:PathsConfig",
-    "synthetic": "vaura.data.synthetic:SyntheticConfig",
-    "acquire": "vaura.data.sources:AcquireConfig",
-    "preprocess": "vaura.data.preprocess:PreprocessConfig",
-    "codec": "vaura.codec.config:CodecConfig",
-    "train": "vaura.train.config:TrainConfig",
-    "tracking": "vaura.tracking:TrackingConfig",
-    "visual": "vaura.visual.config:VisualConfig",
-    "avclip": "vaura.visual.config:AVClipConfig",
-    "score": "vaura.curation.scoring:ScoreConfig",
-    "filter": "vaura.curation.filtering:FilterConfig",
-    "cache": "vaura.cache:CacheConfig",
-    "model": "vaura.model.config:ModelConfig",
-    "generation": "vaura.model.config:GenerationConfig",
-    "sweep": "vaura.eval.sweep:SweepConfig",
-    "evaluate": "vaura.eval.evaluate:EvaluateConfig",
-    "report": "vaura.eval.report:ReportConfig",
-}
-
-
-def _resolve(spec: str) -> type:
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def validate_params(params: str | Path | Mapping = "params.yaml") -> dict[str, Any]:
-    """Strictly load every section of a params file; unknown top-level sections are errors."""
-    data = params if isinstance(params, Mapping) else load_yaml(params)
-    top_scalars = {"profile", "seed"}
-    unknown = sorted(set(data) - set(SECTIONS) - top_scalars)
-    if unknown:
-        raise ConfigError(f"params: unknown section(s) {unknown}; allowed: {sorted(set(SECTIONS) | top_scalars)}")
-    out: dict[str, Any] = {k: data[k] for k in top_scalars if k in data}
-    for name, spec in SECTIONS.items():
-        out[name] = load_section(_resolve(spec), name, data)
-    return out

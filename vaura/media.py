@@ -28,6 +28,14 @@ _MAGIC_AT_4 = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 _STILL_IMAGE_FORMATS = ("image2", "tty")
 _AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 _H264_CRF = "18"  # near-transparent quality: the clips are model inputs, artefacts would be learned
+# One encoder thread: x264's automatic thread count follows the CPUs (and CPU affinity) it sees, and the stream
+# depends on it, so the same frames would encode to different bytes on another machine or after a library
+# changed this process's affinity. Identical params and seeds must give identical data under DVC; stages
+# parallelise over clips (worker processes) instead.
+_H264_OPTIONS = {"crf": _H264_CRF, "preset": "veryfast", "threads": "1"}
+# The same for libswscale: with automatic threads it cuts a frame into one slice per CPU, and a resize filter
+# rounds differently at slice edges, so resized frames (and all that follows) would depend on the machine.
+_SWS_THREADS = 1
 _AAC_BITRATE = 128_000
 
 
@@ -242,7 +250,7 @@ def iter_video(
             w, h = state["size"]
             if rotation % 180:
                 w, h = h, w
-            arr = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+            arr = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA", threads=_SWS_THREADS).to_ndarray()
             if rotation:
                 arr = np.rot90(arr, k=(rotation // 90) % 4)  # FFmpeg rotation is counter-clockwise degrees
             if crop is not None:
@@ -475,12 +483,13 @@ def write_video(
                 if vstream is None:
                     vstream = out.add_stream("libx264", rate=rate)
                     vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
-                    vstream.options = {"crf": _H264_CRF, "preset": "veryfast"}  # 4x faster than "fast", same size here
+                    vstream.options = dict(_H264_OPTIONS)  # veryfast: 4x faster than "fast", same size here
                     if chans is not None:
                         astream = _add_audio_stream(out, chans.shape[0], sample_rate)
                 elif (h, w) != (vstream.height, vstream.width):
                     raise ValueError(f"{path}: frame {written} is {w}x{h}, earlier frames {vstream.width}x{vstream.height}")
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
+                    format="yuv420p", threads=_SWS_THREADS)
                 vf.pts = written
                 out.mux(vstream.encode(vf))
                 written += 1

@@ -3,7 +3,7 @@
 An overlay (``configs/paper.yaml``, ``configs/micro.yaml``) lists only the keys whose values differ from the
 offline profile. Applying it keeps the base's comments and key order (ruamel round-trip), refuses keys the
 base does not have (a typo would otherwise silently do nothing), and validates the result strictly
-(:func:`vaura.config.validate_params`) before ``params.yaml`` is replaced atomically.
+(:func:`validate_params` over :data:`SECTIONS`, the registry of every section's schema) before ``params.yaml`` is replaced atomically.
 """
 from __future__ import annotations
 
@@ -14,14 +14,61 @@ from typing import Any, Mapping
 import yaml
 from ruamel.yaml import YAML
 
-from vaura.config import ConfigError, validate_params
+from vaura.cache import CacheConfig
+from vaura.codec.config import CodecConfig
+from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
+from vaura.curation.filtering import FilterConfig
+from vaura.curation.scoring import ScoreConfig
+from vaura.data.preprocess import PreprocessConfig
+from vaura.data.sources import AcquireConfig
+from vaura.data.synthetic import SyntheticConfig
+from vaura.eval.evaluate import EvaluateConfig
+from vaura.eval.report import ReportConfig
+from vaura.generate.sweep import SweepConfig
 from vaura.io import atomic_write_text
+from vaura.model.config import GenerationConfig, ModelConfig
+from vaura.tracking import TrackingConfig
+from vaura.train.config import TrainConfig
+from vaura.visual.config import AVClipConfig, VisualConfig
 
 BASE_PROFILE = "offline"
+TOP_SCALARS = ("profile", "seed")
+SECTIONS: dict[str, type] = {
+    # section name -> schema dataclass, owned by the module that reads the section.
+    "paths": PathsConfig,
+    "synthetic": SyntheticConfig,
+    "acquire": AcquireConfig,
+    "preprocess": PreprocessConfig,
+    "codec": CodecConfig,
+    "train": TrainConfig,
+    "tracking": TrackingConfig,
+    "visual": VisualConfig,
+    "avclip": AVClipConfig,
+    "score": ScoreConfig,
+    "filter": FilterConfig,
+    "cache": CacheConfig,
+    "model": ModelConfig,
+    "generation": GenerationConfig,
+    "sweep": SweepConfig,
+    "evaluate": EvaluateConfig,
+    "report": ReportConfig,
+}
 
 
 class ProfileError(ConfigError):
     """A profile file that is missing or names keys the base profile does not have."""
+
+
+def validate_params(params: str | Path | Mapping = "params.yaml") -> dict[str, Any]:
+    """Strictly load every section of a params file; unknown top-level sections are errors."""
+    data = params if isinstance(params, Mapping) else load_yaml(params)
+    unknown = sorted(set(data) - set(SECTIONS) - set(TOP_SCALARS))
+    if unknown:
+        raise ConfigError(f"params: unknown section(s) {unknown}; allowed: {sorted(set(SECTIONS) | set(TOP_SCALARS))}")
+    out: dict[str, Any] = {k: data[k] for k in TOP_SCALARS if k in data}
+    for name, cls in SECTIONS.items():
+        out[name] = load_section(cls, name, data)
+    return out
 
 
 def available(configs_dir: str | Path = "configs") -> list[str]:

@@ -1,10 +1,16 @@
-"""The local stack: moto S3, MLflow server (S3-proxied artifacts), Prefect server, a process work pool + worker.
+"""The local stack: S3 (localbucket), MLflow server (S3-proxied artifacts), Prefect server, a process work pool +
+worker.
 
 One command starts it (`vaura stack up`) and one stops it (`vaura stack down`). Every server binds to
 127.0.0.1; ports, the S3 bucket and the state folder (pid records, logs, sqlite databases, ``env.sh``) are
 configurable so several stacks (e.g. CI jobs) can run side by side. Services are started in their own
 sessions so that stopping one kills its whole process tree (servers fork workers; the Prefect worker starts
 flow runs that start DVC, which starts torchrun).
+
+Everything a restart must keep lives in the state folder: MLflow's and Prefect's sqlite databases and the S3
+bucket, which localbucket stores as plain folders (``<state>/s3/<bucket>/<key>``). moto's server keeps objects
+in memory, and its request recorder, replayed on start, loses multipart uploads (measured: a 30 MB boto3
+upload is not restored), so old runs would list without artifacts after ``stack down``/``up``.
 """
 from __future__ import annotations
 
@@ -25,11 +31,16 @@ import psutil
 
 from vaura.io import atomic_write_json, atomic_write_text
 
-# moto accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
+# The local S3 accepts any credentials; these fixed ones make the stack's S3 reproducible for every client.
 S3_ACCESS_KEY = "vaura-local"
 S3_SECRET_KEY = "vaura-local-secret"
 S3_REGION = "us-east-1"
 DVC_REMOTE = "vaura-stack"
+DEFAULT_REMOTE_URL = "s3://vaura/dvc"  # the committed .dvc/config's remote (the default bucket)
+# Every process the stack starts carries this variable (= its state folder), and so does everything they start:
+# flow runs, DVC, the stages, torchrun ranks. That is how `down` finds a dead worker's flow runs, which have
+# their own sessions and were re-parented to init.
+MEMBER_ENV = "VAURA_STACK_MEMBER"
 
 
 class StackError(RuntimeError):
@@ -92,6 +103,7 @@ def _service_env(s: StackSettings) -> dict[str, str]:
     env["PREFECT_HOME"] = str(s.state_dir / "prefect")
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["VAURA_PROJECT_DIR"] = str(s.project_dir)
+    env[MEMBER_ENV] = str(s.state_dir)
     # Flow runs call `dvc` and `vaura`: make this interpreter's bin folder win on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
@@ -203,14 +215,24 @@ def _worker_registered(s: StackSettings) -> bool:
         return False
 
 
-def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> None:
-    """Point the project's DVC default remote at the stack's bucket (``--local``: ports are machine-specific)."""
+def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> str:
+    """Make the stack's bucket the project's default DVC remote; returns where the setting lives.
+
+    The remote is named in the committed ``.dvc/config`` (``s3://vaura/dvc``): it holds no endpoint and no
+    credentials, which come from the environment (``env.sh``: ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``,
+    ...), so a fresh clone reaches it after ``source .stack/env.sh``. Only a non-default bucket is set in
+    ``.dvc/config.local`` (machine-specific; ``down`` removes it).
+    """
     dvc = [sys.executable, "-m", "dvc"]
     url = f"s3://{s.bucket}/dvc"
-    _run(dvc + ["remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], s, env, "dvc remote add", 60)
-    for key, value in (("endpointurl", s.s3_url), ("access_key_id", S3_ACCESS_KEY),
-                       ("secret_access_key", S3_SECRET_KEY), ("region", S3_REGION)):
-        _run(dvc + ["remote", "modify", "--local", DVC_REMOTE, key, value], s, env, f"dvc remote modify {key}", 60)
+    listed = _run(dvc + ["remote", "list", "--project"], s, env, "dvc remote list", 60)
+    if [DVC_REMOTE, DEFAULT_REMOTE_URL] not in [line.split()[:2] for line in listed.splitlines()]:
+        _run(dvc + ["remote", "add", "--project", "--default", "--force", DVC_REMOTE, DEFAULT_REMOTE_URL], s, env,
+             "dvc remote add", 60)
+    if url == DEFAULT_REMOTE_URL:
+        return f"{DVC_REMOTE} -> {url} (in .dvc/config)"
+    _run(dvc + ["remote", "add", "--local", "--force", DVC_REMOTE, url], s, env, "dvc remote add --local", 60)
+    return f"{DVC_REMOTE} -> {url} (bucket in .dvc/config.local)"
 
 
 def _create_bucket(s: StackSettings) -> None:
@@ -220,8 +242,20 @@ def _create_bucket(s: StackSettings) -> None:
     try:
         boto3.client("s3", endpoint_url=s.s3_url, aws_access_key_id=S3_ACCESS_KEY,
                      aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION).create_bucket(Bucket=s.bucket)
-    except (BotoCoreError, ClientError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # kept from the last `up`
+            raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
+    except BotoCoreError as exc:
         raise StackError(f"cannot create S3 bucket '{s.bucket}' at {s.s3_url}: {exc}") from exc
+
+
+def _close_stale_runs(s: StackSettings) -> int:
+    """Runs left RUNNING by processes killed while the stack was down (or by SIGKILL) end as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from vaura.tracking import close_stale_runs
+
+    return len(close_stale_runs(MlflowClient(s.mlflow_url)))
 
 
 def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
@@ -237,6 +271,8 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
             raise StackError(f"{name} port {s.host}:{port} is in use; choose another (see `vaura stack up --help`)")
     s.state_dir.mkdir(parents=True, exist_ok=True)
     (s.state_dir / "prefect").mkdir(exist_ok=True)
+    if members(s.state_dir):  # flow runs of a previous stack whose worker died
+        _stop_services([], log, state_dir=s.state_dir)
     env = _service_env(s)
     deadline = time.monotonic() + s.timeout_s
     services: list[Service] = []
@@ -248,8 +284,8 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
 
     try:
         # Start the three servers together (they take seconds each on a busy CPU), then wait for each.
-        services.append(_start("s3", [_bin("moto_server"), "-H", s.host, "-p", str(s.s3_port)], s, env,
-                               f"{s.s3_url}/moto-api/"))
+        services.append(_start("s3", [_bin("localbucket"), "--host", s.host, "--port", str(s.s3_port),
+                                      str(s.state_dir / "s3")], s, env, f"{s.s3_url}/"))
         services.append(_start("mlflow", [
             _bin("mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{s.state_dir / 'mlflow.db'}",
@@ -261,7 +297,7 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         save()
         _wait_healthy(services[0], deadline)
         _create_bucket(s)
-        log(f"S3 (moto)      {s.s3_url}  bucket s3://{s.bucket}")
+        log(f"S3             {s.s3_url}  bucket s3://{s.bucket}  (stored in {s.state_dir / 's3'})")
         _wait_healthy(services[2], deadline, lambda body: body.strip() == b"true")
         log(f"Prefect UI     http://{s.host}:{s.prefect_port}")
         prefect = _bin("prefect")
@@ -282,8 +318,10 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
         log(f"worker         pool {s.work_pool}")
         _wait_healthy(services[1], deadline, lambda body: body.strip() == b"OK")
         log(f"MLflow UI      {s.mlflow_url}  (artifacts proxied to s3://{s.bucket}/mlflow)")
-        _configure_dvc_remote(s, env)
-        log(f"DVC remote     {DVC_REMOTE} -> s3://{s.bucket}/dvc (in .dvc/config.local)")
+        closed = _close_stale_runs(s)
+        if closed:
+            log(f"MLflow         {closed} run(s) left RUNNING by killed processes marked KILLED")
+        log(f"DVC remote     {_configure_dvc_remote(s, env)}")
     except BaseException:
         _stop_services([asdict(x) for x in services], log=lambda m: None)
         _state_file(s).unlink(missing_ok=True)
@@ -303,42 +341,86 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: float = 15.0) -> list[int]:
-    """SIGTERM each service's process group (newest first), SIGKILL what outlives ``grace_s``.
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
-    Descendants that moved to their own session (Prefect flow runs, DVC subprocesses) are collected first so
-    they are stopped too. Returns the pids still alive afterwards (empty on a clean stop).
+
+def members(state_dir: Path) -> list[psutil.Process]:
+    """Live processes started by the stack of ``state_dir`` or by its flow runs (see ``MEMBER_ENV``)."""
+    me = psutil.Process()
+    skip = {me.pid, *(p.pid for p in me.parents())}
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in skip:
+            continue
+        try:
+            if proc.environ().get(MEMBER_ENV) == str(state_dir) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:  # gone meanwhile, or another user's process
+            continue
+    return found
+
+
+def _terminate(procs: list[psutil.Process], grace_s: float) -> list[psutil.Process]:
+    """SIGTERM each process's group (its whole tree when it leads one), SIGKILL what outlives ``grace_s``."""
+    own_group = os.getpgid(0)
+    for proc in procs:
+        try:
+            group = os.getpgid(proc.pid)
+            if group != own_group:
+                os.killpg(group, signal.SIGTERM)
+            else:
+                proc.terminate()
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=5.0)
+    return alive
+
+
+def _stop_services(services: list[dict], log: Callable[[str], None], grace_s: float = 15.0,
+                   state_dir: Path | None = None) -> list[int]:
+    """Stop each service's process tree (newest first), then every other member of the stack.
+
+    Descendants that moved to their own session (Prefect flow runs, DVC subprocesses) are collected with their
+    service; those whose worker already died are found by ``MEMBER_ENV``. A service found dead is reported as
+    such, not as stopped. Returns the pids still alive afterwards (empty on a clean stop).
     """
-    procs: list[psutil.Process] = []
+    left: list[psutil.Process] = []
     for svc in reversed(services):
-        tree = _tree(svc["pid"])
-        procs.extend(tree)
-        own_group = os.getpgid(0)
-        for sig_target in {svc["pid"], *(p.pid for p in tree)}:
-            try:
-                group = os.getpgid(sig_target)
-                if group != own_group:
-                    os.killpg(group, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        log(f"stopped {svc['name']} (pid {svc['pid']})")
-    _, alive = psutil.wait_procs(procs, timeout=5.0)
-    return [p.pid for p in alive]
+        was_alive = _alive(svc["pid"])
+        left += _terminate(_tree(svc["pid"]), grace_s)
+        log(f"stopped {svc['name']} (pid {svc['pid']})" if was_alive else
+            f"{svc['name']} (pid {svc['pid']}) was not running: it had exited (last lines in {svc['log']})")
+    if state_dir is not None:
+        stray = members(state_dir)
+        if stray:
+            left += _terminate(stray, grace_s)
+            log(f"stopped {len(stray)} process(es) of flow runs whose worker had died: "
+                f"{', '.join(f'{p.pid}' for p in stray)}")
+    return [p.pid for p in left if _alive(p.pid)]
 
 
 def down(s: StackSettings, log: Callable[[str], None] = print) -> None:
-    """Stop every recorded service and unset the DVC remote the stack configured; logs stay in the state folder."""
+    """Stop every recorded service and its flow runs (also those of a dead worker), and drop the machine-specific
+    DVC remote bucket the stack set, if any; logs, databases and the S3 data stay in the state folder."""
     state = _read_state(s)
     if state is None:
-        log(f"no stack recorded in {s.state_dir}")
+        stray = members(s.state_dir)
+        if stray:
+            _stop_services([], log, state_dir=s.state_dir)
+        else:
+            log(f"no stack recorded in {s.state_dir}")
         return
-    left = _stop_services(state["services"], log)
+    left = _stop_services(state["services"], log, state_dir=s.state_dir)
     if left:
         raise StackError(f"processes still alive after SIGKILL: {left}")
     project = Path(state["settings"]["project_dir"])
@@ -353,11 +435,13 @@ def status(s: StackSettings) -> list[tuple[str, int, bool, bool]]:
     state = _read_state(s)
     if state is None:
         return []
-    rows = []
-    for svc in state["services"]:
-        try:
-            alive = psutil.Process(svc["pid"]).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            alive = False
-        rows.append((svc["name"], svc["pid"], alive, alive and _http_ok(svc["health_url"])))
-    return rows
+    return [(svc["name"], svc["pid"], _alive(svc["pid"]), _alive(svc["pid"]) and _http_ok(svc["health_url"]))
+            for svc in state["services"]]
+
+
+def strays(s: StackSettings) -> list[psutil.Process]:
+    """Members of the stack outside every live service's tree: flow runs (and their DVC/stage processes) whose
+    worker died. ``down`` (or the next ``up``) stops them."""
+    state = _read_state(s) or {"services": []}
+    owned = {p.pid for svc in state["services"] for p in _tree(svc["pid"])}
+    return [p for p in members(s.state_dir) if p.pid not in owned]

@@ -11,8 +11,17 @@ pipeline run, so re-running one stage after a failure lands under the same paren
 
 Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else ``params.yaml`` section ``tracking.uri`` (default
 ``sqlite:///mlruns.db``); with a local store, artifacts go to ``tracking.artifact_root`` (``mlartifacts/``).
-Values whose key looks like a credential are redacted, and user:password is stripped from URIs, before
-anything is logged.
+Every param, tag and config artifact passes through :mod:`vaura.redact` first (credential-named keys masked,
+``user:password@`` and presigned-URL signatures removed from values).
+
+Run states: every run ends FINISHED, FAILED or KILLED. A stage run ends KILLED on SIGTERM/SIGINT (the
+handler installed while the stage runs turns them into an exception, so the run is closed before the process
+exits). Each run records its *owner* process (``vaura.owner.*`` tags: host, pid, start time); a run still
+RUNNING whose owner is gone (SIGKILL, power loss) is closed on the next start of any stage, flow or
+``vaura stack up`` (:func:`close_stale_runs`). The parent run's owner is the process that runs the whole
+pipeline: the Prefect flow (:func:`pipeline_parent`), else the ``dvc`` process running the stages, else the
+stage itself. Stages never end a parent they do not own, so the parent stays RUNNING, without an end time,
+from its first stage to its end; a parent whose ``dvc`` owner exited is closed with its children's outcome.
 """
 from __future__ import annotations
 
@@ -20,16 +29,19 @@ import contextlib
 import hashlib
 import json
 import os
-import re
+import signal
+import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from vaura.config import flatten, from_dict, load_yaml
+from vaura.config import bounded, flatten, from_dict, load_yaml
+from vaura.redact import MASK, SECRET_KEY, redact, redact_tree
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -58,9 +70,8 @@ flow), named `pipeline · <profile> · <commit>`, with one child run per stage b
   (Columns / Group by, or select runs → Compare).
 - **Listening**: each evaluate run's *Artifacts → audio / video / spectrogram* holds example clips with events.
 """
-# credential-like key names (a whole ``token`` component only: ``tokens_per_s`` is a metric, not a secret)
-_SECRET_KEY = re.compile(r"password|passwd|secret|credential|access[_-]?key|api[_-]?key|(^|[._-])token($|[._-])", re.I)
-_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+OWNER_HOST, OWNER_PID, OWNER_START, OWNER_KIND = ("vaura.owner.host", "vaura.owner.pid", "vaura.owner.start",
+                                                  "vaura.owner.kind")
 _MAX_PARAM_CHARS = 6000
 _MAX_NOTE_CHARS = 8000  # MLflow's tag value limit
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
@@ -74,19 +85,14 @@ class TrackingConfig:
     artifact_root: str = "mlartifacts"
     experiment: str = "vaura"
     system_metrics: bool = True
-    system_metrics_interval_s: float = 10.0
-
-
-def redact(value: Any) -> Any:
-    """Strip ``user:password@`` from URI-like strings."""
-    return _URI_USERINFO.sub("", value) if isinstance(value, str) else value
+    system_metrics_interval_s: float = bounded(10.0, gt=0)
 
 
 def safe_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Flattened params with credential-like keys masked and URIs stripped of user info."""
     out = {}
     for key, value in flatten(params).items():
-        out[key] = "***" if _SECRET_KEY.search(key) else redact(value)
+        out[key] = MASK if SECRET_KEY.search(key) else redact(value)
     return out
 
 
@@ -205,21 +211,161 @@ def _pipeline_note(pid: str, commit: str, dirty: bool, profile: str | None) -> s
             "replaces this text with the paper tables.\n")
 
 
-def _parent_run_id(client: Any, experiment_id: str, pid: str, commit: str, dirty: bool = False,
-                   profile: str | None = None) -> str:
+class StageTerminated(SystemExit):
+    """SIGTERM/SIGINT arrived while a stage ran: unwinds the stage so its MLflow run is closed as KILLED."""
+
+
+def _process_start(proc: Any) -> str:
+    return f"{proc.create_time():.2f}"
+
+
+def owner_tags(pid: int | None = None, kind: str = "stage") -> dict[str, str]:
+    """Tags naming the process that owns a run (host, pid, start time: a reused pid is not mistaken for it)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(proc.pid), OWNER_START: _process_start(proc),
+            OWNER_KIND: kind}
+
+
+def _owner_alive(tags: Mapping[str, str]) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(int(tags[OWNER_PID]))
+        return _process_start(proc) == tags.get(OWNER_START) and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError, KeyError):
+        return False
+
+
+def _pipeline_owner() -> tuple[int, str]:
+    """(pid, kind) of the process that runs the whole pipeline around this stage: the nearest ``dvc`` ancestor
+    (``dvc repro`` / ``dvc exp run``), else this process."""
+    import psutil
+
+    for proc in psutil.Process().parents():
+        try:
+            argv = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "dvc" in (Path(a).name for a in argv[:3]):  # `dvc ...`, `python .../dvc ...`, `python -m dvc ...`
+            return proc.pid, "dvc"
+    return os.getpid(), "stage"
+
+
+def _close_parent(client: Any, run: Any, status: str | None = None) -> None:
+    """End a parent run: with ``status``, or with its children's outcome (FAILED/KILLED if any child was)."""
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=1000)
+    ends = [c.info.end_time for c in children if c.info.end_time]
+    if status is None:
+        states = {c.info.status for c in children}
+        status = "FAILED" if "FAILED" in states else "KILLED" if states & {"KILLED", "RUNNING"} else "FINISHED"
+    client.set_terminated(run.info.run_id, status=status, end_time=max(ends) if ends else None)
+
+
+def close_stale_runs(client: Any, experiment_ids: Sequence[str] | None = None) -> list[str]:
+    """Close the RUNNING runs of this host whose owner process is gone; returns their run ids.
+
+    A stage run becomes KILLED; a parent run owned by a flow becomes KILLED (the flow never closed it), one owned
+    by ``dvc`` gets its children's outcome. Runs of other hosts and runs without owner tags are left alone.
+    """
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    if not experiment_ids:
+        return []
+    host = socket.gethostname()
+    running = client.search_runs(list(experiment_ids),
+                                 filter_string=f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'",
+                                 max_results=1000)
+    closed = []
+    for run in sorted(running, key=lambda r: r.data.tags.get(ROLE_TAG) == "pipeline"):  # children first
+        tags = run.data.tags
+        if _owner_alive(tags):
+            continue
+        if tags.get(ROLE_TAG) == "pipeline" and tags.get(OWNER_KIND) == "dvc":
+            _close_parent(client, run)
+        else:
+            client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _find_parent(client: Any, experiment_id: str, pid: str) -> Any | None:
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{ROLE_TAG}` = 'pipeline'",
         max_results=1,
         order_by=["attributes.start_time ASC"],
     )
-    if found:
-        return found[0].info.run_id
-    tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit,
-            NOTE_TAG: _pipeline_note(pid, commit, dirty, profile)}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    return client.create_run(experiment_id, run_name=pipeline_run_name(pid, profile), tags=tags).info.run_id
+    return found[0] if found else None
+
+
+def _open_parent(client: Any, experiment_id: str, pid: str, commit: str, owner: Mapping[str, str],
+                 dirty: bool = False, profile: str | None = None) -> Any:
+    """The pipeline's parent run, created (owned by ``owner``) or reopened as RUNNING with a fresh owner."""
+    run = _find_parent(client, experiment_id, pid)
+    if run is None:
+        tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit, **owner,
+                NOTE_TAG: _pipeline_note(pid, commit, dirty, profile)}
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        return client.create_run(experiment_id, run_name=pipeline_run_name(pid, profile), tags=tags)
+    if run.info.status != "RUNNING":  # a re-run after the pipeline ended (e.g. a stage retried later)
+        client.update_run(run.info.run_id, status="RUNNING")
+        for key, value in owner.items():
+            client.set_tag(run.info.run_id, key, value)
+        return client.get_run(run.info.run_id)
+    return run
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While the body runs, SIGTERM (and SIGINT) raise :class:`StageTerminated` instead of killing the process,
+    so context managers close their runs; outside the main thread (signals cannot be caught there) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise StageTerminated(128 + signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig, handler in previous.items():
+        if handler in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(sig, raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def pipeline_parent(pid: str, params: Mapping[str, Any] | None = None, uri: str | None = None,
+                    params_file: str | Path = "params.yaml") -> Iterator[str]:
+    """Own the parent run of pipeline ``pid`` for the duration of the body (a Prefect flow run); yields its id.
+
+    It ends FINISHED, FAILED when the body raises, KILLED when it is cancelled (SIGTERM, KeyboardInterrupt or
+    a cancellation exception that is not an ``Exception``).
+    """
+    from mlflow.tracking import MlflowClient
+
+    cfg = tracking_config(params, params_file)
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    client = MlflowClient(uri)
+    exp_id = _experiment_id(client, cfg, uri)
+    close_stale_runs(client, [exp_id])
+    run = _open_parent(client, exp_id, pid, git_commit()[0], owner_tags(kind="flow"))
+    status = "KILLED"
+    try:
+        yield run.info.run_id
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        _close_parent(client, run, status)
 
 
 def _profile(params_file: str | Path) -> str | None:
@@ -252,22 +398,23 @@ def stage_run(
     resume_run_id: str | None = None,
     variant: str | None = None,
     name: str | None = None,
-    tracking: TrackingConfig | None = None,
+    config: TrackingConfig | None = None,
 ) -> Iterator[Any]:
     """Open the MLflow run of one stage execution (nested under the pipeline's parent run); yields the ActiveRun.
 
     Logs ``params`` (flattened, redacted: pass only what the stage uses) as params and as the
     ``config/params.json`` artifact, and tags the run with the stage, pipeline id, git commit, DVC experiment
     name (``$DVC_EXP_NAME``) and data hashes. The run is named ``name`` or :func:`run_name` ``(stage, variant)``
-    (variant: :func:`variant_name`), which is also the tag ``vaura.variant``. Runs go where ``tracking`` says, else
+    (variant: :func:`variant_name`), which is also the tag ``vaura.variant``. Runs go where ``config`` says, else
     where ``params`` / ``params_file`` say (:func:`tracking_config`).
     ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
-    exists in the store. The run ends FAILED if the body raises.
+    exists in the store. ``config``: the ``tracking`` section when the caller has it already (else it is read
+    from ``params`` or ``params_file``). The run ends FAILED if the body raises, KILLED on SIGTERM/SIGINT.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    cfg = tracking or tracking_config(params, params_file)
+    cfg = config or tracking_config(params, params_file)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     uri = user_uri or cfg.uri
     mlflow.set_tracking_uri(uri)
@@ -277,9 +424,12 @@ def stage_run(
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     client = MlflowClient(uri)
     exp_id = _experiment_id(client, cfg, uri)
+    close_stale_runs(client, [exp_id])
     commit, dirty = git_commit()
     pid = pipeline_id(params_file)
-    parent = _parent_run_id(client, exp_id, pid, commit, dirty, _profile(params_file))
+    owner_pid, owner_kind = _pipeline_owner()
+    parent = _open_parent(client, exp_id, pid, commit, owner_tags(owner_pid, owner_kind), dirty, _profile(params_file))
+    owns_parent = parent.data.tags.get(OWNER_PID) == str(os.getpid()) and parent.data.tags.get(OWNER_KIND) == "stage"
     run_tags = {
         "vaura.stage": stage,
         PIPELINE_TAG: pid,
@@ -288,6 +438,7 @@ def stage_run(
         "git.commit": commit,
         "git.dirty": str(dirty).lower(),
         **data_hash_tags(stage, data_files),
+        **owner_tags(),
     }
     variant = variant_name(variant)
     if variant:
@@ -302,14 +453,14 @@ def stage_run(
             client.get_run(resume_run_id)
         except Exception:  # not in this store (e.g. another tracking URI): start a fresh run
             resume_run_id = None
-    client.update_run(parent, status="RUNNING")
     status = "FAILED"
     start = (
         dict(run_id=resume_run_id)
         if resume_run_id
-        else dict(experiment_id=exp_id, run_name=name or run_name(stage, variant), parent_run_id=parent, tags=run_tags)
+        else dict(experiment_id=exp_id, run_name=name or run_name(stage, variant), parent_run_id=parent.info.run_id,
+                  tags=run_tags)
     )
-    with mlflow.start_run(
+    with _terminate_as_exception(), mlflow.start_run(
         nested=mlflow.active_run() is not None, log_system_metrics=cfg.system_metrics, **start
     ) as run:
         try:
@@ -320,9 +471,13 @@ def stage_run(
                 log_json(params, "config/params.json")
             yield run
             status = "FINISHED"
+        except (StageTerminated, KeyboardInterrupt):
+            status = "KILLED"
+            raise
         finally:
             mlflow.end_run(status=status)
-            client.set_terminated(parent, status=status)
+            if owns_parent:
+                client.set_terminated(parent.info.run_id, status=status)
 
 
 def describe_pipeline(note: str, tables: Mapping[str, Any], files: Sequence[str | Path] = ()) -> str:
@@ -355,13 +510,6 @@ def describe_pipeline(note: str, tables: Mapping[str, Any], files: Sequence[str 
     return parent
 
 
-def _redacted_tree(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) else _redacted_tree(v)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_redacted_tree(v) for v in obj]
-    return redact(obj)
-
 
 def log_params(params: Mapping[str, Any]) -> None:
     """Log a nested dict as flattened, redacted MLflow params (long values truncated to MLflow's limit)."""
@@ -373,11 +521,20 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
+def log_params_file(path: str | Path, artifact_path: str = "config") -> None:
+    """Log a params YAML file as an artifact, redacted like every other sink (the raw file may hold a secret)."""
+    import mlflow
+    import yaml
+
+    redacted = redact_tree(load_yaml(path))
+    mlflow.log_text(yaml.safe_dump(redacted, sort_keys=False), f"{artifact_path}/{Path(path).name}")
+
+
 def log_json(obj: Any, artifact_file: str) -> None:
     """Log a JSON-serialisable object as an artifact (e.g. ``"config/resolved.json"``)."""
     import mlflow
 
-    mlflow.log_dict(json.loads(json.dumps(_redacted_tree(obj), default=str)), artifact_file)
+    mlflow.log_dict(json.loads(json.dumps(redact_tree(obj), default=str)), artifact_file)
 
 
 def _mono(audio: Any) -> np.ndarray:

@@ -2,7 +2,6 @@
 from vaura.codec.codec import (
     Codec,
     CodecInputError,
-    CodecWeightsError,
     load_codec,
     load_dac_file,
     load_dac_state_dict,
@@ -16,7 +15,6 @@ __all__ = [
     "CodecGateConfig",
     "CodecInputError",
     "CodecTrainConfig",
-    "CodecWeightsError",
     "TinyDACConfig",
     "load_codec",
     "load_dac_file",

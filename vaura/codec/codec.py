@@ -17,14 +17,11 @@ from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
 
 from vaura.codec.config import CodecConfig
+from vaura.weights import WeightsError, mismatch, read_checkpoint
 
 DAC44_URL = "https://github.com/descriptinc/descript-audio-codec/releases/download/0.0.1/weights.pth"
 DAC44_CACHE = Path("~/.cache/descript/dac/weights_44khz_8kbps_0.0.1.pth")
 OFFLINE_FORMAT = "vaura-codec-offline/1"
-
-
-class CodecWeightsError(RuntimeError):
-    """A codec checkpoint that is missing, unreadable, or does not match the architecture."""
 
 
 class CodecInputError(ValueError):
@@ -32,12 +29,14 @@ class CodecInputError(ValueError):
 
 
 def _new_dac(kwargs: Mapping[str, Any] | None, device: str | torch.device = "cpu") -> nn.Module:
-    import dac
-
     with warnings.catch_warnings():
-        # dac builds its layers with the deprecated torch.nn.utils.weight_norm / jit.script; the checkpoint
-        # layout (weight_g / weight_v) depends on exactly that, so the warning is expected and not actionable.
-        warnings.simplefilter("ignore", FutureWarning)
+        # dac scripts a layer with the deprecated torch.jit.script when imported and builds its layers with the
+        # deprecated torch.nn.utils.weight_norm; the checkpoint layout (weight_g / weight_v) depends on exactly
+        # that, so these two warnings are expected and not actionable. Any other warning still shows.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        warnings.filterwarnings("ignore", r"`torch\.nn\.utils\.weight_norm` is deprecated", FutureWarning)
+        import dac
+
         with torch.device(device):
             return dac.DAC(**dict(kwargs or {}))
 
@@ -54,29 +53,15 @@ def load_dac_state_dict(
 
     ``kwargs=None`` is the 44.1 kHz architecture (``dac.DAC()`` defaults), i.e. what the V-AURA checkpoint's
     ``audio_encoder.model.*`` tensors (stored fp16) hold once the prefix is stripped. Missing, unexpected or
-    mis-shaped tensors raise :class:`CodecWeightsError` naming them and ``source``.
+    mis-shaped tensors raise :class:`WeightsError` naming them and ``source``.
     """
     model = _new_dac(kwargs, device="meta")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_summarise(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_summarise(unexpected)}")
-        raise CodecWeightsError(f"{source}: does not match dac.DAC({dict(kwargs or {})}): " + "; ".join(parts))
-    bad_shapes = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if bad_shapes:
-        raise CodecWeightsError(f"{source}: {len(bad_shapes)} tensor(s) with the wrong shape: {_summarise(bad_shapes)}")
+    problems = mismatch(model.state_dict(), state_dict)
+    if problems:
+        raise WeightsError(f"{source}: does not match dac.DAC({dict(kwargs or {})}): {problems}")
     not_float = [k for k, v in state_dict.items() if not torch.is_floating_point(v)]
     if not_float:
-        raise CodecWeightsError(f"{source}: non-floating tensors where DAC has parameters: {_summarise(not_float)}")
+        raise WeightsError(f"{source}: non-floating tensors where DAC has parameters: {_summarise(not_float)}")
     fp32 = {k: v.detach().to(device="cpu", dtype=torch.float32) for k, v in state_dict.items()}
     model.load_state_dict(fp32, strict=True, assign=True)
     # The weight-norm pre-hooks recompute `weight` from (g, v) at every forward; the attribute itself still
@@ -89,25 +74,12 @@ def load_dac_state_dict(
     return model.float().eval()
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise CodecWeightsError(f"{path}: cannot be read as a weights-only torch checkpoint ({exc})") from exc
-
-
 def load_dac_file(path: str | Path) -> nn.Module:
     """Load a DAC weights file in the package's own format ``{"state_dict", "metadata": {"kwargs"}}``."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CodecWeightsError(
-            f"DAC weights not found: {path}. This project never downloads weights at run time: download the "
-            f"44.1 kHz 8 kbps DAC weights (release 0.0.1) from {DAC44_URL} and save them as {path} "
-            f"(or set params codec.weights to where you put them)."
-        )
-    blob = _torch_load(path)
-    if not isinstance(blob, Mapping) or "state_dict" not in blob:
-        raise CodecWeightsError(f"{path}: expected a dict with 'state_dict' (DAC format), got {type(blob).__name__}")
+    blob = read_checkpoint(path, f"44.1 kHz 8 kbps DAC weights (release 0.0.1) from {DAC44_URL}", "codec.weights")
+    if "state_dict" not in blob:
+        raise WeightsError(f"{path}: expected a dict with 'state_dict' (DAC format), got keys {sorted(blob)[:5]}")
     kwargs = (blob.get("metadata") or {}).get("kwargs")
     return load_dac_state_dict(blob["state_dict"], kwargs, source=str(path))
 
@@ -191,16 +163,16 @@ def read_offline_checkpoint(path: str | Path) -> dict:
     """Read and validate an offline stand-in checkpoint written by the ``codec`` stage."""
     path = Path(path)
     if not path.is_file():
-        raise CodecWeightsError(
+        raise WeightsError(
             f"offline codec weights not found: {path}. Produce them with `vaura codec --params params.yaml` "
             f"(DVC stage `codec`)."
         )
-    blob = _torch_load(path)
-    if not isinstance(blob, Mapping) or blob.get("format") != OFFLINE_FORMAT:
-        raise CodecWeightsError(f"{path}: not a vaura offline codec checkpoint (expected format {OFFLINE_FORMAT})")
+    blob = read_checkpoint(path, "offline codec stand-in", own_file=True)
+    if blob.get("format") != OFFLINE_FORMAT:
+        raise WeightsError(f"{path}: not a vaura offline codec checkpoint (expected format {OFFLINE_FORMAT})")
     for key in ("kwargs", "n_quantizers", "state_dict"):
         if key not in blob:
-            raise CodecWeightsError(f"{path}: checkpoint lacks '{key}'")
+            raise WeightsError(f"{path}: checkpoint lacks '{key}'")
     return dict(blob)
 
 

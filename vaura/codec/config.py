@@ -4,19 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vaura.config import bounded
+
 
 @dataclass
 class TinyDACConfig:
     """Architecture of the offline stand-in: the same ``dac.DAC`` class, CPU-sized."""
 
-    sample_rate: int = 16000
-    encoder_dim: int = 16
-    encoder_rates: list[int] = field(default_factory=lambda: [2, 4, 4, 8])
-    decoder_dim: int = 96
-    decoder_rates: list[int] = field(default_factory=lambda: [8, 4, 4, 2])
-    n_codebooks: int = 4
-    codebook_size: int = 256
-    codebook_dim: int = 8
+    sample_rate: int = bounded(16000, ge=1)
+    encoder_dim: int = bounded(16, ge=1)
+    encoder_rates: list[int] = bounded([2, 4, 4, 8], ge=1)
+    decoder_dim: int = bounded(96, ge=1)
+    decoder_rates: list[int] = bounded([8, 4, 4, 2], ge=1)
+    n_codebooks: int = bounded(4, ge=1)
+    codebook_size: int = bounded(256, ge=1)
+    codebook_dim: int = bounded(8, ge=1)
 
     def dac_kwargs(self) -> dict:
         """Keyword arguments for ``dac.DAC`` (plain types: they are stored inside the checkpoint)."""
@@ -38,17 +40,17 @@ class CodecTrainConfig:
 
     source: Literal["shipped", "train"] = "shipped"
     shipped_path: str = "assets/codec_offline.pt"
-    steps: int = 1000
-    max_minutes: float = 90.0
-    batch_size: int = 8
-    segment_s: float = 1.0
-    lr: float = 1e-3
-    lr_final_ratio: float = 0.1
-    mel_weight: float = 15.0
-    l1_weight: float = 1.0
-    commitment_weight: float = 0.25
-    codebook_weight: float = 1.0
-    max_train_clips: int = 0
+    steps: int = bounded(1000, ge=0)
+    max_minutes: float = bounded(90.0, ge=0)
+    batch_size: int = bounded(8, ge=1)
+    segment_s: float = bounded(1.0, gt=0)
+    lr: float = bounded(1e-3, gt=0)
+    lr_final_ratio: float = bounded(0.1, ge=0, le=1)
+    mel_weight: float = bounded(15.0, ge=0)
+    l1_weight: float = bounded(1.0, ge=0)
+    commitment_weight: float = bounded(0.25, ge=0)
+    codebook_weight: float = bounded(1.0, ge=0)
+    max_train_clips: int = bounded(0, ge=0)
     device: str = "auto"
 
 
@@ -56,9 +58,9 @@ class CodecTrainConfig:
 class CodecGateConfig:
     """Quality gate: onset event F1 of reconstructed validation audio vs the original's."""
 
-    tolerance_s: float = 0.1
-    max_gap: float = 0.05
-    max_clips: int = 64
+    tolerance_s: float = bounded(0.1, gt=0)
+    max_gap: float = bounded(0.05, ge=0)
+    max_clips: int = bounded(64, ge=0)
 
 
 @dataclass
@@ -67,7 +69,7 @@ class CodecConfig:
 
     kind: Literal["dac44", "offline"] = "offline"
     weights: str = ""
-    n_quantizers: int = 4
+    n_quantizers: int = bounded(4, ge=1)
     offline: TinyDACConfig = field(default_factory=TinyDACConfig)
     train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     gate: CodecGateConfig = field(default_factory=CodecGateConfig)

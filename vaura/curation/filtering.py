@@ -16,6 +16,8 @@ from typing import Literal
 
 import pandas as pd
 
+from vaura.config import bounded
+
 SPLITS = ("train", "val", "test")
 VIDEO_FPS = 25.0
 SEGMENT_FRAMES = 16  # Segment-AVCLIP encodes 16-frame segments; features exist only for whole segments
@@ -30,11 +32,11 @@ class FilterError(ValueError):
 class FilterConfig:
     """params.yaml section ``filter``."""
 
-    threshold: float = 0.2
+    threshold: float = bounded(0.2, ge=-1, le=1)
     apply_to: list[Literal["train", "val", "test"]] = field(default_factory=lambda: ["train"])
-    report_thresholds: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.3, 0.4])
-    eval_start_s: float = 0.0
-    window_s: float = 2.56
+    report_thresholds: list[float] = bounded([0.0, 0.2, 0.3, 0.4], ge=-1, le=1)
+    eval_start_s: float = bounded(0.0, ge=0)
+    window_s: float = bounded(2.56, gt=0)
 
 
 def feature_span_s(duration_s: float) -> float:
@@ -89,6 +91,6 @@ def filter_scores(scores: pd.DataFrame, cfg: FilterConfig, source: str = "scores
 
 def read_split(path: str | Path) -> pd.DataFrame:
     """Read a split list (``clip,path[,start_sec]``) written by the ``filter`` stage; ``path`` comes back absolute."""
-    from vaura.curation.tables import read_table
+    from vaura.tables import read_table
 
     return read_table(path, {"clip"}, hint="run `vaura filter` first")

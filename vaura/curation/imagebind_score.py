@@ -18,17 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGEBIND_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
+from vaura.curation.scorer import ScoringError, thread_map
+from vaura.weights import load_released
+
+IMAGEBIND_HINT = ("ImageBind-huge weights imagebind_huge.pth from https://dl.fbaipublicfiles.com/imagebind/"
+                  "imagebind_huge.pth (offline, score.scorer: motion-onset needs no weights)")
 VISION_CLIP_S, VISION_CLIPS, VISION_FRAMES_PER_CLIP, VISION_SIZE = 2.0, 5, 2, 224
 AUDIO_CLIP_S, AUDIO_CLIPS, AUDIO_RATE, AUDIO_MELS, AUDIO_FRAMES = 2.0, 3, 16000, 128, 204
 AUDIO_MEAN, AUDIO_STD = -4.268, 9.138
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FPS = 25.0
-
-
-class ImageBindWeightsError(FileNotFoundError):
-    """ImageBind weights missing or not in the ``imagebind_huge`` layout."""
 
 
 def _huge() -> torch.nn.Module:
@@ -44,23 +44,7 @@ def load_imagebind(
 
     ``build`` is injectable so tests can use tiny dims with a random state dict in the same key layout.
     """
-    weights = Path(weights)
-    if not weights.is_file():
-        raise ImageBindWeightsError(
-            f"{weights}: ImageBind weights not found. Download imagebind_huge.pth from {IMAGEBIND_URL} and put it "
-            f"at {weights} (params.yaml score.imagebind_weights), or use score.scorer: motion-onset offline."
-        )
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable / non-checkpoint files
-        raise ImageBindWeightsError(f"{weights}: not a readable PyTorch state dict ({exc})") from exc
-    if not isinstance(state, dict):
-        raise ImageBindWeightsError(f"{weights}: expected a state dict, got {type(state).__name__}")
-    model = build()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ImageBindWeightsError(f"{weights}: does not match the ImageBind architecture: {exc}") from exc
+    model = load_released(build, Path(weights), IMAGEBIND_HINT, "score.imagebind_weights")
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -82,8 +66,6 @@ def vision_input(frames: np.ndarray, fps: float = FPS) -> torch.Tensor:
     from pytorchvideo import transforms as pv_transforms
 
     from imagebind.data import NormalizeVideo, SpatialCrop
-
-    from vaura.curation.scoring import ScoringError
 
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ScoringError(f"ImageBind needs frames [T, H, W, 3] with T > 0, got shape {frames.shape}")
@@ -142,8 +124,6 @@ class ImageBindScorer:
         return F.cosine_similarity(out[ModalityType.VISION].float(), out[ModalityType.AUDIO].float(), dim=-1).cpu()
 
     def score_batch(self, paths: Sequence[str | Path]) -> list[float]:
-        from vaura.curation.scoring import thread_map
-
         vis, aud = zip(*thread_map(self._inputs, list(paths), self.workers))
         return [float(s) for s in self.similarity(torch.stack(vis), torch.stack(aud))]
 

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vaura.eval.onsets import onset_envelope
+from vaura.curation.scorer import thread_map
+from vaura.onsets import onset_envelope
 
 FPS = 25.0
 
@@ -50,7 +51,7 @@ def audio_onset_envelope(audio: np.ndarray, sample_rate: int, n_frames: int, fps
     return out
 
 
-def sync_score(motion: np.ndarray, audio: np.ndarray, max_lag: int = 2) -> float:
+def lagged_correlation(motion: np.ndarray, audio: np.ndarray, max_lag: int = 2) -> float:
     """Peak Pearson correlation of two equal-rate envelopes over lags ``-max_lag..max_lag`` frames.
 
     A positive lag means the audio comes later than the motion. Returns 0 when either envelope is constant
@@ -74,7 +75,7 @@ def sync_score(motion: np.ndarray, audio: np.ndarray, max_lag: int = 2) -> float
 
 @dataclass
 class MotionOnsetScorer:
-    """Score = :func:`sync_score` of the motion envelope and the audio onset envelope of one clip."""
+    """Score = :func:`lagged_correlation` of the motion envelope and the audio onset envelope of one clip."""
 
     short_side: int = 64
     max_lag_frames: int = 2
@@ -89,9 +90,7 @@ class MotionOnsetScorer:
         audio = read_audio(path, self.audio_rate)
         motion = motion_envelope(frames)
         onsets = audio_onset_envelope(audio, self.audio_rate, len(frames), FPS)
-        return sync_score(motion, onsets, self.max_lag_frames)
+        return lagged_correlation(motion, onsets, self.max_lag_frames)
 
     def score_batch(self, paths: Sequence[str | Path]) -> list[float]:
-        from vaura.curation.scoring import thread_map
-
         return thread_map(self.score_clip, list(paths), self.workers)

@@ -6,29 +6,15 @@ motion-onset: a normalised cross-correlation in [-1, 1]); ``filter.threshold`` m
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Callable, Literal
 
 import pandas as pd
 from tqdm import tqdm
 
-
-class ScoringError(RuntimeError):
-    """A clip that could not be scored (the message names the file and the reason)."""
-
-
-class Scorer(Protocol):
-    """What the ``score`` stage needs from a scorer."""
-
-    name: str
-
-    def score_clip(self, path: str | Path) -> float:
-        """Relevance of one clip (higher = the audio is more likely caused by the visible action)."""
-
-    def score_batch(self, paths: Sequence[str | Path]) -> list[float]:
-        """Scores for several clips at once (batched on the device where the scorer has a model)."""
+from vaura.config import bounded
+from vaura.curation.scorer import Scorer, ScoringError
 
 
 @dataclass
@@ -37,11 +23,11 @@ class ScoreConfig:
 
     scorer: Literal["motion-onset", "imagebind"] = "motion-onset"
     imagebind_weights: str = "weights/imagebind_huge.pth"
-    batch_size: int = 4
-    workers: int = 2
-    motion_short_side: int = 64
-    motion_max_lag_frames: int = 2
-    motion_audio_rate: int = 16000
+    batch_size: int = bounded(4, ge=1)
+    workers: int = bounded(2, ge=1)
+    motion_short_side: int = bounded(64, ge=1)
+    motion_max_lag_frames: int = bounded(2, ge=0)
+    motion_audio_rate: int = bounded(16000, ge=1)
 
 
 def _build_motion_onset(cfg: ScoreConfig, root: Path, device: str) -> Scorer:
@@ -65,14 +51,6 @@ SCORERS: dict[str, Callable[[ScoreConfig, Path, str], Scorer]] = {
     "motion-onset": _build_motion_onset,
     "imagebind": _build_imagebind,
 }
-
-
-def thread_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
-    """``[fn(x) for x in items]``, decoded in ``workers`` threads (PyAV and torch release the GIL)."""
-    if workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def build_scorer(cfg: ScoreConfig, root: str | Path = ".", device: str = "cpu") -> Scorer:

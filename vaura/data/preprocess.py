@@ -1,6 +1,6 @@
 """Re-encode a folder of videos to the paper's format; every bad file is named with a reason, none stops the run.
 
-Paper format (FACTS.md, VGGSound as V-AURA uses it): 25 fps, short side 256, H.264, AAC 44.1 kHz mono. The
+Paper format (docs/PAPER.md, VGGSound as V-AURA uses it): 25 fps, short side 256, H.264, AAC 44.1 kHz mono. The
 output clip keeps its input's file stem (the clip id everywhere downstream).
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from vaura import media
+from vaura.config import bounded
 from vaura.data.manifest import read_manifest
 from vaura.io import atomic_write_csv
 
@@ -28,12 +29,12 @@ class PreprocessConfig:
 
     input: str = "raw"
     output: str = "clips"
-    fps: float = 25.0
-    short_side: int = 256
-    sample_rate: int = 44100
+    fps: float = bounded(25.0, gt=0)
+    short_side: int = bounded(256, ge=1)
+    sample_rate: int = bounded(44100, ge=1)
     require_audio: bool = True
     strict: bool = False
-    workers: int = 2
+    workers: int = bounded(2, ge=1)
 
 
 def list_inputs(input_dir: Path) -> list[Path]:
@@ -116,6 +117,15 @@ def _input_manifest(input_dir: Path) -> dict[str, dict]:
     return {Path(p).stem: row for p, row in zip(df["path"], df[extra].to_dict("records"))}
 
 
+def _rejected_upstream(input_dir: Path) -> list[dict]:
+    """Rows ``acquire`` already rejected (``<input>/rejected.csv``): one list of every bad file, in one place."""
+    path = input_dir / "rejected.csv"
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df[["path", "reason"]].to_dict("records") if {"path", "reason"} <= set(df.columns) else []
+
+
 def preprocess_folder(input_dir: str | Path, output_dir: str | Path, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert every input; write ``manifest.csv`` and ``rejected.csv`` in ``output_dir``; return both tables.
 
@@ -130,7 +140,7 @@ def preprocess_folder(input_dir: str | Path, output_dir: str | Path, cfg: Prepro
         raise ValueError(f"{output_dir}: output folder must differ from the input folder (inputs are never overwritten)")
     output_dir.mkdir(parents=True, exist_ok=True)
     carried = _input_manifest(input_dir)
-    rejected: list[dict] = []
+    rejected: list[dict] = _rejected_upstream(input_dir)
     jobs: dict[str, Path] = {}
     for src in list_inputs(input_dir):
         if src.stem in jobs:

@@ -1,5 +1,11 @@
 """Where raw videos come from (stage ``acquire``): the synthetic benchmark, a local folder, S3, or an https list.
 
+Every name a source offers (URL path, S3 key, local file name) goes through :func:`vaura.io.safe_child` before it
+becomes a path: a name that would land outside the output folder is refused. A file that can never be fetched
+usefully (empty, unsafe name, 404/403, checksum mismatch after a fresh download, unreadable) is *rejected*: listed
+with its reason in ``<output>/rejected.csv`` (preprocess carries the rows into ``data/clips/rejected.csv``) while
+the rest goes on; only transient failures that outlast the retries stop the stage (a re-run resumes them).
+
 Every remote/local file goes through one resumable download routine: bytes land in ``NAME.part``, a
 re-run continues a ``.part`` from where it stopped (HTTP Range / S3 Range / file seek) or restarts it when the
 server cannot resume, the result is checked against the size and checksum the source declares, and only then
@@ -12,19 +18,23 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterator, Literal
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 from tqdm import tqdm
 
-from vaura.io import atomic_write_csv
+from vaura.config import bounded
+from vaura.io import UnsafeNameError, atomic_write_csv, safe_child
+from vaura.redact import redact
 
 if TYPE_CHECKING:
     from vaura.data.synthetic import SyntheticConfig
 
 CHUNK = 1 << 20
+# Names acquire writes itself; a source file with one of them would be overwritten, so it is rejected.
+RESERVED = ("rejected.csv",)
 
 
 class AcquireError(RuntimeError):
@@ -43,20 +53,21 @@ class AcquireConfig:
     uri: str = ""
     endpoint_url: str = ""
     output: str = "raw"
-    retries: int = 4
-    backoff_s: float = 1.0
-    timeout_s: float = 60.0
+    retries: int = bounded(4, ge=0)
+    backoff_s: float = bounded(1.0, ge=0)
+    timeout_s: float = bounded(60.0, gt=0)
     default_split: Literal["train", "val", "test"] = "train"
 
 
 @dataclass
 class RemoteFile:
-    """One file a source offers: its name in the output folder and what we know to verify it."""
+    """One file a source offers: its name in the output folder, where it comes from, what we know to verify it."""
 
     name: str
     size: int | None
     md5: str | None = None
     sha256: str | None = None
+    origin: str = ""
 
 
 # An opener returns (chunks, resumed): chunks of the file from ``offset`` when resumed is True, else from 0.
@@ -85,6 +96,8 @@ def _verify(path: Path, item: RemoteFile) -> str | None:
 def fetch_resumable(dest: Path, item: RemoteFile, opener: Opener, retries: int, backoff_s: float,
                     progress: tqdm | None = None) -> str:
     """Make ``dest`` a verified copy of ``item``; returns ``"skipped"``, ``"resumed"`` or ``"downloaded"``."""
+    if item.size == 0:
+        raise _Permanent(f"{item.name}: empty file (0 bytes)")
     if dest.exists():
         if _verify(dest, item) is None:
             if progress is not None:
@@ -116,17 +129,24 @@ def fetch_resumable(dest: Path, item: RemoteFile, opener: Opener, retries: int, 
             problem = _verify(part, item)
             if problem is not None:
                 part.unlink()  # a bad prefix cannot be repaired by resuming: start over next attempt
-                raise AcquireError(f"{item.name}: downloaded file failed verification ({problem})")
+                message = f"{item.name}: downloaded file failed verification ({problem})"
+                if not offset:  # a whole fresh download is wrong: retrying fetches the same bytes again
+                    raise _Permanent(message)
+                raise AcquireError(message)
             os.replace(part, dest)
             return outcome
         except _Permanent:
             raise
+        except (PermissionError, IsADirectoryError) as exc:  # a local file we may not read stays unreadable
+            raise _Permanent(f"{item.name}: unreadable ({exc.strerror})") from exc
         except Exception as exc:  # noqa: BLE001 - network/S3/IO errors are retried, then reported
             last = exc
-    raise AcquireError(f"{item.name}: failed after {retries + 1} attempt(s): {last}")
+    raise AcquireError(redact(f"{item.origin or item.name}: failed after {retries + 1} attempt(s): {last}"))
 
 
-def _fetch_all(out_dir: Path, items: list[tuple[RemoteFile, Opener]], cfg: AcquireConfig, desc: str) -> dict[str, int]:
+def _fetch_all(out_dir: Path, items: list[tuple[RemoteFile, Opener]], cfg: AcquireConfig, desc: str,
+               rejected: list[dict]) -> dict[str, int]:
+    """Fetch every item; a permanent per-file failure is appended to ``rejected`` and the others go on."""
     names = [it.name for it, _ in items]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -135,8 +155,19 @@ def _fetch_all(out_dir: Path, items: list[tuple[RemoteFile, Opener]], cfg: Acqui
     counts = {"skipped": 0, "resumed": 0, "downloaded": 0}
     with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar:
         for item, opener in items:
-            counts[fetch_resumable(out_dir / item.name, item, opener, cfg.retries, cfg.backoff_s, bar)] += 1
+            try:
+                if item.name in RESERVED:
+                    raise _Permanent(f"{item.name}: reserved name (acquire writes its own)")
+                dest = safe_child(out_dir, item.name)
+                counts[fetch_resumable(dest, item, opener, cfg.retries, cfg.backoff_s, bar)] += 1
+            except (_Permanent, UnsafeNameError) as exc:
+                rejected.append(_reject(item.origin or item.name, exc))
     return counts
+
+
+def _reject(origin: str, reason: object) -> dict[str, str]:
+    """One ``rejected.csv`` row: where the file came from (credentials removed) and why it was refused."""
+    return {"path": redact(origin), "reason": redact(str(reason))}
 
 
 # ---------------------------------------------------------------- local folder
@@ -156,7 +187,7 @@ def _local_items(folder: Path) -> list[tuple[RemoteFile, Opener]]:
         return open_at
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".part"))
-    return [(RemoteFile(p.name, p.stat().st_size), opener_for(p)) for p in files]
+    return [(RemoteFile(p.name, p.stat().st_size, origin=str(p)), opener_for(p)) for p in files]
 
 
 # ---------------------------------------------------------------- S3
@@ -191,7 +222,8 @@ def _s3_items(uri: str, cfg: AcquireConfig) -> list[tuple[RemoteFile, Opener]]:
                     continue
                 etag = obj.get("ETag", "").strip('"')
                 md5 = etag if len(etag) == 32 and "-" not in etag else None  # multipart ETags are not MD5s
-                items.append((RemoteFile(name, int(obj["Size"]), md5=md5), _s3_opener(client, bucket, key)))
+                items.append((RemoteFile(name, int(obj["Size"]), md5=md5, origin=f"s3://{bucket}/{key}"),
+                              _s3_opener(client, bucket, key)))
     except NoCredentialsError as exc:
         raise AcquireError(f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from exc
     except (ClientError, BotoCoreError) as exc:
@@ -211,7 +243,7 @@ def _s3_opener(client, bucket: str, key: str) -> Opener:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "AccessDenied", "NoSuchBucket", "403", "404"):
-                raise _Permanent(f"s3://{bucket}/{key}: {code}") from exc
+                raise _Permanent(f"S3 {code}") from exc
             raise
         return body.iter_chunks(CHUNK), True
     return open_at
@@ -229,7 +261,7 @@ def _read_url_list(uri: str, cfg: AcquireConfig) -> list[tuple[str, str | None]]
             resp = requests.get(uri, timeout=cfg.timeout_s)
             resp.raise_for_status()
         except requests.RequestException as exc:
-            raise AcquireError(f"{uri}: cannot fetch the URL list ({exc})") from exc
+            raise AcquireError(redact(f"{uri}: cannot fetch the URL list ({exc})")) from exc
         text = resp.text
     else:
         path = Path(uri)
@@ -242,7 +274,7 @@ def _read_url_list(uri: str, cfg: AcquireConfig) -> list[tuple[str, str | None]]
         if not fields:
             continue
         if not fields[0].startswith(("http://", "https://")) or len(fields) > 2:
-            raise AcquireError(f"{uri}: line {n} is not 'URL [sha256]': {line.strip()!r}")
+            raise AcquireError(redact(f"{uri}: line {n} is not 'URL [sha256]': {line.strip()!r}"))
         entries.append((fields[0], fields[1] if len(fields) == 2 else None))
     if not entries:
         raise AcquireError(f"{uri}: the URL list is empty")
@@ -255,9 +287,7 @@ def _https_items(uri: str, cfg: AcquireConfig) -> list[tuple[RemoteFile, Opener]
     session = requests.Session()
     items = []
     for url, sha in _read_url_list(uri, cfg):
-        name = unquote(Path(urlparse(url).path).name)
-        if not name:
-            raise AcquireError(f"{url}: the URL names no file")
+        name = unquote(PurePosixPath(urlparse(url).path).name)
         size = None
         try:
             head = session.head(url, allow_redirects=True, timeout=cfg.timeout_s)
@@ -265,7 +295,7 @@ def _https_items(uri: str, cfg: AcquireConfig) -> list[tuple[RemoteFile, Opener]
                 size = int(head.headers["Content-Length"])
         except requests.RequestException:
             pass  # size is then checked against what the download itself declares
-        items.append((RemoteFile(name, size, sha256=sha), _http_opener(session, url, cfg.timeout_s)))
+        items.append((RemoteFile(name, size, sha256=sha, origin=url), _http_opener(session, url, cfg.timeout_s)))
     return items
 
 
@@ -274,7 +304,7 @@ def _http_opener(session, url: str, timeout_s: float) -> Opener:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         resp = session.get(url, headers=headers, stream=True, timeout=timeout_s)
         if resp.status_code in (404, 401, 403, 410):
-            raise _Permanent(f"{url}: HTTP {resp.status_code}")
+            raise _Permanent(f"HTTP {resp.status_code}")
         resp.raise_for_status()
         resumed = resp.status_code == 206  # 200 means the server ignored Range: it sends the whole file
         declared = resp.headers.get("Content-Length")
@@ -285,7 +315,7 @@ def _http_opener(session, url: str, timeout_s: float) -> Opener:
                 got += len(chunk)
                 yield chunk
             if declared is not None and declared.isdigit() and got != int(declared):
-                raise AcquireError(f"{url}: connection closed after {got} of {declared} bytes")
+                raise AcquireError(f"{redact(url)}: connection closed after {got} of {declared} bytes")
         return chunks(), resumed
     return open_at
 
@@ -301,10 +331,11 @@ def _write_manifest(out_dir: Path, default_split: str) -> None:
 
 
 def acquire(out_dir: str | Path, cfg: AcquireConfig, synthetic: SyntheticConfig | None = None, seed: int = 0) -> dict[str, int]:
-    """Fill ``out_dir`` from ``cfg.source``; returns counts (files skipped / resumed / downloaded).
+    """Fill ``out_dir`` from ``cfg.source``; returns counts (files skipped / resumed / downloaded / rejected).
 
     A source that brings its own ``manifest.csv`` keeps it; otherwise one is written listing every fetched
-    file with ``split=cfg.default_split`` and no label.
+    file with ``split=cfg.default_split`` and no label. Rejected files are listed in ``rejected.csv``; when
+    every file was rejected the stage fails (there is nothing to go on with).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,7 +347,7 @@ def acquire(out_dir: str | Path, cfg: AcquireConfig, synthetic: SyntheticConfig 
         existing = {p.name for p in out_dir.glob("*.mp4")}
         manifest = generate_benchmark(out_dir, synthetic, seed)
         kept = sum(name in existing for name in manifest["path"])
-        return {"skipped": kept, "resumed": 0, "downloaded": len(manifest) - kept}
+        return {"skipped": kept, "resumed": 0, "downloaded": len(manifest) - kept, "rejected": 0}
     if not cfg.uri:
         raise AcquireError(f"acquire: source {cfg.source!r} needs `acquire.uri`")
     if cfg.source == "local":
@@ -328,8 +359,12 @@ def acquire(out_dir: str | Path, cfg: AcquireConfig, synthetic: SyntheticConfig 
         items = _s3_items(cfg.uri, cfg)
     else:
         items = _https_items(cfg.uri, cfg)
-    counts = _fetch_all(out_dir, items, cfg, desc=f"acquire {cfg.source}")
+    rejected: list[dict] = []
+    counts = _fetch_all(out_dir, items, cfg, f"acquire {cfg.source}", rejected)
+    atomic_write_csv(out_dir / "rejected.csv", pd.DataFrame(rejected, columns=["path", "reason"]))
+    if rejected and len(rejected) == len(items):
+        raise AcquireError(f"{redact(cfg.uri)}: every file was rejected, e.g. {rejected[0]['path']}: {rejected[0]['reason']}")
     if not any(item.name == "manifest.csv" for item, _ in items):
         _write_manifest(out_dir, cfg.default_split)
-    return counts
+    return {**counts, "rejected": len(rejected)}
 

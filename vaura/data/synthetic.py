@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vaura.config import bounded
 from vaura.io import atomic_write_csv, atomic_write_json
 from vaura.media import write_video
 
@@ -47,20 +48,20 @@ SHIFT_RANGE_S = (0.4, 1.0)
 class SyntheticConfig:
     """Params section ``synthetic``: benchmark size and rendering format."""
 
-    n_train: int = 160
-    n_val: int = 24
-    n_test: int = 24
-    duration_s: float = 5.12
-    fps: float = 25.0
-    size: int = 256
-    sample_rate: int = 44100
-    min_events: int = 2
-    max_events: int = 8
-    min_gap_s: float = 0.15
-    max_distractors: int = 2
-    noise_db: float = -50.0
-    irrelevant_fraction: float = 0.2
-    workers: int = 2
+    n_train: int = bounded(160, ge=0)
+    n_val: int = bounded(24, ge=0)
+    n_test: int = bounded(24, ge=0)
+    duration_s: float = bounded(5.12, gt=0)
+    fps: float = bounded(25.0, gt=0)
+    size: int = bounded(256, ge=1)
+    sample_rate: int = bounded(44100, ge=1)
+    min_events: int = bounded(2, ge=0)
+    max_events: int = bounded(8, ge=0)
+    min_gap_s: float = bounded(0.15, ge=0)
+    max_distractors: int = bounded(2, ge=0)
+    noise_db: float = bounded(-50.0, le=0)
+    irrelevant_fraction: float = bounded(0.2, ge=0, le=1)
+    workers: int = bounded(2, ge=1)
 
 
 @dataclass

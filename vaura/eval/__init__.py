@@ -1,1 +1,1 @@
-"""Evaluation: metrics over generated audio, CFG sweeps and paper-shaped tables."""
+"""Evaluation: metrics over generated audio and paper-shaped tables."""

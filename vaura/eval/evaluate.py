@@ -33,13 +33,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vaura.config import flatten
+from vaura.config import bounded, flatten
 from vaura.eval.fad import fad
 from vaura.eval.ib import ib_score
 from vaura.eval.kld import kld_score
 from vaura.eval.onset_sync import onset_sync
 from vaura.eval.results import MetricResult
 from vaura.eval.sync import OffsetPredictor, desync_score, sync_score
+from vaura.tables import TableError, read_table
 
 METRIC_KEYS = {  # (metric name, value key) → MLflow metric name / table column
     ("onset_sync", "f1"): "onset_f1",
@@ -55,6 +56,9 @@ METRIC_KEYS = {  # (metric name, value key) → MLflow metric name / table colum
     ("desync", "desync_s"): "desync_s",
 }
 
+
+# what evaluation reads of the sweep's index.csv (its writer, the sweep, documents the table)
+SWEEP_COLUMNS = ("test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video", "sample_rate")
 
 _AUDIBLE_RMS = 10 ** (-45 / 20)  # -45 dBFS
 
@@ -76,11 +80,9 @@ class EvaluateConfig:
     passt_weights: str = "weights/passt/passt-s-f128-p16-s10-ap.476-swa.pt"
     imagebind_weights: str = "weights/imagebind_huge.pth"
     synchformer_weights: str = "weights/synchformer/24-01-04T16-39-21.pt"
-    manifest: str = "clips/manifest.csv"
     events: str = "raw/events.csv"
-    onset_tolerance_s: float = 0.1
-    window_s: float = 2.56
-    n_artifact_clips: int = 2  # clips per group logged for listening, chosen by informative_clips
+    onset_tolerance_s: float = bounded(0.1, gt=0)
+    n_artifact_clips: int = bounded(2, ge=0)  # clips per group logged for listening, chosen by informative_clips
     device: str = "auto"
 
 
@@ -96,6 +98,7 @@ class Group:
     sample_rate: int
     metrics: dict[str, MetricResult] = field(default_factory=dict)
     examples: list[tuple[str, float, np.ndarray]] = field(default_factory=list)  # (clip, start_sec, audio)
+    videos: dict[str, str] = field(default_factory=dict)  # clip → source video (absolute)
 
 
 @dataclass
@@ -111,16 +114,21 @@ class Models:
     device: str = "cpu"
 
 
-def read_clip_paths(manifest: str | Path) -> dict[str, Path]:
-    """``clip → absolute video path`` from a manifest (``path`` relative to the manifest's folder)."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise EvaluateError(f"{manifest}: clip manifest not found (run the preprocess stage first)")
-    df = pd.read_csv(manifest)
-    missing = {"clip", "path"} - set(df.columns)
-    if missing:
-        raise EvaluateError(f"{manifest}: missing column(s) {sorted(missing)}")
-    return {str(c): (Path(p) if Path(p).is_absolute() else manifest.parent / p) for c, p in zip(df["clip"], df["path"])}
+def read_sweep_index(sweep_dir: Path) -> pd.DataFrame:
+    """The sweep's ``index.csv`` with ``path`` (WAV) and ``video`` absolute (:mod:`vaura.tables`)."""
+    try:
+        return read_table(sweep_dir / "index.csv", SWEEP_COLUMNS, hint="run `vaura sweep` first",
+                          path_columns=("path", "video"))
+    except TableError as exc:
+        raise EvaluateError(str(exc)) from exc
+
+
+def test_set_window(rows: pd.DataFrame, index_path: Path) -> float:
+    """The one window length of a test set's rows (the cache's ``window_s``, copied forward by the sweep)."""
+    windows = sorted(set(rows["window_s"].astype(float)))
+    if len(windows) != 1:
+        raise EvaluateError(f"{index_path}: test set '{rows['test_set'].iloc[0]}' mixes windows {windows}")
+    return windows[0]
 
 
 def read_events(path: str | Path | None) -> pd.DataFrame | None:
@@ -194,7 +202,6 @@ def score_group(
 
 def evaluate_sweep(
     sweep_dir: str | Path,
-    clip_paths: Mapping[str, Path],
     events: pd.DataFrame | None,
     cfg: EvaluateConfig,
     models: Models,
@@ -202,7 +209,8 @@ def evaluate_sweep(
     read_audio: Callable[..., np.ndarray] | None = None,
     read_video: Callable[..., np.ndarray] | None = None,
 ) -> list[Group]:
-    """Score every group of every test set of the sweep at ``sweep_dir`` (its ``index.csv``)."""
+    """Score every group of every test set of the sweep at ``sweep_dir`` (its ``index.csv``, which names each
+    clip's source video and window: evaluation reads nothing but the sweep, the event table and the weights)."""
     if read_audio is None or read_video is None:
         from vaura import media
 
@@ -210,28 +218,25 @@ def evaluate_sweep(
         read_video = read_video or media.read_video
     sweep_dir, root = Path(sweep_dir), Path(root)
     index_path = sweep_dir / "index.csv"
-    if not index_path.is_file():
-        raise EvaluateError(f"{index_path}: sweep index not found (run `vaura sweep` first)")
-    index = pd.read_csv(index_path)
+    index = read_sweep_index(sweep_dir)
     groups: list[Group] = []
     for test_set, rows in index.groupby("test_set", sort=False):
-        clips = rows.drop_duplicates("clip")[["clip", "start_sec"]]
-        unknown = sorted(set(clips["clip"]) - set(clip_paths))
-        if unknown:
-            raise EvaluateError(f"{index_path}: clip(s) {unknown[:3]} of test set '{test_set}' not in the manifest")
+        clips = rows.drop_duplicates("clip")
+        window_s = test_set_window(rows, index_path)
         sr = int(rows["sample_rate"].iloc[0])
-        n = int(round(cfg.window_s * sr))
+        n = int(round(window_s * sr))
         start = dict(zip(clips["clip"], clips["start_sec"].astype(float)))
-        ref = {c: read_audio(clip_paths[c], sr, start_sec=start[c], duration=cfg.window_s) for c in start}
-        truth = {c: window_events(events, c, start[c], cfg.window_s) for c in start} if events is not None else None
+        video = dict(zip(clips["clip"], clips["video"]))
+        ref = {c: read_audio(video[c], sr, start_sec=start[c], duration=window_s) for c in start}
+        truth = {c: window_events(events, c, start[c], window_s) for c in start} if events is not None else None
         listen = informative_clips(ref, truth, cfg.n_artifact_clips)
         cache: dict[tuple[str, str], np.ndarray] = {}
 
         def frames_for(kind: str, names: list[str]) -> list[np.ndarray]:
             for c in set(names) - {k[1] for k in cache if k[0] == kind}:
                 short, crop = (256, 224) if kind == "sync" else (224, None)
-                cache[(kind, c)] = read_video(clip_paths[c], fps=25.0, short_side=short, crop=crop,
-                                              start_sec=start[c], duration=cfg.window_s)
+                cache[(kind, c)] = read_video(video[c], fps=25.0, short_side=short, crop=crop,
+                                              start_sec=start[c], duration=window_s)
             return [cache[(kind, c)] for c in names]
 
         parts: list[tuple[str, float | None, pd.DataFrame | None]] = [("reference", None, None)]
@@ -244,7 +249,7 @@ def evaluate_sweep(
         for name, gamma, g_rows in tqdm(parts, desc=f"evaluate {test_set}", unit="group"):
             names = list(start) if g_rows is None else [str(c) for c in g_rows["clip"]]
             audios = ([ref[c] for c in names] if g_rows is None
-                      else [_read_wav(sweep_dir / p, sr, n) for p in g_rows["path"]])
+                      else [_read_wav(Path(p), sr, n) for p in g_rows["path"]])
             group = Group(str(test_set), name, gamma, n_clips=len(set(names)), n_samples=len(names), sample_rate=sr)
             score_group(
                 group, audios, sr,
@@ -257,6 +262,7 @@ def evaluate_sweep(
             )
             first = {c: a for c, a in reversed(list(zip(names, audios)))}  # each clip's first sample
             group.examples = [(c, start[c], first[c]) for c in listen if c in first]
+            group.videos = {c: video[c] for c, _, _ in group.examples}
             groups.append(group)
     return groups
 
@@ -345,7 +351,6 @@ def skip_reasons(groups: Sequence[Group]) -> dict[str, str]:
 def log_groups(
     params: Mapping[str, Any],
     groups: Sequence[Group],
-    clip_paths: Mapping[str, Path],
     train_clips: int | None,
     variant: str | None = None,
     data_files: Sequence[str | Path] = (),
@@ -368,7 +373,7 @@ def log_groups(
         label = group_label(g)
         with stage_run("evaluate", group_params(params, g, variant), tags=group_tags(g), params_file=params_file,
                        data_files=data_files, variant=variant, name=run_name("evaluate", variant, label, g.test_set),
-                       tracking=where) as run:
+                       config=where) as run:
             extra = {"eval.n_clips": g.n_clips, "eval.n_samples": g.n_samples}
             if train_clips is not None:
                 extra["data.train_clips"] = train_clips
@@ -378,7 +383,7 @@ def log_groups(
                 stem = "_".join(p for p in (clip, variant, g.name) if p)
                 log_audio(audio, g.sample_rate, f"audio/{stem}.wav")
                 log_spectrogram(audio, g.sample_rate, f"spectrogram/{stem}.png", title=run_name(clip, variant, label))
-                log_muxed_video(clip_paths[clip], audio, g.sample_rate, f"video/{stem}.mp4", start_sec=start)
+                log_muxed_video(g.videos[clip], audio, g.sample_rate, f"video/{stem}.mp4", start_sec=start)
             run_ids.append(run.info.run_id)
             parent = MlflowClient().get_run(run.info.run_id).data.tags["mlflow.parentRunId"]
     if run_ids:

@@ -18,7 +18,8 @@ import scipy.linalg
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult, MissingWeightsError
+from vaura.eval.results import MetricResult, load_or_skip
+from vaura.weights import WeightsError
 
 EMBED_SR = 16000  # both backbones embed 16 kHz audio (VGGish's rate), so they share one front-end
 
@@ -108,12 +109,12 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def make_embedder(backbone: str, vggish_weights: str | Path | None = None) -> AudioEmbedder:
-    """``logmel`` (weight-free) or ``vggish`` (raises :class:`MissingWeightsError` when the file is absent)."""
+    """``logmel`` (weight-free) or ``vggish`` (:class:`WeightsError` when its weights are absent or do not fit)."""
     if backbone == "logmel":
         return LogMelEmbedding()
     if backbone == "vggish":
         if vggish_weights is None:
-            raise MissingWeightsError("FAD backbone 'vggish' needs a weights path (evaluate.vggish_weights)")
+            raise WeightsError("FAD backbone 'vggish' needs a weights path (evaluate.vggish_weights)")
         return VGGishEmbedding(vggish_weights)
     raise ValueError(f"unknown FAD backbone {backbone!r}; choose 'logmel' or 'vggish'")
 
@@ -125,12 +126,12 @@ def fad(
     backbone: str = "logmel",
     vggish_weights: str | Path | None = None,
 ) -> MetricResult:
-    """FAD between generated and reference audio sets; skipped (with the reason) when weights are missing."""
+    """FAD between generated and reference audio sets; skipped (with the reason) when the weights file is absent
+    (a present, unusable one raises)."""
     label = "log-mel, weight-free" if backbone == "logmel" else backbone
-    try:
-        embedder = make_embedder(backbone, vggish_weights)
-    except MissingWeightsError as exc:
-        return MetricResult.skipped("fad", str(exc), backbone=label)
+    embedder, reason = load_or_skip(vggish_weights, lambda: make_embedder(backbone, vggish_weights))
+    if embedder is None:
+        return MetricResult.skipped("fad", reason, backbone=label)
     gen = embedder(generated, sample_rate)
     ref = embedder(reference, sample_rate)
     return MetricResult.ok("fad", {"fad": frechet_distance(gen, ref)}, backbone=label)

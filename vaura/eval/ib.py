@@ -13,23 +13,20 @@ import numpy as np
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, load_or_skip
 
 
 def load_ib_model(
     weights: str | Path, device: str = "cpu", build: Callable[[], torch.nn.Module] | None = None
 ) -> tuple[torch.nn.Module | None, str]:
-    """(ImageBind model, "") or (None, reason) when the weights are missing or do not match.
+    """(ImageBind model, "") or (None, reason) when the weights file is absent (a present, unusable one raises).
 
     ``build`` (default: ImageBind-huge) is injectable so tests can strict-load a tiny random model.
     """
-    from vaura.curation.imagebind_score import ImageBindWeightsError, load_imagebind
+    from vaura.curation.imagebind_score import load_imagebind
 
-    try:
-        kwargs = {"build": build} if build is not None else {}
-        return load_imagebind(weights, device=device, **kwargs), ""
-    except ImageBindWeightsError as exc:
-        return None, str(exc)
+    kwargs = {"build": build} if build is not None else {}
+    return load_or_skip(weights, lambda: load_imagebind(weights, device=device, **kwargs))
 
 
 def ib_score(

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vaura.eval.results import MetricResult, MissingWeightsError
+from vaura.eval.results import MetricResult, load_or_skip
 
 EPS = 1e-6
 
@@ -39,13 +39,10 @@ def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray) -> float:
 def load_kld_model(
     weights: str | Path, device: str | torch.device = "cpu", size: Any = None
 ) -> tuple[torch.nn.Module | None, str]:
-    """(PaSST, "") or (None, reason) when the weights are missing or not in the released layout."""
+    """(PaSST, "") or (None, reason) when the weights file is absent (a present, unusable one raises)."""
     from vaura.eval.passt import PaSSTSize, load_passt
 
-    try:
-        return load_passt(weights, size or PaSSTSize(), device=device), ""
-    except (MissingWeightsError, ValueError) as exc:
-        return None, str(exc)
+    return load_or_skip(weights, lambda: load_passt(weights, size or PaSSTSize(), device=device))
 
 
 def kld_score(

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vaura.eval.onsets import detect_onsets, match_events
+from vaura.onsets import detect_onsets, match_events
 from vaura.eval.results import MetricResult
 
 

@@ -31,13 +31,11 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from vaura.eval.results import MissingWeightsError
+from vaura.weights import load_released
 
 SAMPLE_RATE = 32000
 N_FFT, WIN, HOP = 1024, 800, 320
-DOWNLOAD_HINT = (
-    "download passt-s-f128-p16-s10-ap.476-swa.pt (release v0.0.1 of github.com/kkoutini/PaSST) and put it at {path}"
-)
+PASST_HINT = "PaSST weights passt-s-f128-p16-s10-ap.476-swa.pt (release v0.0.1 of github.com/kkoutini/PaSST)"
 
 
 @dataclass(frozen=True)
@@ -152,21 +150,7 @@ class PaSST(nn.Module):
 
 def load_passt(path: str | Path, size: PaSSTSize = PaSSTSize(), device: str | torch.device = "cpu") -> PaSST:
     """Build PaSST and strictly load the weight file at ``path`` (eval mode, frozen)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(f"PaSST weights not found at {path}: " + DOWNLOAD_HINT.format(path=path))
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable / unsafe pickles
-        raise ValueError(f"{path}: not a weights-only loadable PaSST state dict ({exc})") from exc
-    state = blob.get("model", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(blob).__name__}")
-    model = PaSST(size)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a PaSST state dict in the documented layout: {exc}") from exc
+    model = load_released(lambda: PaSST(size), Path(path), PASST_HINT, "evaluate.passt_weights", inner="model")
     return model.to(device).eval().requires_grad_(False)
 
 

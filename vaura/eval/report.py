@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from vaura.config import bounded
+
 # table column → (metric column in MLflow, metric name for status/reason tags, number format)
 METRIC_COLUMNS: dict[str, tuple[str, str, str]] = {
     "KLD": ("kld", "kld", "{:.2f}"),
@@ -36,10 +38,10 @@ class ReportConfig:
     """params.yaml section ``report``."""
 
     test_set: str = "test"
-    cfg_scale: float = 6.0
+    cfg_scale: float = bounded(6.0, ge=0)
     # None = the threshold of the params file the report runs with (``filter.threshold``), so the baseline
     # follows the pipeline's own setting instead of silently drifting from it.
-    baseline_threshold: float | None = None
+    baseline_threshold: float | None = bounded(None, ge=-1, le=1)
     baseline_conditioning: str = "fusion"
 
     def resolved(self, params: Mapping[str, Any]) -> "ReportConfig":

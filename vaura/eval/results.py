@@ -1,18 +1,33 @@
 """Metric results that can say "skipped" instead of silently vanishing or turning into a zero.
 
 Every metric in :mod:`vaura.eval` returns a :class:`MetricResult`. A metric whose pretrained weights are absent
-(or whose network is not available) returns ``status="skipped"`` with the reason; ``evaluate`` writes it into
-``metrics.json`` and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell.
+returns ``status="skipped"`` with the reason (:func:`load_or_skip`); ``evaluate`` writes it into ``metrics.json``
+and MLflow tags, and ``report`` prints ``skipped: <reason>`` in the table cell. Weights that are there but cannot
+be used (unreadable, another network's) are an error, not a skip: the file was put there to be used.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+from vaura.weights import WeightsError
+
+T = TypeVar("T")
 
 
-class MissingWeightsError(FileNotFoundError):
-    """Pretrained weights needed by a metric are not on disk; the message says what to download and where."""
+def load_or_skip(path: str | Path | None, load: Callable[[], T]) -> tuple[T | None, str]:
+    """``(load(), "")``, or ``(None, reason)`` when the weights file ``path`` is absent (or not named: None).
+
+    A present file that fails to load re-raises its :class:`WeightsError`: skipping the metric would hide it.
+    """
+    try:
+        return load(), ""
+    except WeightsError as exc:
+        if path is not None and Path(path).exists():
+            raise
+        return None, str(exc)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Audio-visual synchrony of generated audio with Synchformer: V-AURA's ``sync`` and av-benchmark's ``desync``.
 
-Synchformer (VISUAL engineer, :mod:`vaura.visual.synchformer`) classifies the audio-visual offset of a 4.8 s
-window (14 segments × 16 frames at 25 fps, stride 8; audio at 16 kHz) into 21 classes ``linspace(-2, 2, 21)`` s.
+Synchformer (:mod:`vaura.eval.synchformer`) classifies the audio-visual offset of a 4.8 s window (14 segments ×
+16 frames at 25 fps, stride 8; audio at 16 kHz) into 21 classes ``linspace(-2, 2, 21)`` s.
 This module owns only the *protocols*, i.e. which 4.8 s windows are fed for a clip:
 
 - ``sync`` (V-AURA): the 2.56 s clip — video frames and generated audio together — is looped to fill the model's
@@ -11,7 +11,7 @@ This module owns only the *protocols*, i.e. which 4.8 s windows are fed for a cl
   and ``desync`` = ``sync`` / 1000 for the paper's 2.56 s clips (av-benchmark targets 8 s clips).
 
 The model is reached through an :class:`OffsetPredictor`: ``(frames uint8 [B, 120, H, W, 3], audio float32
-[B, 76800] at 16 kHz) -> offsets in seconds [B]``; :func:`synchformer_predictor` adapts VISUAL's Synchformer.
+[B, 76800] at 16 kHz) -> offsets in seconds [B]``; :func:`synchformer_predictor` adapts that network.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from vaura.eval.results import MetricResult
+from vaura.eval.results import MetricResult, load_or_skip
 
 VIDEO_FPS = 25
 AUDIO_SR = 16000
@@ -130,20 +130,16 @@ def desync_score(
 def load_sync_predictor(
     weights: str | Path, device: str | torch.device = "cpu", size: Any = None
 ) -> tuple[OffsetPredictor | None, str]:
-    """(predictor, "") from VISUAL's strict Synchformer loader, or (None, reason) when the checkpoint is missing
-    or does not match the released layout. ``size`` (a ``SynchformerSize``) lets tests use a tiny network."""
-    from vaura.visual.synchformer import SynchformerSize, load_synchformer
-    from vaura.visual.weights import CheckpointError
+    """(predictor, "") from the strict Synchformer loader, or (None, reason) when the checkpoint is absent (a
+    present one that does not fit the released layout raises). ``size`` lets tests use a tiny network."""
+    from vaura.eval.synchformer import SynchformerSize, load_synchformer
 
-    try:
-        model = load_synchformer(weights, size or SynchformerSize(), device=device)
-    except CheckpointError as exc:
-        return None, str(exc)
-    return synchformer_predictor(model), ""
+    model, reason = load_or_skip(weights, lambda: load_synchformer(weights, size or SynchformerSize(), device=device))
+    return (synchformer_predictor(model) if model is not None else None), reason
 
 
 def synchformer_predictor(model: Any) -> OffsetPredictor:
-    """Adapt :class:`vaura.visual.synchformer.Synchformer` to the :data:`OffsetPredictor` protocol."""
+    """Adapt :class:`vaura.eval.synchformer.Synchformer` to the :data:`OffsetPredictor` protocol."""
 
     def predict(frames: np.ndarray, audio16k: np.ndarray) -> np.ndarray:
         return model.offsets_seconds(model.predict_offsets(frames, audio16k)).numpy()

@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vaura.eval.results import MissingWeightsError
+from vaura.weights import load_released
 
-DOWNLOAD_HINT = (
-    "download vggish-10086976.pth (the torchvggish port of Google's VGGish, release v0.1 of "
-    "github.com/harritaylor/torchvggish) and put it at {path}"
-)
+VGGISH_HINT = ("VGGish weights vggish-10086976.pth (the torchvggish port of Google's VGGish, release v0.1 of "
+               "github.com/harritaylor/torchvggish)")
 
 
 class VGGish(nn.Module):
@@ -65,15 +63,4 @@ def examples_from_log_mel(log_mel: torch.Tensor, frames: int = 96) -> torch.Tens
 
 def load_vggish(path: str | Path) -> VGGish:
     """Build VGGish and strictly load the weight file at ``path`` (eval mode, no grad)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(f"VGGish weights not found at {path}: " + DOWNLOAD_HINT.format(path=path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    model = VGGish()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a VGGish state dict in the documented layout: {exc}") from exc
-    return model.eval().requires_grad_(False)
+    return load_released(VGGish, Path(path), VGGISH_HINT, "evaluate.vggish_weights").eval().requires_grad_(False)

@@ -10,29 +10,31 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from vaura.config import bounded
+
 
 @dataclass
 class ModelConfig:
-    """Decoder sizes and conditioning choices (see docs in ``vaura/model/vaura.py``)."""
+    """Decoder sizes and conditioning choices (see docs in ``vaura/model/decoder.py``)."""
 
-    n_layer: int = 4
-    d_model: int = 192
-    n_head: int = 4
+    n_layer: int = bounded(4, ge=1)
+    d_model: int = bounded(192, ge=1)
+    n_head: int = bounded(4, ge=1)
     # SwiGLU hidden = find_multiple(int(2 * 4 * d_model / 3), ffn_multiple_of) (Llama rule; 256 → 4096 at 1536-d)
-    ffn_multiple_of: int = 64
+    ffn_multiple_of: int = bounded(64, ge=1)
     # fusion: visual channels of the fused d_model vector (audio gets the rest); 512 = 1536 / 3 in the paper.
     # prepend: hidden width of the visual MLP (its output is d_model).
-    cond_channels: int = 64
-    dropout: float = 0.1
-    cfg_dropout: float = 0.1
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
+    cond_channels: int = bounded(64, ge=1)
+    dropout: float = bounded(0.1, ge=0, lt=1)
+    cfg_dropout: float = bounded(0.1, ge=0, le=1)
+    rope_base: float = bounded(10000.0, gt=0)
+    norm_eps: float = bounded(1e-5, gt=0)
     conditioning: Literal["fusion", "prepend"] = "fusion"
     alignment: Literal["timestamp", "reference"] = "timestamp"
     # "buffer": fixed random null condition (the released model); "learned": trained null condition.
     null_condition: Literal["buffer", "learned"] = "buffer"
     # longest clip one forward pass covers: sizes the null condition and the RoPE table (2.56 s in the paper)
-    max_seconds: float = 2.56
+    max_seconds: float = bounded(2.56, gt=0)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -47,6 +49,14 @@ class ModelConfig:
         if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("model.dropout and model.cfg_dropout must be in [0, 1)")
 
+    def check_window(self, window_s: float, source: str) -> None:
+        """A window the decoder runs on must fit what ``max_seconds`` sizes (null condition, positions): checked
+        when training starts (the cache's window) and before ``vaura generate`` (its sliding window), instead of a
+        shape error deep in the first forward pass."""
+        if window_s > self.max_seconds + 1e-9:
+            raise ValueError(f"{source}: window_s={window_s:g} exceeds model.max_seconds={self.max_seconds:g}, the "
+                             "longest window the decoder covers; shorten the window or raise model.max_seconds")
+
     @property
     def ffn_hidden(self) -> int:
         n = int(2 * 4 * self.d_model / 3)
@@ -58,12 +68,15 @@ class ModelConfig:
 class GenerationConfig:
     """Sampling settings (paper: γ = 6, temperature 1, top-k 128, 2.56 s windows, stride 0.64 s)."""
 
-    cfg_scale: float = 6.0
-    temperature: float = 1.0
-    top_k: int = 128
-    top_p: float = 0.0
-    window_s: float = 2.56
-    stride_s: float = 1.28
+    cfg_scale: float = bounded(6.0, ge=0)
+    temperature: float = bounded(1.0, gt=0)
+    top_k: int = bounded(128, ge=0)
+    top_p: float = bounded(0.0, ge=0, le=1)
+    window_s: float = bounded(2.56, gt=0)
+    stride_s: float = bounded(1.28, gt=0)
+    # decode step: "auto" = the compiled CUDA-graph step where it can run (CUDA + triton), else eager with one
+    # message saying why; "compiled" insists (error elsewhere); "eager" never compiles
+    decode: Literal["auto", "compiled", "eager"] = "auto"
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:

@@ -12,6 +12,10 @@ Accounting of the 757 ``state_dict`` tensors (all are used; an unknown key is an
 * ``visual_feature_extractor.*`` (238) → ``vaura.visual.load_segment_avclip`` (Segment-AVCLIP Motionformer).
 * ``audio_encoder.model.*`` (301, fp16, ``weight_g``/``weight_v``) → ``vaura.codec.load_dac_state_dict``
   (44.1 kHz DAC, 9 codebooks used).
+
+This module only maps keys (outside ``vaura/model`` it uses only the restricted unpickler and
+:mod:`vaura.weights`); building the codec and visual encoder from the other two groups is
+:mod:`vaura.generate.official`'s job.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from typing import Any
 import torch
 
 from vaura.model.config import named_size
-from vaura.model.vaura import VAURA
+from vaura.model.decoder import VAURA
 from vaura.safe_pickle import Placeholder, UnsafeCheckpointError, restricted_load
+from vaura.weights import WeightsError, load_strict
 
 PREFIXES = {
     "sampler": "sampler.",
@@ -40,19 +45,15 @@ DAC_FRAME_RATE = 44100 / 512
 AVCLIP_FRAME_RATE = 12.5
 
 
-class OfficialCheckpointError(ValueError):
-    """The file is missing, not a torch zip checkpoint, or its tensors do not match the released layout."""
-
-
 def read_lightning_checkpoint(path: str | Path) -> tuple[Any, set[str]]:
     """Unpickle the released ``.ckpt`` with the project's restricted reader; returns ``(object, placeholder names)``."""
     path = Path(path)
     if not path.is_file():
-        raise OfficialCheckpointError(f"checkpoint not found: {path}; {DOWNLOAD_HINT}")
+        raise WeightsError(f"checkpoint not found: {path}; {DOWNLOAD_HINT}")
     try:
         return restricted_load(path)
     except UnsafeCheckpointError as exc:
-        raise OfficialCheckpointError(str(exc)) from exc
+        raise WeightsError(str(exc)) from exc
 
 
 def to_plain(obj: Any, depth: int = 0) -> Any:
@@ -108,7 +109,7 @@ def split_state_dict(state: dict[str, Any], source: str = "state_dict") -> dict[
             continue
         groups[owner][key[len(PREFIXES[owner]):]] = value
     if unknown:
-        raise OfficialCheckpointError(f"{source}: {len(unknown)} tensor(s) outside {list(PREFIXES.values())}: "
+        raise WeightsError(f"{source}: {len(unknown)} tensor(s) outside {list(PREFIXES.values())}: "
                                       f"{unknown[:8]}")
     return groups
 
@@ -119,7 +120,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         found = sorted(path.glob("checkpoints/*.ckpt")) or sorted(path.glob("*.ckpt"))
         if not found:
-            raise OfficialCheckpointError(f"{path}: no checkpoints/*.ckpt in this folder; {DOWNLOAD_HINT}")
+            raise WeightsError(f"{path}: no checkpoints/*.ckpt in this folder; {DOWNLOAD_HINT}")
         return found[-1]
     return path
 
@@ -132,13 +133,13 @@ def load_official_checkpoint(path: str | Path, check_counts: bool = True) -> Off
     ckpt_path = find_checkpoint(path)
     obj, placeholders = read_lightning_checkpoint(ckpt_path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
-        raise OfficialCheckpointError(f"{ckpt_path}: no 'state_dict' mapping at the top level "
+        raise WeightsError(f"{ckpt_path}: no 'state_dict' mapping at the top level "
                                       f"(keys: {sorted(obj) if isinstance(obj, dict) else type(obj).__name__})")
     groups = split_state_dict(obj["state_dict"], str(ckpt_path))
     if check_counts:
         wrong = {g: len(groups[g]) for g in groups if len(groups[g]) != EXPECTED_COUNTS[g]}
         if wrong:
-            raise OfficialCheckpointError(f"{ckpt_path}: tensor counts {wrong} differ from the released "
+            raise WeightsError(f"{ckpt_path}: tensor counts {wrong} differ from the released "
                                           f"{EXPECTED_COUNTS}")
     meta = {k: obj[k] for k in ("epoch", "global_step", "pytorch-lightning_version") if k in obj}
     hparams = to_plain(obj.get("hyper_parameters"))
@@ -146,7 +147,7 @@ def load_official_checkpoint(path: str | Path, check_counts: bool = True) -> Off
                               str(ckpt_path), hparams if isinstance(hparams, dict) else {})
 
 
-def sampler_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEAD,
+def decoder_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEAD,
                        audio_frame_rate: float = DAC_FRAME_RATE, max_seconds: float = 2.56) -> VAURA:
     """Build the reference-mode :class:`VAURA` the sampler tensors describe and load them strictly (fp32)."""
     try:
@@ -158,16 +159,12 @@ def sampler_from_state(state: dict[str, torch.Tensor], n_head: int = PAPER_N_HEA
         cond_channels, visual_dim = state["cls_embeddings.projection.fc1.weight"].shape
         ffn_hidden = state["layers.0.feed_forward.w1.weight"].shape[0]
     except (KeyError, ValueError) as exc:
-        raise OfficialCheckpointError(f"sampler tensors do not have the released layout (missing {exc})") from exc
+        raise WeightsError(f"sampler tensors do not have the released layout (missing {exc})") from exc
     cfg = named_size("paper", n_layer=n_layer, d_model=d_model, n_head=n_head, cond_channels=cond_channels,
                      conditioning="fusion", alignment="reference", null_condition="buffer",
                      max_seconds=max_seconds, ffn_multiple_of=_multiple_for(d_model, ffn_hidden))
     model = VAURA(cfg, n_codebooks, codebook_size, codebook_dim, audio_frame_rate, visual_dim, AVCLIP_FRAME_RATE)
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:  # missing / unexpected / mis-shaped keys, all named by torch
-        raise OfficialCheckpointError(f"sampler tensors do not match vaura's VAURA: {exc}") from exc
-    return model.eval()
+    return load_strict(model, {k: v.float() for k, v in state.items()}, "sampler tensors").eval()
 
 
 def _multiple_for(d_model: int, ffn_hidden: int) -> int:
@@ -176,39 +173,24 @@ def _multiple_for(d_model: int, ffn_hidden: int) -> int:
     for m in (256, 128, 64, 32, 16, 8, 4, 2, 1):
         if (base if base % m == 0 else base + m - base % m) == ffn_hidden:
             return m
-    raise OfficialCheckpointError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
+    raise WeightsError(f"FFN width {ffn_hidden} does not follow the Llama rule for d_model {d_model}")
 
 
-def official_sampler(ckpt: OfficialCheckpoint) -> VAURA:
+def official_decoder(ckpt: OfficialCheckpoint) -> VAURA:
     """The checkpoint's decoder; head count from its hyper-parameters (``nhead``), else the paper's 16.
 
     Sizes visible in the hyper-parameters must agree with the tensors' shapes.
     """
     params = ckpt.sampler_params
-    model = sampler_from_state(ckpt.sampler, n_head=int(params.get("nhead", PAPER_N_HEAD)))
+    model = decoder_from_state(ckpt.sampler, n_head=int(params.get("nhead", PAPER_N_HEAD)))
     seen = {"num_layers": model.cfg.n_layer, "d_model": model.cfg.d_model, "num_codebooks": model.n_codebooks}
     wrong = {k: (params[k], v) for k, v in seen.items() if k in params and params[k] != v}
     if wrong:
-        raise OfficialCheckpointError(f"{ckpt.source}: hyper-parameters disagree with tensor shapes "
+        raise WeightsError(f"{ckpt.source}: hyper-parameters disagree with tensor shapes "
                                       f"(hparams vs tensors): {wrong}")
     return model
 
 
 def load_official_vaura(path: str | Path) -> VAURA:
     """The released decoder, ready for generation in the mode it was trained with (fusion, reference)."""
-    return official_sampler(load_official_checkpoint(path))
-
-
-def official_codec(ckpt: OfficialCheckpoint, n_quantizers: int = 9):
-    """The checkpoint's own DAC (fp16 tensors → fp32) as a ``vaura.codec.Codec``."""
-    from vaura.codec import Codec, load_dac_state_dict
-
-    return Codec(load_dac_state_dict(ckpt.codec, None, source=f"{ckpt.source} [audio_encoder.model.*]"),
-                 n_quantizers)
-
-
-def official_visual_encoder(ckpt: OfficialCheckpoint, device: str | torch.device = "cpu"):
-    """The checkpoint's own Segment-AVCLIP Motionformer as a ``vaura.visual.VisualEncoder``."""
-    from vaura.visual import PAPER_SIZE, MotionFormer, VisualEncoder, load_segment_avclip
-
-    return VisualEncoder(load_segment_avclip(MotionFormer(PAPER_SIZE), ckpt.visual), device=device)
+    return official_decoder(load_official_checkpoint(path))

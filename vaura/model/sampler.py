@@ -9,14 +9,17 @@ this single code path.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from vaura.model.decoder import VAURA
 from vaura.model.delay import build_delayed, revert_delayed
-from vaura.model.vaura import VAURA
+from vaura.model.layers import KVCache
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
@@ -38,21 +41,33 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # keep tokens until the mass before them hits p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).reshape(shape[:-1])
+    return draw(logits.softmax(-1), generator).reshape(shape[:-1])
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs [N, card]``, the same draw as ``torch.multinomial(probs, 1, generator)``.
+
+    multinomial takes a single sample as ``argmax(p / E)`` with ``E ~ Exp(1)`` (an exponential race, exact
+    for any distribution) after checking the probabilities on the host: a GPU→CPU sync on every decoder step.
+    Running the race directly consumes the generator identically and gives the same indices without the sync.
+    """
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(-1)
 
 
 @torch.no_grad()
 def generate(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float | None = 6.0,
              temperature: float = 1.0, top_k: int = 128, top_p: float = 0.0,
              generator: torch.Generator | None = None, prompt: torch.Tensor | None = None,
-             compile: bool = False, progress: bool = False) -> torch.Tensor:
+             compile: bool = False, progress: bool = False, static: bool = False) -> torch.Tensor:
     """Codes ``[B, K, n_frames]`` for one window of visual features ``[B, N, Dv]``.
 
     ``prompt [B, K, P]`` fixes the first P frames (sliding windows pass the overlap here). ``cfg_scale=None``
     samples the conditional model alone; any number (1.0 included) runs the doubled cond/null batch, so
     γ = 1 reproduces conditional sampling exactly and γ = 0 the null-conditioned model.
-    ``compile=True`` (CUDA only) compiles the one-step decode with CUDA graphs.
+    ``compile=True`` (CUDA only) compiles the one-step decode with CUDA graphs; it runs the ``static`` step:
+    attention over the whole preallocated cache (masked past the current position), so every step has the same
+    shapes. ``static=True`` alone runs that step uncompiled, on any device (the equivalence tests use it).
     """
     if model.training:
         raise RuntimeError("generate() needs model.eval() (dropout would corrupt sampling)")
@@ -80,8 +95,11 @@ def generate(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float
     cond_steps = model.align(cond, n_steps) if model.fusion else None
     n_prefix = 0 if model.fusion else cond.shape[1]
     dtype = next(model.parameters()).dtype
-    cache = model.new_cache(rows, n_prefix + n_steps, device, dtype)
-    step_fn = _compiled_step(model, cache) if compile else None
+    if compile or static:
+        cache, step_fn = _static_decoder(model, rows, n_prefix + n_steps, device, dtype, compile)
+    else:
+        cache, step_fn = model.new_cache(rows, n_prefix + n_steps, device, dtype), None
+    positions = torch.arange(n_prefix + n_steps, device=device)
     delay = torch.arange(k, device=device)
 
     def rows_of(t: torch.Tensor) -> torch.Tensor:
@@ -96,7 +114,7 @@ def generate(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float
         if s > p:
             tok = rows_of(seq[..., s : s + 1])
             c = None if cond_steps is None else cond_steps[:, s : s + 1]
-            pos = torch.tensor([n_prefix + s], device=device)
+            pos = positions[n_prefix + s : n_prefix + s + 1].clone()  # on device: no host→device copy + sync
             if step_fn is not None:
                 logits = step_fn(tok, c, pos)[:, :, -1]
             else:
@@ -111,15 +129,90 @@ def generate(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float
     return revert_delayed(seq)
 
 
-def _compiled_step(model: VAURA, cache) -> Callable:
-    """One decode step over the full static cache, compiled with CUDA graphs (``reduce-overhead``)."""
-    if cache.k.device.type != "cuda":
+def _static_decoder(model: VAURA, rows: int, max_len: int, device: torch.device, dtype: torch.dtype,
+                    compile: bool) -> tuple[KVCache, Callable]:
+    """A full-length cache and the one-step decode over it, kept per model and shape for the next call.
+
+    Reusing them lets a sweep's batches replay the same compiled CUDA graph (same cache buffers, no recompile,
+    no re-capture); stale keys from an earlier call are never read, because the mask stops each query at its
+    own position and every position up to it is rewritten first. ``compile=True`` compiles the step with CUDA
+    graphs (``reduce-overhead``).
+    """
+    if compile and torch.device(device).type != "cuda":
         raise ValueError("compile=True needs a CUDA device (CUDA graphs); use --device cuda or drop --compile")
+    key = (rows, max_len, str(device), dtype, compile)
+    pool = model.__dict__.setdefault("_static_decoders", {})  # lives and dies with the model
+    if key not in pool:
+        cache = model.new_cache(rows, max_len, device, dtype)
 
-    def step(tok: torch.Tensor, c: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
-        return model.run(model.embed_steps(tok, c), pos, cache, static=True)
+        def step(tok: torch.Tensor, c: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+            return model.run(model.embed_steps(tok, c), pos, cache, static=True)
 
-    return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        if compile:
+            step = torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        if len(pool) >= 2:  # a sweep needs its batch size and one remainder; free older caches
+            pool.pop(next(iter(pool)))
+        pool[key] = (cache, step)
+    return pool[key]
+
+
+DECODE_MODES = ("auto", "compiled", "eager")
+_fallback_said: set[str] = set()
+
+
+def use_compiled_decode(mode: str, device: torch.device | str) -> bool:
+    """Resolve ``generation.decode`` for ``device``: run the compiled CUDA-graph step or the eager one?
+
+    ``auto`` takes the compiled step wherever it can run (CUDA with triton installed) and otherwise says once per
+    process, on stderr, why it decodes eagerly; ``compiled`` insists (an error where it cannot run); ``eager``
+    never compiles.
+    """
+    if mode not in DECODE_MODES:
+        raise ValueError(f"generation.decode={mode!r}: choose one of {', '.join(DECODE_MODES)}")
+    if mode == "eager":
+        return False
+    device = torch.device(device)
+    if device.type != "cuda":
+        reason = f"it needs CUDA graphs and this run is on {device.type}"
+    elif importlib.util.find_spec("triton") is None:
+        reason = "torch.compile needs triton, which is not installed"
+    else:
+        return True
+    if mode == "compiled":
+        raise ValueError(f"generation.decode=compiled: {reason}; set generation.decode to auto or eager")
+    if reason not in _fallback_said:
+        _fallback_said.add(reason)
+        print(f"vaura: eager decoding (slower): the compiled decode step is off because {reason}",
+              file=sys.stderr)
+    return False
+
+
+@torch.no_grad()
+def generate_recompute(model: VAURA, visual: torch.Tensor, n_frames: int, cfg_scale: float = 6.0,
+                       temperature: float = 1.0, top_k: int = 128,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """The reference implementation's decode: every step re-runs the whole prefix, no cache.
+
+    Kept as the baseline that the cached paths must reproduce (tests) and beat (benchmarks).
+    """
+    b, k = visual.shape[0], model.n_codebooks
+    cond = model.condition(torch.cat([visual, visual]), torch.arange(2 * b, device=visual.device) >= b)
+    seq = build_delayed(torch.full((b, k, n_frames), model.special_token, device=visual.device),
+                        model.special_token)
+    n_steps = n_frames + k - 1
+    cond_steps = model.align(cond, n_steps) if model.fusion else None
+    delay = torch.arange(k, device=visual.device)
+    for s in range(n_steps):
+        x = model.embed_steps(torch.cat([seq[..., : s + 1]] * 2),
+                              None if cond_steps is None else cond_steps[:, : s + 1])
+        if not model.fusion:
+            x = torch.cat([cond.to(x.dtype), x], dim=1)
+        logits = model.run(x)[:, :, -1].float()
+        logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
+        new = sample_logits(logits, temperature, top_k, 0.0, generator)
+        frame = s - delay
+        seq[..., s + 1] = torch.where(((frame >= 0) & (frame < n_frames))[None], new, seq[..., s + 1])
+    return revert_delayed(seq)
 
 
 def window_starts(n_frames: int, window_frames: int, stride_frames: int, audio_frame_rate: float,

@@ -4,8 +4,8 @@ Reads  <data>/splits/{train,val,test}.csv, the codec (params `codec`: offline st
        pretrained DAC 44 kHz) and the visual encoder (params `visual`: offline stand-in data/avclip/visual.pt
        or Segment-AVCLIP).
 Writes <data>/cache/shard-NNNNN.pt  clips, codes (int16 [K, T]), feats (float16 [N, D]) per clip, whole clip
-       <data>/cache/index.csv       clip,split,shard,n_frames,n_feats,start_sec
-       <data>/cache/meta.json       codec rates/sizes, visual dim and feature rate
+       <data>/cache/index.csv       clip,split,shard,n_frames,n_feats,start_sec,path (video, relative to cache/)
+       <data>/cache/meta.json       codec rates/sizes, visual dim and feature rate, window_s (= filter.window_s)
        <data>/cache/rejected.csv    clips that could not be cached, with the reason (the stage continues)
 
 Kill it at any moment and rerun: finished shards (written atomically) are kept, the rest is recomputed. A
@@ -16,77 +16,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-from vaura.cache import CacheConfig, CacheError, build_cache, plan_from_splits
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
+from vaura.cache import CacheConfig, build_cache, plan_from_splits
 from vaura.curation.filtering import SPLITS, FilterConfig, read_split
-from vaura.curation.tables import TableError
+from vaura.stages import add_common, load
+from vaura.weights import weights_sha256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-    parser.add_argument("--device", default=None,
-                        help="torch device for both encoders, e.g. cpu, cuda, auto (default: params visual.device)")
+    add_common(parser, device="torch device for both encoders (default: params visual.device)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any clip could not be cached")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def module_fingerprint(*modules: torch.nn.Module) -> str:
-    """Hash of the modules' weights: shards computed with other weights must not be reused."""
-    h = hashlib.sha256()
-    for m in modules:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
     from vaura import media
     from vaura.codec import CodecConfig, load_codec
-    from vaura.tracking import stage_run
     from vaura.visual import VisualConfig, load_visual_encoder
-    from vaura.devices import resolve_device
 
-    try:
-        params = load_yaml(args.params)
-        cfg: CacheConfig = load_section(CacheConfig, "cache", params)
-        fcfg: FilterConfig = load_section(FilterConfig, "filter", params)
-        ccfg: CodecConfig = load_section(CodecConfig, "codec", params)
-        vcfg: VisualConfig = load_section(VisualConfig, "visual", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-    except ConfigError as exc:
-        print(f"vaura cache: {exc}", file=sys.stderr)
-        return 1
-    if args.device is not None:
-        vcfg = dataclasses.replace(vcfg, device=args.device)
-    data = Path(paths.data)
-    try:
-        plan = plan_from_splits({s: read_split(data / "splits" / f"{s}.csv") for s in SPLITS})
-        codec = load_codec(ccfg, ".", paths.data)
-        visual = load_visual_encoder(vcfg, ".")
-    except (TableError, CacheError, FileNotFoundError, RuntimeError, ValueError) as exc:
-        print(f"vaura cache: {exc}", file=sys.stderr)
-        return 1
-    device = resolve_device(vcfg.device)
+    ctx, (cfg, fcfg, ccfg, vcfg) = load(args, "cache", cache=CacheConfig, filter=FilterConfig, codec=CodecConfig,
+                                        visual=VisualConfig)
+    device = ctx.device_or(vcfg.device)
+    vcfg = dataclasses.replace(vcfg, device=str(device))
+    plan = plan_from_splits({s: read_split(ctx.data / "splits" / f"{s}.csv") for s in SPLITS})
+    codec = load_codec(ccfg, ctx.root, ctx.paths.data)
+    visual = load_visual_encoder(vcfg, ctx.root, ctx.paths.data)
     codec.to(device)
     if cfg.torch_threads > 0:
         # CPU intra-op threads of the encoders; oversubscribed cores (decode threads, other jobs) make
         # multi-threaded convolutions far slower than one thread.
         torch.set_num_threads(cfg.torch_threads)
-    with stage_run("cache", {"cache": vars(cfg)}, params_file=args.params):
-        import mlflow
-
+    with ctx.tracked({"cache": vars(cfg)}) as mlflow:
         summary = build_cache(
             plan,
-            data / "cache",
+            ctx.data / "cache",
             codec,
             visual,
             read_audio=lambda p: media.read_audio(p, codec.sample_rate),
@@ -95,12 +61,14 @@ def run(args: argparse.Namespace) -> int:
             batch_size=cfg.batch_size,
             workers=cfg.workers,
             window_s=fcfg.window_s,
-            fingerprint=module_fingerprint(codec, visual) + json.dumps(
+            # shards computed with other encoder weights must not be reused
+            fingerprint=weights_sha256(codec.state_dict(), visual.state_dict()) + json.dumps(
                 [vcfg.short_side, vcfg.crop, codec.sample_rate, fcfg.window_s]),
             device=device,
             progress=not args.no_progress,
         )
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int)})
+        if mlflow:
+            mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int)})
     print(f"cached {summary['clips']} clips {summary['by_split']} in {summary['shards']} shards "
           f"({summary['shards_reused']} reused), {summary['rejected']} rejected")
     return 1 if args.strict and summary["rejected"] else 0

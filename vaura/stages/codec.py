@@ -16,65 +16,61 @@ With codec.kind: dac44 the stage trains nothing; it measures the same gate for t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from pathlib import Path
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
-from vaura.config import load_section, load_yaml, to_dict
+from vaura.config import ConfigError, to_dict
+from vaura.stages import Context, add_common, load
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from vaura.codec.config import CodecConfig
 
 EXAMPLES = 2  # gate clips logged to MLflow as original/reconstructed audio
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    add_common(parser, device="where to train the stand-in (default: params codec.train.device)")
     parser.add_argument("--train", action="store_true", help="train even when codec.train.source is 'shipped'")
     parser.add_argument(
         "--ship", action="store_true", help="train, and also write the weights to codec.train.shipped_path"
     )
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when the quality gate fails")
-    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     from vaura.codec.config import CodecConfig
-    from vaura.codec.offline import run_stage
 
-    params = load_yaml(args.params)
-    cfg = load_section(CodecConfig, "codec", params)
-    root = Path(args.params).resolve().parent
+    ctx, (cfg,) = load(args, "codec", codec=CodecConfig)
+    if ctx.device is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=ctx.device))
+    with ctx.tracked({"codec": to_dict(cfg), "seed": ctx.seed, "paths": to_dict(ctx.paths)}) as mlflow:
+        log_train = log_example = None
+        if mlflow:
+            from vaura.tracking import log_audio, log_spectrogram
 
-    def go(on_log=None, on_clip=None) -> dict:
-        return run_stage(
-            params, cfg, root=root, force_train=args.train, ship=args.ship, progress=not args.no_progress,
-            on_train_log=on_log, on_gate_clip=on_clip,
-        )
+            def log_train(step: int, entry: dict) -> None:
+                mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
 
-    if args.no_track:
-        metrics = go()
-    else:
-        import mlflow
+            heard: list[str] = []
 
-        from vaura.tracking import log_audio, log_spectrogram, stage_run
+            def log_example(clip: str, original, reconstructed, sr: int) -> None:
+                """The first EXAMPLES gate clips as WAV + spectrogram pairs: hear what the codec does to impacts."""
+                if len(heard) >= EXAMPLES:
+                    return
+                heard.append(clip)
+                for name, audio in (("original", original), ("reconstructed", reconstructed)):
+                    log_audio(audio, sr, f"examples/{clip}/{name}.wav")
+                    log_spectrogram(audio, sr, f"examples/{clip}/{name}.png", title=f"{clip} {name}")
 
-        def log_train(step: int, entry: dict) -> None:
-            mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
-
-        heard: list[str] = []
-
-        def log_example(clip: str, original, reconstructed, sr: int) -> None:
-            """The first EXAMPLES gate clips as WAV + spectrogram pairs: hear what the codec does to impacts."""
-            if len(heard) >= EXAMPLES:
-                return
-            heard.append(clip)
-            for name, audio in (("original", original), ("reconstructed", reconstructed)):
-                log_audio(audio, sr, f"examples/{clip}/{name}.wav")
-                log_spectrogram(audio, sr, f"examples/{clip}/{name}.png", title=f"{clip} {name}")
-
-        logged = {"codec": to_dict(cfg), "seed": params.get("seed"), "paths": params.get("paths")}
-        with stage_run("codec", logged, params_file=args.params):
-            metrics = go(log_train, log_example)
-            mlflow.log_artifact(str(root / params.get("paths", {}).get("data", "data") / "codec" / "metrics.json"))
+        metrics = run_stage(ctx, cfg, force_train=args.train, ship=args.ship, progress=not args.no_progress,
+                            on_train_log=log_train, on_gate_clip=log_example)
+        if mlflow:
+            mlflow.log_artifact(str(ctx.data / "codec" / "metrics.json"))
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.set_tag("codec.source", metrics.get("source", ""))
     verdict = "PASS" if metrics["gate_pass"] else "FAIL"
@@ -84,3 +80,105 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if args.strict and not metrics["gate_pass"] else 0
+
+
+def run_stage(
+    ctx: Context,
+    cfg: CodecConfig,
+    *,
+    force_train: bool = False,
+    ship: bool = False,
+    progress: bool = True,
+    on_train_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_gate_clip: Callable[[str, np.ndarray, np.ndarray, int], None] | None = None,
+) -> dict[str, Any]:
+    """The stage body; returns the metrics also written to ``<data>/codec/metrics.json``."""
+    from vaura.codec.codec import (
+        codec_from_offline_checkpoint, load_codec, offline_checkpoint, offline_codec_path, read_offline_checkpoint,
+    )
+    from vaura.codec.standin import (
+        RETRAIN_HINT, CodecDataError, data_fingerprint, provenance, provenance_mismatches, quality_gate,
+        read_clip_audio, read_inputs, train_offline_codec,
+    )
+    from vaura.io import atomic_torch_save, atomic_write_json
+    from vaura.weights import WeightsError
+
+    t0 = time.monotonic()
+    if cfg.kind == "offline" and not 1 <= cfg.n_quantizers <= cfg.offline.n_codebooks:
+        raise ConfigError(f"params.codec.n_quantizers={cfg.n_quantizers} must be in [1, codec.offline.n_codebooks="
+                          f"{cfg.offline.n_codebooks}] (checked before any training)")
+    inputs = read_inputs(ctx.data, cfg, ctx.seed)
+    metrics: dict[str, Any] = {"kind": cfg.kind}
+
+    if cfg.kind == "dac44":
+        if force_train or ship:
+            raise CodecDataError("--train/--ship apply to the offline stand-in only (codec.kind: offline)")
+        codec = load_codec(cfg, ctx.root)
+        metrics["source"] = "pretrained"
+    else:
+        expected = provenance(cfg, ctx.seed, data_fingerprint(inputs.train, inputs.events_table))
+        shipped = ctx.path(cfg.train.shipped_path)
+        if force_train or ship or cfg.train.source == "train":
+            if inputs.train.empty:
+                raise CodecDataError(f"{ctx.data / 'clips' / 'manifest.csv'}: no TRAIN clips to train the codec on")
+            audio = read_clip_audio(list(inputs.train["path"]), cfg.offline.sample_rate, "codec train audio", progress)
+            result = train_offline_codec(audio, cfg, ctx.seed, progress=progress, on_log=on_train_log)
+            if result.steps < cfg.train.steps:  # how far a time cap gets depends on the machine's load
+                raise ConfigError(f"params.codec.train.max_minutes={cfg.train.max_minutes:g} stopped training at step "
+                                  f"{result.steps} of codec.train.steps={cfg.train.steps}: a time-capped codec is no "
+                                  "reproduction of its params and is not saved; raise codec.train.max_minutes")
+            blob = offline_checkpoint(
+                result.model,
+                cfg.offline.dac_kwargs(),
+                cfg.n_quantizers,
+                provenance=expected,
+                steps_done=result.steps,
+                train_wall_s=result.wall_s,
+                history=result.history,
+                train_device=result.device,
+            )
+            if ship:
+                atomic_torch_save(shipped, blob)
+            metrics["source"] = "trained"
+        else:
+            try:
+                blob = read_offline_checkpoint(shipped)
+            except WeightsError as exc:
+                raise WeightsError(f"{exc}; {RETRAIN_HINT}") from exc
+            problems = provenance_mismatches(blob, expected)
+            if problems:
+                raise WeightsError(
+                    f"{shipped}: shipped codec weights were not trained with the current params/data: "
+                    + "; ".join(problems) + f". {RETRAIN_HINT}"
+                )
+            blob = {**blob, "n_quantizers": cfg.n_quantizers}
+            metrics["source"] = "shipped"
+        metrics["train_steps"] = int(blob["steps_done"])
+        metrics["train_wall_s"] = float(blob["train_wall_s"])
+        metrics["train_device"] = str(blob.get("train_device", "cpu"))
+        if blob.get("history"):
+            metrics.update({f"train_final_{k}": v for k, v in blob["history"][-1].items() if k != "step"})
+        codec_path = offline_codec_path(ctx.root, ctx.paths.data)
+        atomic_torch_save(codec_path, blob)
+        codec = codec_from_offline_checkpoint(blob, cfg.n_quantizers, source=str(codec_path))
+        metrics["n_train_clips"] = len(inputs.train)
+
+    metrics.update(_codec_facts(codec))
+    val_audio = read_clip_audio(list(inputs.val["path"]), codec.sample_rate, "codec gate audio", progress)
+    clips = list(zip(inputs.val["clip"].astype(str), val_audio))
+    metrics.update(quality_gate(codec, clips, inputs.events, cfg.gate, progress=progress, on_clip=on_gate_clip))
+    metrics["stage_wall_s"] = time.monotonic() - t0
+    atomic_write_json(ctx.data / "codec" / "metrics.json", metrics)
+    return metrics
+
+
+def _codec_facts(codec: Any) -> dict[str, Any]:
+    return {
+        "sample_rate": codec.sample_rate,
+        "hop_length": codec.hop_length,
+        "frame_rate": codec.frame_rate,
+        "n_codebooks": codec.n_codebooks,
+        "codebook_size": codec.codebook_size,
+        "codebook_dim": codec.codebook_dim,
+        "n_params": int(sum(p.numel() for p in codec.parameters())),
+    }

@@ -1,8 +1,9 @@
 """Score the CFG sweep (the `evaluate` DVC stage): metrics per test set and γ → metrics.json + MLflow runs.
 
-Reads <data>/sweep/index.csv and its WAVs, the clip manifest (<data>/clips/manifest.csv: videos for the
-reference audio, IB-score and Sync) and, on the synthetic benchmark, the ground-truth events
-(<data>/raw/events.csv) for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
+Reads <data>/sweep/index.csv and its WAVs (the index names each clip's source video, read for the reference
+audio, IB-score and Sync, and the window length), <data>/splits/train.csv (only its row count: the train-clip
+column of the threshold ablation) and, on the synthetic benchmark, the ground-truth events (<data>/raw/events.csv)
+for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
 Writes <data>/eval/metrics.json (DVC metrics) and one MLflow run per (test set, group) nested under the
@@ -12,18 +13,16 @@ audio (wav), spectrogram (png) and the video muxed with the generated audio (mp4
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from vaura.config import ConfigError, PathsConfig, flatten, load_section, load_yaml
+from vaura.config import flatten
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-    parser.add_argument("--no-mlflow", action="store_true", help="write metrics.json only (no MLflow runs)")
+    add_common(parser, device="where the metric networks run (default: params evaluate.device)")
     parser.add_argument("--variant", default=None,
                         help="ablation variant named in the MLflow runs (default: the DVC experiment's name)")
 
@@ -36,44 +35,31 @@ def train_clip_count(data: Path) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.eval.evaluate import (
-        EvaluateConfig, EvaluateError, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json,
-        read_clip_paths, read_events,
+        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_events,
     )
     from vaura.eval.ib import load_ib_model
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
     from vaura.tracking import variant_name
-    from vaura.devices import resolve_device
 
-    try:
-        params = load_yaml(args.params)
-        cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-    except ConfigError as exc:
-        print(f"vaura evaluate: {exc}", file=sys.stderr)
-        return 1
-    root, data = args.root, args.root / paths.data
-    device = str(resolve_device(cfg.device))
+    ctx, (cfg,) = load(args, "evaluate", evaluate=EvaluateConfig)
+    root, data = ctx.root, ctx.data
+    device = str(ctx.device_or(cfg.device))
     sync, sync_reason = load_sync_predictor(root / cfg.synchformer_weights, device=device)
     ib, ib_reason = load_ib_model(root / cfg.imagebind_weights, device=device)
     passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
     models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
                     passt_reason=passt_reason, device=device)
-    try:
-        clip_paths = read_clip_paths(data / cfg.manifest)
-        events = read_events(data / cfg.events if cfg.events else None)
-        groups = evaluate_sweep(data / "sweep", clip_paths, events, cfg, models, root=root)
-    except EvaluateError as exc:
-        print(f"vaura evaluate: {exc}", file=sys.stderr)
-        return 1
-    flat = flatten(params)
+    events = read_events(data / cfg.events if cfg.events else None)
+    groups = evaluate_sweep(data / "sweep", events, cfg, models, root=root)
+    flat = flatten(ctx.params)
     variant = {k: flat.get(k) for k in ("filter.threshold", "model.conditioning")}
     atomic_write_json(data / "eval" / "metrics.json", metrics_json(groups, variant))
     for g in groups:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
-    if not args.no_mlflow:
-        log_groups(params, groups, clip_paths, train_clip_count(data), variant_name(args.variant),
-                   data_files=[data / "sweep" / "index.csv"], params_file=args.params)
+    if ctx.track:
+        log_groups(ctx.params, groups, train_clip_count(data), variant_name(args.variant),
+                   data_files=[data / "sweep" / "index.csv"], params_file=ctx.params_file)
     return 0

@@ -5,15 +5,16 @@ each window continues the previous tokens as its prompt). ``--checkpoint`` is ei
 checkpoint (default ``<paths.data>/train/best.pt``; the codec and visual encoder come from params.yaml) or the
 released V-AURA experiment (folder ``24-08-01T08-34-26`` or its ``checkpoints/*.ckpt``), which brings its own
 44.1 kHz DAC and Segment-AVCLIP weights and runs in the alignment it was trained with.
+Each call is one MLflow run (checkpoint, γ, seed, seconds generated) unless ``--no-track``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
-import torch
+from vaura.config import to_dict
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,12 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-scale", type=float, default=None,
                         help="classifier-free guidance γ (default: params generation.cfg_scale; paper 6)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: params seed)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where to run (auto = cuda when available)")
-    parser.add_argument("--compile", action="store_true",
-                        help="CUDA only: compile the one-step decode with CUDA graphs (faster long generations)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
+    parser.add_argument("--decode", choices=["auto", "compiled", "eager"], default=None,
+                        help="decode step: compiled CUDA graphs, eager, or auto = compiled where it can run "
+                             "(default: params generation.decode)")
+    add_common(parser, device="where to run (default: auto = cuda when available)")
 
 
 def _is_official(path: Path) -> bool:
@@ -38,54 +37,45 @@ def _is_official(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.codec import CodecConfig, CodecWeightsError, load_codec
-    from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
-    from vaura.eval.sweep import SweepError, load_trained_model
-    from vaura.media import MediaError, mux_audio
+    from vaura.codec import CodecConfig, load_codec
+    from vaura.generate.official import official_codec, official_visual_encoder
+    from vaura.generate.video import audio_for_video, check_compatible
+    from vaura.io import check_output_file
+    from vaura.media import mux_audio
     from vaura.model.config import GenerationConfig
-    from vaura.model.official import (OfficialCheckpointError, load_official_checkpoint, official_codec,
-                                      official_sampler, official_visual_encoder)
-    from vaura.model.video import GenerateError, audio_for_video, check_compatible
-    from vaura.train.checkpoint import CheckpointError as TrainCheckpointError
-    from vaura.visual import CheckpointError as VisualCheckpointError
+    from vaura.model.official import load_official_checkpoint, official_decoder
+    from vaura.model.sampler import use_compiled_decode
+    from vaura.train.checkpoint import load_trained_model
     from vaura.visual import VisualConfig, load_visual_encoder
 
-    try:
-        params = load_yaml(args.params)
-        gen: GenerationConfig = load_section(GenerationConfig, "generation", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        if args.cfg_scale is not None:
-            gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
-        seed = args.seed if args.seed is not None else int(params.get("seed", 0))
-    except (ConfigError, ValueError) as exc:
-        print(f"vaura generate: {exc}", file=sys.stderr)
-        return 1
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("vaura generate: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 1
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    root = args.root
-    checkpoint = args.checkpoint or root / paths.data / "train" / "best.pt"
-    try:
-        if _is_official(checkpoint):
-            ckpt = load_official_checkpoint(checkpoint)
-            model = official_sampler(ckpt)
-            codec, encoder = official_codec(ckpt), official_visual_encoder(ckpt, device)
-        else:
-            model = load_trained_model(checkpoint, device=device)
-            codec = load_codec(load_section(CodecConfig, "codec", params), root, paths.data)
-            visual_cfg = load_section(VisualConfig, "visual", params)
-            encoder = load_visual_encoder(dataclasses.replace(visual_cfg, device=device.type), root)
-        model.to(device).eval()
-        codec.to(device)
-        check_compatible(model, codec, encoder, str(checkpoint))
-        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=args.compile)
+    ctx, (gen, codec_cfg, visual_cfg) = load(args, "generate", generation=GenerationConfig, codec=CodecConfig,
+                                             visual=VisualConfig)
+    if args.cfg_scale is not None:
+        gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
+    if args.decode is not None:
+        gen = dataclasses.replace(gen, decode=args.decode)
+    seed = args.seed if args.seed is not None else ctx.seed
+    device = ctx.device_or("auto")
+    compiled = use_compiled_decode(gen.decode, device)
+    checkpoint = args.checkpoint or ctx.data / "train" / "best.pt"
+    check_output_file(args.out, args.video)  # before any work: never overwrite the input, never fail at the end
+    if _is_official(checkpoint):
+        ckpt = load_official_checkpoint(checkpoint)
+        model = official_decoder(ckpt)
+        codec, encoder = official_codec(ckpt), official_visual_encoder(ckpt, device)
+    else:
+        model = load_trained_model(checkpoint, device=device)
+        codec = load_codec(codec_cfg, ctx.root, ctx.paths.data)
+        encoder = load_visual_encoder(dataclasses.replace(visual_cfg, device=str(device)), ctx.root, ctx.paths.data)
+    model.to(device).eval()
+    codec.to(device)
+    check_compatible(model, codec, encoder, str(checkpoint))
+    model.cfg.check_window(gen.window_s, "params.generation")
+    with ctx.tracked({"generation": to_dict(gen), "seed": seed, "checkpoint": str(checkpoint)}) as mlflow:
+        audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=compiled)
         mux_audio(args.video, audio, codec.sample_rate, args.out)
-    except (ConfigError, OfficialCheckpointError, CodecWeightsError, VisualCheckpointError, TrainCheckpointError,
-            SweepError, GenerateError, MediaError) as exc:
-        print(f"vaura generate: {exc}", file=sys.stderr)
-        return 1
+        if mlflow:
+            mlflow.log_metric("generated_seconds", len(audio) / codec.sample_rate)
     print(f"wrote {args.out} ({len(audio) / codec.sample_rate:.2f} s of generated audio, γ = {gen.cfg_scale:g}, "
           f"seed {seed})")
     return 0

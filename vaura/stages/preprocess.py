@@ -15,17 +15,18 @@ succeeded; with --strict, 1 as soon as any input was rejected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml, to_dict
+from vaura.config import to_dict
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=None,
-                        help="params file: folders under paths.data and the `preprocess` section (tracked in MLflow); "
-                             "without it the paper format is used and nothing is tracked")
+    add_common(parser, params_help="params file: folders under paths.data and the `preprocess` section (tracked in "
+                                   "MLflow); without it, --input and --output in the paper format, untracked")
     parser.add_argument("--input", type=Path, default=None, help="folder of input videos (overrides params)")
     parser.add_argument("--output", type=Path, default=None, help="folder for the re-encoded clips (overrides params)")
     parser.add_argument("--strict", action="store_true", default=None, help="exit 1 if any input was rejected")
@@ -36,50 +37,30 @@ def run(args: argparse.Namespace) -> int:
     from vaura.data.preprocess import PreprocessConfig, preprocess_folder
     from vaura.io import atomic_write_json
 
-    params: dict | None = None
-    data = Path("data")
-    cfg = PreprocessConfig()
-    try:
-        if args.params is not None:
-            params = load_yaml(args.params)
-            cfg = load_section(PreprocessConfig, "preprocess", params)
-            data = Path(load_section(PathsConfig, "paths", params).data)
-    except ConfigError as exc:
-        print(f"vaura preprocess: {exc}", file=sys.stderr)
-        return 1
+    if args.params is None:
+        if args.input is None or args.output is None:
+            print("vaura preprocess: give --input and --output, or --params for the pipeline folders", file=sys.stderr)
+            return 2
+        ctx, cfg = None, PreprocessConfig()  # the paper format (the dataclass defaults)
+        input_dir, output_dir = args.input, args.output
+    else:
+        ctx, (cfg,) = load(args, "preprocess", preprocess=PreprocessConfig)
+        input_dir = args.input if args.input is not None else ctx.data / cfg.input
+        output_dir = args.output if args.output is not None else ctx.data / cfg.output
     if args.strict is not None:
         cfg.strict = True
     if args.workers is not None:
         cfg.workers = args.workers
-    if (args.input is None or args.output is None) and params is None:
-        print("vaura preprocess: give --input and --output, or --params for the pipeline folders", file=sys.stderr)
-        return 2
-    input_dir = args.input if args.input is not None else data / cfg.input
-    output_dir = args.output if args.output is not None else data / cfg.output
 
-    def body() -> tuple:
+    with ctx.tracked({"preprocess": to_dict(cfg)}) if ctx else contextlib.nullcontext() as mlflow:
         t0 = time.perf_counter()
         manifest, rejected = preprocess_folder(input_dir, output_dir, cfg)
         metrics = {"n_clips": len(manifest), "n_rejected": len(rejected), "wall_s": round(time.perf_counter() - t0, 2),
                    "total_duration_s": float(manifest["duration_s"].sum()) if len(manifest) else 0.0}
         atomic_write_json(output_dir / "metrics.json", metrics)
-        return manifest, rejected, metrics
-
-    try:
-        if params is not None:
-            from vaura.tracking import stage_run
-
-            with stage_run("preprocess", {"preprocess": to_dict(cfg)}, params_file=args.params):
-                import mlflow
-
-                manifest, rejected, metrics = body()
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-                mlflow.log_artifact(str(output_dir / "rejected.csv"))
-        else:
-            manifest, rejected, metrics = body()
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"vaura preprocess: {exc}", file=sys.stderr)
-        return 1
+        if mlflow:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            mlflow.log_artifact(str(output_dir / "rejected.csv"))
     for path, reason in zip(rejected["path"], rejected["reason"]):
         print(f"rejected {path}: {reason}", file=sys.stderr)
     print(f"preprocess: {len(manifest)} clip(s) in {output_dir}, {len(rejected)} rejected ({metrics['wall_s']:.1f} s)")

@@ -1,7 +1,7 @@
 """Switch ``params.yaml`` to a parameter profile.
 
   vaura profile offline   the default: synthetic benchmark, offline stand-in encoders, CPU-sized (minutes)
-  vaura profile paper     the published setup: real data and pretrained weights under paths.weights, GPUs
+  vaura profile paper     the published setup: real data and pretrained weights under weights/, GPUs
   vaura profile micro     tiny everything, for CI and quick checks
 
 configs/offline.yaml is the full, commented parameter file; the other profiles list only the keys they
@@ -11,29 +11,25 @@ whose parameters changed. `--check` exits 1 (writing nothing) when params.yaml d
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from vaura.config import ConfigError
 from vaura.profiles import render, switch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="profile name: a file configs/<name>.yaml (offline, paper, micro)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="file to write (default: %(default)s)")
-    parser.add_argument("--configs", type=Path, default=Path("configs"), help="profile folder (default: %(default)s)")
+    parser.add_argument("--configs", type=Path, default=None,
+                        help="profile folder (default: configs/ beside the params file)")
     parser.add_argument("--check", action="store_true", help="only report whether params.yaml matches the profile")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.check:
-            same = args.params.exists() and args.params.read_text() == render(args.name, args.configs)
-            print(f"{args.params}: {'matches' if same else 'differs from'} profile '{args.name}'")
-            return 0 if same else 1
-        changed = switch(args.name, args.params, args.configs)
-    except ConfigError as exc:
-        print(f"vaura profile: {exc}", file=sys.stderr)
-        return 1
+    configs = args.configs if args.configs is not None else args.params.parent / "configs"
+    if args.check:
+        same = args.params.exists() and args.params.read_text() == render(args.name, configs)
+        print(f"{args.params}: {'matches' if same else 'differs from'} profile '{args.name}'")
+        return 0 if same else 1
+    changed = switch(args.name, args.params, configs)
     print(f"{args.params}: profile '{args.name}'" + ("" if changed else " (already)"))
     return 0

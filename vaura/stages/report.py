@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
-from pathlib import Path
 
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
+from vaura.stages import add_common, load
 
 TITLES = {
     "threshold": "Table II — relevance-threshold ablation",
@@ -31,37 +29,23 @@ TITLES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root the paths are relative to")
-    parser.add_argument("--no-mlflow-log", action="store_true", help="read MLflow but do not log a report run")
+    add_common(parser)  # --no-track: read MLflow, but log no report run
 
 
 def run(args: argparse.Namespace) -> int:
     import mlflow
 
-    from vaura.eval.report import (
-        ReportConfig, ReportError, build_tables, cfg_curve, footnoted, search_runs, to_markdown,
-    )
+    from vaura.eval.report import ReportConfig, build_tables, cfg_curve, footnoted, search_runs, to_markdown
     from vaura.io import atomic_write_csv, atomic_write_text
-    from vaura.tracking import describe_pipeline, stage_run, tracking_config
+    from vaura.tracking import describe_pipeline
 
-    try:
-        params = load_yaml(args.params)
-        cfg: ReportConfig = load_section(ReportConfig, "report", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-        tcfg = tracking_config(params)
-    except ConfigError as exc:
-        print(f"vaura report: {exc}", file=sys.stderr)
-        return 1
+    ctx, (cfg,) = load(args, "report", report=ReportConfig)
+    tcfg = ctx.tracking()
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tcfg.uri)
-    try:
-        cfg = cfg.resolved(params)
-        evals, trains = search_runs(tcfg.experiment, "evaluate"), search_runs(tcfg.experiment, "train")
-        tables = build_tables(evals, trains, cfg)
-    except ReportError as exc:
-        print(f"vaura report: {exc}", file=sys.stderr)
-        return 1
-    out = args.root / paths.reports
+    cfg = cfg.resolved(ctx.params)
+    evals, trains = search_runs(tcfg.experiment, "evaluate"), search_runs(tcfg.experiment, "train")
+    tables = build_tables(evals, trains, cfg)
+    out = ctx.root / ctx.paths.reports
     note = (f"Test set `{cfg.test_set}`; latest `evaluate` run per row (MLflow experiment `{tcfg.experiment}`, "
             f"{len(evals)} evaluate runs). γ = {cfg.cfg_scale:g} where not varied; baseline threshold "
             f"{cfg.baseline_threshold:g}, conditioning `{cfg.baseline_conditioning}`.")
@@ -74,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
         print(to_markdown(table, TITLES[name]))
     atomic_write_csv(out / "cfg_curve.csv", cfg_curve(evals, cfg))
     written.append(out / "cfg_curve.csv")
-    if not args.no_mlflow_log:
-        with stage_run("report", {"report": dataclasses.asdict(cfg)}, params_file=args.params, tracking=tcfg):
+    with ctx.tracked({"report": dataclasses.asdict(cfg)}) as run_log:
+        if run_log:
             for path in written:
-                mlflow.log_artifact(str(path), artifact_path="reports")
+                run_log.log_artifact(str(path), artifact_path="reports")
             # the tables where a user looks first: the pipeline run's description and its table view
             describe_pipeline("\n".join(texts), {name: footnoted(t)[0] for name, t in tables.items()}, written)
     return 0

@@ -14,68 +14,47 @@ correlation; the offline default) and `imagebind` (the paper's criterion; needs 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 
-from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
 from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
-from vaura.curation.tables import TableError, write_table
+from vaura.tables import TableError, write_table
 from vaura.io import atomic_write_csv, atomic_write_json
+from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device for model-based scorers (default: %(default)s)")
+    add_common(parser, device="torch device for model-based scorers (default: cpu)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any clip could not be scored")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from vaura.data.manifest import read_manifest
-    from vaura.media import MediaError
-    from vaura.tracking import stage_run
 
-    try:
-        params = load_yaml(args.params)
-        cfg: ScoreConfig = load_section(ScoreConfig, "score", params)
-        paths: PathsConfig = load_section(PathsConfig, "paths", params)
-    except ConfigError as exc:
-        print(f"vaura score: {exc}", file=sys.stderr)
-        return 1
-    data = Path(paths.data)
-    out = data / "scores"
-    try:
-        manifest = read_manifest(data / "clips" / "manifest.csv")
-    except (MediaError, ValueError, FileNotFoundError) as exc:
-        print(f"vaura score: {exc}", file=sys.stderr)
-        return 1
+    ctx, (cfg,) = load(args, "score", score=ScoreConfig)
+    out = ctx.data / "scores"
+    manifest = read_manifest(ctx.data / "clips" / "manifest.csv")
     t0 = time.perf_counter()
-    try:
-        scorer = build_scorer(cfg, ".", args.device)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"vaura score: {exc}", file=sys.stderr)
-        return 1
-    with stage_run("score", {"score": vars(cfg)}, params_file=args.params):
-        import mlflow
-
+    scorer = build_scorer(cfg, ctx.root, str(ctx.device_or("cpu")))
+    with ctx.tracked({"score": vars(cfg)}) as mlflow:
         scores, rejected = score_clips(manifest, scorer, cfg.batch_size, progress=not args.no_progress)
         wall = time.perf_counter() - t0
         write_table(out / "scores.csv", scores)
         atomic_write_csv(out / "rejected.csv", rejected)
         metrics: dict = {"scorer": scorer.name, "n_scored": len(scores), "n_rejected": len(rejected), "wall_s": wall}
-        truth = data / "raw" / "relevance.csv"
+        truth = ctx.data / "raw" / "relevance.csv"
         if truth.is_file():
             try:
                 metrics.update(relevance_auc(scores, pd.read_csv(truth, dtype={"clip": str})))
             except (KeyError, pd.errors.ParserError) as exc:
                 raise TableError(f"{truth}: not a relevance table clip,relevant,kind ({exc})") from exc
         atomic_write_json(out / "metrics.json", metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.log_metrics({f"auc_{k}": v for k, v in metrics.get("auc_by_kind", {}).items()})
-        mlflow.log_artifact(str(out / "scores.csv"))
+        if mlflow:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            mlflow.log_metrics({f"auc_{k}": v for k, v in metrics.get("auc_by_kind", {}).items()})
+            mlflow.log_artifact(str(out / "scores.csv"))
     auc = f", AUC {metrics['auc']:.3f}" if metrics.get("auc") is not None else ""
     print(f"scored {len(scores)} clips ({len(rejected)} rejected) with {scorer.name} in {wall:.1f} s{auc}")
     return 1 if args.strict and len(rejected) else 0

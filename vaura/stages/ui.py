@@ -34,7 +34,8 @@ def ui_command(store_uri: str, port: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.tracking import experiment_id, redact, runs_link, tracking_config
+    from vaura.redact import redact
+    from vaura.tracking import experiment_id, runs_link, tracking_config
 
     try:
         params = load_yaml(args.params) if args.params.is_file() else {}

@@ -1,1 +1,1 @@
-"""Decoder training: torchrun-native DDP trainer, exact-resume checkpoints, LR schedule (issue 5)."""
+"""Decoder training: torchrun-native DDP trainer, exact-resume checkpoints, LR schedule."""

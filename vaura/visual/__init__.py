@@ -1,4 +1,4 @@
-"""Visual side of V-AURA: the Segment-AVCLIP Motionformer encoder (and the Synchformer sync model's network)."""
+"""Visual side of V-AURA: the Segment-AVCLIP Motionformer encoder (also the visual branch of Synchformer)."""
 from vaura.visual.config import AVClipConfig, VisualConfig
 from vaura.visual.encoder import (
     VisualEncoder,
@@ -9,10 +9,9 @@ from vaura.visual.encoder import (
     to_segments,
 )
 from vaura.visual.motionformer import PAPER_SIZE, MotionFormer, MotionFormerSize
-from vaura.visual.weights import CheckpointError
 
 __all__ = [
-    "AVClipConfig", "CheckpointError", "MotionFormer", "MotionFormerSize", "PAPER_SIZE", "VisualConfig",
+    "AVClipConfig", "MotionFormer", "MotionFormerSize", "PAPER_SIZE", "VisualConfig",
     "VisualEncoder", "VisualInputError", "frames_to_input", "load_segment_avclip", "load_visual_encoder",
     "to_segments",
 ]

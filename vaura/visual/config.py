@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vaura.config import bounded
+
 
 @dataclass
 class VisualConfig:
@@ -15,17 +17,16 @@ class VisualConfig:
 
     kind: Literal["offline", "segment_avclip"] = "offline"
     weights: str = "weights/23-12-22T16-10-50/checkpoints/epoch_best.pt"
-    standin: str = "data/avclip/visual.pt"
-    dim: int = 768
-    depth: int = 12
-    heads: int = 12
-    mlp_ratio: int = 4
-    crop: int = 224
-    short_side: int = 256
-    patch: int = 16
-    tubelet: int = 2
-    frames_per_segment: int = 16
-    batch_size: int = 8
+    dim: int = bounded(768, ge=1)
+    depth: int = bounded(12, ge=1)
+    heads: int = bounded(12, ge=1)
+    mlp_ratio: int = bounded(4, ge=1)
+    crop: int = bounded(224, ge=1)
+    short_side: int = bounded(256, ge=1)
+    patch: int = bounded(16, ge=1)
+    tubelet: int = bounded(2, ge=1)
+    frames_per_segment: int = bounded(16, ge=1)
+    batch_size: int = bounded(8, ge=1)
     device: str = "auto"
 
 
@@ -34,18 +35,18 @@ class AVClipConfig:
     """Offline stand-in pretraining: segment-level audio-visual InfoNCE on synthetic train clips."""
 
     source: Literal["train", "shipped"] = "train"
-    shipped: str = "vaura/visual/standin/avclip.pt"
-    max_train_clips: int = 96
-    max_val_clips: int = 24
-    probe_clips: int = 48
-    sample_rate: int = 16000
-    n_mels: int = 40
-    audio_channels: int = 64
-    embed_dim: int = 64
-    segments_per_clip: int = 4
-    batch_clips: int = 8
-    steps: int = 300
-    max_seconds: float = 0.0
-    lr: float = 1.0e-3
-    weight_decay: float = 0.01
-    temperature: float = 0.1
+    shipped: str = "assets/avclip_offline.pt"
+    max_train_clips: int = bounded(96, ge=0)
+    max_val_clips: int = bounded(24, ge=0)
+    probe_clips: int = bounded(48, ge=0)
+    sample_rate: int = bounded(16000, ge=1)
+    n_mels: int = bounded(40, ge=1)
+    audio_channels: int = bounded(64, ge=1)
+    embed_dim: int = bounded(64, ge=1)
+    segments_per_clip: int = bounded(4, ge=1)
+    batch_clips: int = bounded(8, ge=1)
+    steps: int = bounded(300, ge=0)
+    max_seconds: float = bounded(0.0, ge=0)
+    lr: float = bounded(1.0e-3, gt=0)
+    weight_decay: float = bounded(0.01, ge=0)
+    temperature: float = bounded(0.1, gt=0)

@@ -16,9 +16,10 @@ from torch import nn
 from vaura.devices import resolve_device
 from vaura.visual.config import VisualConfig
 from vaura.visual.motionformer import PAPER_SIZE, MotionFormer, MotionFormerSize
-from vaura.visual.weights import (
+from vaura.weights import (
     SEGMENT_AVCLIP_URL_HINT,
-    CheckpointError,
+    WeightsError,
+    inner_tensors,
     load_strict,
     read_checkpoint,
     select_prefixed,
@@ -53,14 +54,12 @@ def load_segment_avclip(model: MotionFormer, state_dict_or_path: str | Path | Ma
         obj: Mapping[str, Any] = read_checkpoint(state_dict_or_path, SEGMENT_AVCLIP_URL_HINT, "visual.weights")
     else:
         obj = state_dict_or_path
-    inner = obj.get("state_dict")
-    state = inner if isinstance(inner, Mapping) else obj
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = inner_tensors(obj, "state_dict")
     sub = select_prefixed(tensors, V_ENCODER_PREFIXES)
     if not sub:
         own = set(model.state_dict())
         if not (set(tensors) & own):
-            raise CheckpointError(
+            raise WeightsError(
                 f"{source}: no visual-encoder weights found (expected keys under one of {list(V_ENCODER_PREFIXES)} "
                 f"or bare Motionformer names such as 'blocks.0.attn.qkv.weight'); first keys: {sorted(tensors)[:5]}"
             )
@@ -191,20 +190,25 @@ def check_paper_size(cfg: VisualConfig) -> None:
              "frames_per_segment": (cfg.frames_per_segment, paper.frames)}
     diffs = [f"visual.{k}={mine} (paper {ref})" for k, (mine, ref) in pairs.items() if mine != ref]
     if diffs:
-        raise CheckpointError(
+        raise WeightsError(
             "visual.kind=segment_avclip loads the released ViT-B weights, which need the paper sizes; "
             f"params differ: {', '.join(diffs)}"
         )
 
 
-def load_visual_encoder(cfg: VisualConfig, root: str | Path = ".") -> VisualEncoder:
-    """Build the frozen encoder named by ``cfg`` (paths relative to ``root``)."""
+def standin_path(root: str | Path = ".", data_dir: str = "data") -> Path:
+    """Where the ``avclip`` stage writes the offline stand-in and ``cache``/``generate`` read it (one rule)."""
+    return Path(root) / data_dir / "avclip" / "visual.pt"
+
+
+def load_visual_encoder(cfg: VisualConfig, root: str | Path = ".", data_dir: str = "data") -> VisualEncoder:
+    """Build the frozen encoder named by ``cfg`` (paths relative to ``root``; the stand-in under ``data_dir``)."""
     root = Path(root)
     if cfg.kind == "segment_avclip":
         check_paper_size(cfg)
         model = load_segment_avclip(MotionFormer(PAPER_SIZE), root / cfg.weights)
     else:
-        model = load_standin(root / cfg.standin, size_from_config(cfg))
+        model = load_standin(standin_path(root, data_dir), size_from_config(cfg))
     return VisualEncoder(model, cfg.short_side, cfg.batch_size, resolve_device(cfg.device))
 
 
@@ -217,17 +221,17 @@ def standin_payload(model: MotionFormer, extra: Mapping[str, Any] | None = None)
 def load_standin(path: Path, size: MotionFormerSize) -> MotionFormer:
     """Load ``data/avclip/visual.pt``; its architecture must equal the one params ask for."""
     if not path.is_file():
-        raise CheckpointError(
+        raise WeightsError(
             f"offline visual encoder not found: {path}. It is produced by the 'avclip' stage "
             "(`dvc repro avclip` or `vaura avclip --params params.yaml`)."
         )
-    obj = read_checkpoint(path, "offline stand-in (run the avclip stage)")
+    obj = read_checkpoint(path, "offline stand-in (run the avclip stage)", own_file=True)
     if "size" not in obj or "state_dict" not in obj:
-        raise CheckpointError(f"{path}: not a vaura stand-in encoder file (needs 'size' and 'state_dict')")
+        raise WeightsError(f"{path}: not a vaura stand-in encoder file (needs 'size' and 'state_dict')")
     saved = MotionFormerSize(**obj["size"])
     if saved != size:
         diffs = {k: (v, size.to_dict()[k]) for k, v in saved.to_dict().items() if size.to_dict()[k] != v}
-        raise CheckpointError(
+        raise WeightsError(
             f"{path}: trained with a different architecture than params.visual asks for "
             f"(file vs params: {diffs}); rerun the avclip stage"
         )

@@ -11,10 +11,10 @@ the audio encoder (a small 1-D CNN on log-mel, written here) keeps time order to
 Downstream (``cache``) uses only the Motionformer, frozen by :class:`vaura.visual.encoder.VisualEncoder`; the
 audio tower and heads are saved beside it so a shipped stand-in can be re-measured.
 
-Quality is measured on VAL clips the training never saw: within-clip segment retrieval (which of the
-token-shifted audio segments matches a video segment) and linear probes on the frozen per-token features
-(does an impact happen in this 80 ms token? which object is it?) next to the same probes on a randomly
-initialised encoder of the same size.
+Shipped weights: ``avclip.shipped`` (committed) is made by the ``avclip`` stage with ``vaura avclip --ship``;
+:func:`load_shipped` refuses it unless it was trained with the current ``visual`` architecture and ``avclip``
+training knobs. How good the stand-in is gets measured by :mod:`vaura.visual.probes`; the stage body is
+:mod:`vaura.stages.avclip`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from vaura.devices import resolve_device
 from vaura.visual.config import AVClipConfig, VisualConfig
-from vaura.visual.encoder import VisualEncoder, size_from_config
+from vaura.visual.encoder import size_from_config
 from vaura.visual.motionformer import MotionFormer
 
 FPS = 25
@@ -152,7 +151,7 @@ class SegmentAVCLIP(nn.Module):
         return loss, float((logits.argmax(1) == target).float().mean())
 
 
-def _to_input(frames: np.ndarray) -> torch.Tensor:
+def to_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[B, F, H, W, 3]`` -> ``[B, 3, F, H, W]`` in [-1, 1]."""
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
@@ -172,7 +171,7 @@ def sample_batch(
             vids.append(v[:, :, ::-1] if rng.random() < 0.5 else v)
             mels.append(data.mels[c, :, 4 * s:4 * (s + seg)])
     mean, std = mel_norm
-    return _to_input(np.ascontiguousarray(np.stack(vids))), (torch.stack(mels) - mean) / std
+    return to_input(np.ascontiguousarray(np.stack(vids))), (torch.stack(mels) - mean) / std
 
 
 def train_avclip(
@@ -229,95 +228,12 @@ def train_avclip(
     return model, facts
 
 
-@torch.no_grad()
-def retrieval_metrics(
-    model: SegmentAVCLIP, data: ClipArrays, vcfg: VisualConfig, mel_norm: tuple[float, float]
-) -> dict[str, float]:
-    """Within-clip segment retrieval on held-out clips: candidates are all token-shifted audio segments.
-
-    ``within_clip_top1``: the matching start is ranked first; ``within_clip_mae_ms``: mean |error| of the
-    retrieved start; ``chance_top1``: 1 / number of candidates.
-    """
-    seg, step = vcfg.frames_per_segment, vcfg.tubelet
-    device = next(model.parameters()).device
-    n_frames = data.frames.shape[1]
-    starts = np.arange(0, n_frames - seg + 1, step)
-    mean, std = mel_norm
-    top1, errs = [], []
-    for c in range(len(data.clips)):
-        v = model.embed_video(_to_input(np.stack([data.frames[c, s:s + seg] for s in starts])).to(device))
-        a = model.embed_audio(
-            ((torch.stack([data.mels[c, :, 4 * s:4 * (s + seg)] for s in starts]) - mean) / std).to(device)
-        )
-        pred = (v @ a.T).argmax(1).cpu().numpy()
-        top1.append(np.mean(pred == np.arange(len(starts))))
-        errs.append(np.mean(np.abs(starts[pred] - starts)) / FPS * 1000)
-    return {"within_clip_top1": float(np.mean(top1)), "within_clip_mae_ms": float(np.mean(errs)),
-            "chance_top1": 1.0 / len(starts), "candidates_per_clip": int(len(starts))}
-
-
-def token_labels(events: pd.DataFrame, clips: list[str], n_tokens: int, token_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token ground truth: ``hit [N, n_tokens]`` (an event's time falls in the token) and ``cls`` (its class
-    index, -1 where none; the later event wins when two share a token)."""
-    names = sorted(events["class"].unique())
-    hit = np.zeros((len(clips), n_tokens), bool)
-    cls = np.full((len(clips), n_tokens), -1, int)
-    by_clip = {c: g for c, g in events.groupby("clip")}
-    for i, c in enumerate(clips):
-        for t, name in zip(by_clip.get(c, events.iloc[:0])["time_s"], by_clip.get(c, events.iloc[:0])["class"]):
-            k = int(math.floor(t / token_s + 1e-9))
-            if 0 <= k < n_tokens:
-                hit[i, k] = True
-                cls[i, k] = names.index(name)
-    return hit, cls
-
-
-def probe_metrics(
-    encoder: VisualEncoder, fit: ClipArrays, test: ClipArrays, events: pd.DataFrame
-) -> dict[str, float]:
-    """Linear probes on frozen per-token features (fit on ``fit`` clips, scored on ``test`` clips).
-
-    ``event_ap``: average precision of "an impact happens in this 80 ms token" (chance = positive rate);
-    ``class_acc``: which of the object classes made the impact, on event tokens (chance = 1 / classes).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import average_precision_score
-
-    token_s = 1.0 / encoder.frame_rate
-
-    def feats(data: ClipArrays) -> np.ndarray:
-        out = encoder.encode_many(list(data.frames))
-        return torch.stack(out).numpy()  # [N, tokens, D]
-
-    xf, xt = feats(fit), feats(test)
-    n_tok = xf.shape[1]
-    hf, cf = token_labels(events, fit.clips, n_tok, token_s)
-    ht, ct = token_labels(events, test.clips, n_tok, token_s)
-    d = xf.shape[-1]
-    mu, sd = xf.reshape(-1, d).mean(0), xf.reshape(-1, d).std(0) + 1e-6
-    xf, xt = (xf - mu) / sd, (xt - mu) / sd
-    det = LogisticRegression(max_iter=2000, class_weight="balanced", C=1.0)
-    det.fit(xf.reshape(-1, d), hf.reshape(-1))
-    score = det.decision_function(xt.reshape(-1, d)).reshape(ht.shape)
-    out = {
-        "event_ap": float(average_precision_score(ht.reshape(-1), score.reshape(-1))),
-        "event_chance_ap": float(ht.mean()),
-    }
-    fit_mask, test_mask = cf.reshape(-1) >= 0, ct.reshape(-1) >= 0
-    if len(np.unique(cf.reshape(-1)[fit_mask])) > 1 and test_mask.any():
-        clf = LogisticRegression(max_iter=2000, C=1.0)
-        clf.fit(xf.reshape(-1, d)[fit_mask], cf.reshape(-1)[fit_mask])
-        out["class_acc"] = float(np.mean(clf.predict(xt.reshape(-1, d)[test_mask]) == ct.reshape(-1)[test_mask]))
-        out["class_chance"] = 1.0 / events["class"].nunique()
-    return out
-
-
 # Knobs that only change how the stage *measures* (not the trained weights): a shipped file stays valid when
 # they differ.
 EVAL_ONLY_KEYS = ("source", "shipped", "max_val_clips", "probe_clips")
 
 
-def _training_knobs(cfg: AVClipConfig) -> dict[str, Any]:
+def training_knobs(cfg: AVClipConfig) -> dict[str, Any]:
     from vaura.config import to_dict
 
     return {k: v for k, v in to_dict(cfg).items() if k not in EVAL_ONLY_KEYS}
@@ -325,97 +241,27 @@ def _training_knobs(cfg: AVClipConfig) -> dict[str, Any]:
 
 def load_shipped(path: Path, vcfg: VisualConfig, cfg: AVClipConfig) -> tuple[SegmentAVCLIP, dict[str, Any]]:
     """The two-tower model saved by ``vaura avclip --ship``; it must match params ``visual`` and ``avclip``."""
-    from vaura.visual.weights import CheckpointError, load_strict, read_checkpoint
+    from vaura.weights import WeightsError, load_strict, read_checkpoint
 
     if not path.is_file():
-        raise CheckpointError(
+        raise WeightsError(
             f"shipped avclip stand-in not found: {path}. Produce it with `vaura avclip --params params.yaml "
             "--ship`, or set params avclip.source: train"
         )
-    obj = read_checkpoint(path, "vaura avclip stand-in (vaura avclip --ship)")
+    obj = read_checkpoint(path, "vaura avclip stand-in (vaura avclip --ship)", own_file=True)
     if "towers" not in obj or "size" not in obj or "avclip" not in obj:
-        raise CheckpointError(f"{path}: not a shipped avclip file (needs 'size', 'avclip' and 'towers')")
+        raise WeightsError(f"{path}: not a shipped avclip file (needs 'size', 'avclip' and 'towers')")
     size = size_from_config(vcfg)
     if obj["size"] != size.to_dict():
         diffs = {k: (v, size.to_dict().get(k)) for k, v in obj["size"].items() if size.to_dict().get(k) != v}
-        raise CheckpointError(f"{path}: trained for another visual architecture (file vs params: {diffs}); "
+        raise WeightsError(f"{path}: trained for another visual architecture (file vs params: {diffs}); "
                               "rerun `vaura avclip --ship` or set avclip.source: train")
-    mine, theirs = _training_knobs(cfg), {k: v for k, v in obj["avclip"].items() if k not in EVAL_ONLY_KEYS}
+    mine, theirs = training_knobs(cfg), {k: v for k, v in obj["avclip"].items() if k not in EVAL_ONLY_KEYS}
     if mine != theirs:
         diffs = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-        raise CheckpointError(f"{path}: trained with other avclip params (file vs params: {diffs}); "
+        raise WeightsError(f"{path}: trained with other avclip params (file vs params: {diffs}); "
                               "rerun `vaura avclip --ship` or set avclip.source: train")
     model = SegmentAVCLIP(MotionFormer(size), cfg)
     load_strict(model, obj["towers"], str(path))
     facts = dict(obj.get("train_facts", {}))
     return model.to(resolve_device(vcfg.device)).eval(), facts
-
-
-def run_stage(
-    params: dict[str, Any],
-    vcfg: VisualConfig,
-    cfg: AVClipConfig,
-    root: Path,
-    progress: bool = True,
-    log: Callable[[int, dict[str, float]], None] | None = None,
-    force_train: bool = False,
-    ship: bool = False,
-) -> dict[str, Any]:
-    """The ``avclip`` stage: get the stand-in (train on TRAIN clips, or the shipped file), measure it on VAL
-    clips, write ``<data>/avclip/``. ``ship`` trains and also writes the file ``avclip.shipped`` points to."""
-    from vaura.data.manifest import read_manifest
-    from vaura.io import atomic_torch_save, atomic_write_csv, atomic_write_json
-    from vaura.visual.encoder import standin_payload
-
-    t_start = time.monotonic()
-    seed = int(params.get("seed", 0))
-    data_dir = root / params.get("paths", {}).get("data", "data")
-    manifest_path = data_dir / "clips" / "manifest.csv"
-    manifest = read_manifest(manifest_path).sort_values("clip")
-    train_now = force_train or ship or cfg.source == "train"
-    n_train = cfg.max_train_clips if train_now else cfg.probe_clips
-    tr = manifest[manifest["split"] == "train"].head(n_train)
-    va = manifest[manifest["split"] == "val"].head(cfg.max_val_clips)
-    if tr.empty or va.empty:
-        raise AVClipDataError(f"{manifest_path}: need train and val clips, got {len(tr)} train, {len(va)} val")
-    train, rej_tr = load_clips([Path(p) for p in tr["path"]], list(tr["clip"]), vcfg, cfg, progress)
-    val, rej_va = load_clips([Path(p) for p in va["path"]], list(va["clip"]), vcfg, cfg, progress)
-    t_decode = time.monotonic() - t_start
-
-    if train_now:
-        model, facts = train_avclip(train, vcfg, cfg, seed=seed, progress=progress, log=log)
-        facts |= {"train_clips": len(train.clips), "data_seed": seed, "data_manifest": str(manifest_path)}
-    else:
-        model, facts = load_shipped(root / cfg.shipped, vcfg, cfg)
-    mel_norm = (facts["mel_mean"], facts["mel_std"])
-    metrics: dict[str, Any] = {
-        "source": "trained" if train_now else "shipped", "val_clips": len(val.clips),
-        "rejected": len(rej_tr) + len(rej_va), "decode_seconds": round(t_decode, 1),
-        **{k: v for k, v in facts.items() if not k.startswith(("mel_", "data_manifest"))},
-        "retrieval": retrieval_metrics(model, val, vcfg, mel_norm),
-    }
-    events_path = data_dir / "raw" / "events.csv"
-    if events_path.is_file():
-        events = pd.read_csv(events_path, dtype={"clip": str, "class": str})
-        fit = ClipArrays(train.clips[: cfg.probe_clips], train.frames[: cfg.probe_clips], train.mels[: cfg.probe_clips])
-        device = resolve_device(vcfg.device)
-        trained = VisualEncoder(model.visual, vcfg.short_side, vcfg.batch_size, device)
-        torch.manual_seed(seed)
-        untrained = VisualEncoder(MotionFormer(size_from_config(vcfg)), vcfg.short_side, vcfg.batch_size, device)
-        metrics["probe"] = probe_metrics(trained, fit, val, events)
-        metrics["probe_random_init"] = probe_metrics(untrained, fit, val, events)
-    else:
-        metrics["probe"] = f"skipped: no ground truth at {events_path} (only the synthetic benchmark has it)"
-    metrics["stage_seconds"] = round(time.monotonic() - t_start, 1)
-
-    out = data_dir / "avclip"
-    towers = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = standin_payload(model.visual, {"avclip": dict(_training_knobs(cfg)), "seed": seed, "towers": towers,
-                                             "train_facts": facts})
-    atomic_torch_save(out / "visual.pt", payload)
-    if ship:
-        atomic_torch_save(root / cfg.shipped, payload)
-    atomic_write_json(out / "metrics.json", metrics)
-    rejected = pd.DataFrame(rej_tr + rej_va, columns=["clip", "reason"])
-    atomic_write_csv(out / "rejected.csv", rejected)
-    return metrics

@@ -1,8 +1,9 @@
 """CFG sweep: generate N samples per test clip at every guidance scale γ, write WAVs once, index them.
 
 Layout (DATA_LAYOUT.md): ``<data>/sweep/<test_set>/g<γ>/<clip>__s<k>.wav`` and ``<data>/sweep/index.csv``
-with columns ``test_set, cfg_scale, clip, sample, start_sec, path, sample_rate`` (``path`` relative to
-``<data>/sweep``). With ``reconstructions`` on, the codec's reconstruction of each clip's reference codes is
+with columns ``test_set, cfg_scale, clip, sample, start_sec, window_s, path, video, sample_rate`` (``path`` the
+WAV and ``video`` the clip's source video, both relative to ``<data>/sweep`` by the :mod:`vaura.tables` rule;
+``window_s`` the cache's window, so ``evaluate`` reads nothing but the sweep). With ``reconstructions`` on, the codec's reconstruction of each clip's reference codes is
 written to ``<test_set>/recon/<clip>.wav`` (``cfg_scale`` empty, ``sample`` −1): the ceiling a generator can reach
 through this codec, which the science check needs.
 
@@ -23,9 +24,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vaura.io import atomic_path, atomic_write_csv
+from vaura.config import bounded
+from vaura.io import atomic_path, atomic_write_csv, remove_stale_temps
+from vaura.tables import relative_to_table
 
-INDEX_COLUMNS = ["test_set", "cfg_scale", "clip", "sample", "start_sec", "path", "sample_rate"]
+INDEX_COLUMNS = ["test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video", "sample_rate"]
 
 
 @dataclass
@@ -48,18 +51,19 @@ class TestSetConfig:
 class SweepConfig:
     """params.yaml section ``sweep``."""
 
-    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 6.0, 7.0, 9.0])
-    samples_per_clip: int = 10
-    batch_size: int = 16
+    cfg_scales: list[float] = bounded([1.0, 3.0, 5.0, 6.0, 7.0, 9.0], ge=0)
+    samples_per_clip: int = bounded(10, ge=1)
+    batch_size: int = bounded(16, ge=1)
     reconstructions: bool = True
     device: str = "auto"
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     test_sets: dict[str, TestSetConfig] = field(default_factory=lambda: {"test": TestSetConfig()})
 
 
 @dataclass
 class TestItem:
-    """One test clip's fixed evaluation window: reference codes ``[K, T]`` and visual features ``[N, D]``."""
+    """One test clip's fixed evaluation window: reference codes ``[K, T]``, visual features ``[N, D]``, and where
+    the window lies in which source video."""
 
     __test__ = False
 
@@ -67,6 +71,8 @@ class TestItem:
     start_sec: float
     codes: torch.Tensor
     feats: torch.Tensor
+    window_s: float
+    video: str
 
 
 class SweepError(ValueError):
@@ -105,19 +111,13 @@ def select_windows(index: pd.DataFrame, windows_csv: str | Path | None, source: 
 
 def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list[TestItem]:
     """Fixed-window test items of one test set from the feature/token cache (``vaura.cache.CachedClips``)."""
-    from vaura.cache import CachedClips
+    from vaura.cache import CacheError, CachedClips
 
-    cache_dir = Path(cache_dir)
-    index_path = cache_dir / "index.csv"
-    if not index_path.is_file():
-        raise SweepError(f"{index_path}: cache index not found; run the `cache` stage first")
-    rows = pd.read_csv(index_path)
-    rows = rows[rows["split"] == ts.cache_split].reset_index(drop=True)
-    if rows.empty:
-        raise SweepError(f"{index_path}: test set '{name}' has no clips in split '{ts.cache_split}'")
-    dataset = CachedClips(cache_dir, ts.cache_split)
-    if list(rows["clip"]) != list(dataset.clips):
-        raise SweepError(f"{index_path}: '{ts.cache_split}' rows differ from the clips the cache dataset holds")
+    try:
+        dataset = CachedClips(cache_dir, ts.cache_split)
+    except CacheError as exc:
+        raise SweepError(f"test set '{name}': {exc}") from exc
+    rows = dataset.index.copy()
     rows["pos"] = np.arange(len(rows))
     rows = select_windows(rows, ts.windows or None, f"sweep.test_sets.{name}")
     if ts.max_clips:
@@ -125,7 +125,8 @@ def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list
     items = []
     for row in rows.itertuples():
         codes, feats = dataset[int(row.pos)]
-        items.append(TestItem(str(row.clip), float(row.start_sec), codes.long(), feats.float()))
+        items.append(TestItem(str(row.clip), float(row.start_sec), codes.long(), feats.float(), dataset.window_s,
+                              str(row.path)))
     return items
 
 
@@ -162,6 +163,7 @@ def run_sweep(
     if generate is None:
         from vaura.model.sampler import generate
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir)  # a killed earlier run's half-written WAVs
     rows: list[dict[str, Any]] = []
     sr = int(codec.sample_rate)
     model.eval()
@@ -173,11 +175,7 @@ def run_sweep(
             batches = [pairs[i : i + cfg.batch_size] for i in range(0, len(pairs), cfg.batch_size)]
             for b, batch in enumerate(tqdm(batches, desc=f"sweep {name} γ={gamma:g}", unit="batch")):
                 paths = [out_dir / name / gamma_dir(gamma) / f"{it.clip}__s{k}.wav" for it, k in batch]
-                rows += [
-                    {"test_set": name, "cfg_scale": gamma, "clip": it.clip, "sample": k, "start_sec": it.start_sec,
-                     "path": p.relative_to(out_dir).as_posix(), "sample_rate": sr}
-                    for (it, k), p in zip(batch, paths)
-                ]
+                rows += [_index_row(name, gamma, it, k, p, out_dir, sr) for (it, k), p in zip(batch, paths)]
                 if all(p.is_file() for p in paths):
                     continue
                 n_frames = {it.codes.shape[-1] for it, _ in batch}
@@ -195,6 +193,13 @@ def run_sweep(
     return index
 
 
+def _index_row(name: str, gamma: float, it: TestItem, sample: int, wav: Path, out_dir: Path, sr: int) -> dict[str, Any]:
+    """One ``index.csv`` row; ``path`` and ``video`` relative to the index's folder (:mod:`vaura.tables`)."""
+    wav_rel, video_rel = relative_to_table(out_dir / "index.csv", [wav, it.video])
+    return {"test_set": name, "cfg_scale": gamma, "clip": it.clip, "sample": sample, "start_sec": it.start_sec,
+            "window_s": it.window_s, "path": wav_rel, "video": video_rel, "sample_rate": sr}
+
+
 def _reconstruct(
     codec: Any, items: Sequence[TestItem], name: str, out_dir: Path, sr: int, batch_size: int,
     device: str | torch.device,
@@ -203,11 +208,7 @@ def _reconstruct(
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
         paths = [out_dir / name / "recon" / f"{it.clip}.wav" for it in chunk]
-        rows += [
-            {"test_set": name, "cfg_scale": np.nan, "clip": it.clip, "sample": -1, "start_sec": it.start_sec,
-             "path": p.relative_to(out_dir).as_posix(), "sample_rate": sr}
-            for it, p in zip(chunk, paths)
-        ]
+        rows += [_index_row(name, np.nan, it, -1, p, out_dir, sr) for it, p in zip(chunk, paths)]
         if all(p.is_file() for p in paths):
             continue
         with torch.inference_mode():
@@ -215,26 +216,3 @@ def _reconstruct(
         for wav, p in zip(audio, paths):
             _write_wav(p, wav, sr)
     return rows
-
-
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The decoder of a training checkpoint (``<data>/train/best.pt``), in eval mode.
-
-    Built from the checkpoint's own ``model_config`` and ``model_dims`` (not from the current params), so a sweep
-    always samples the model that was trained, whatever params.yaml says now; weights load strictly.
-    """
-    from vaura.config import from_dict
-    from vaura.model.config import ModelConfig
-    from vaura.train.checkpoint import load_checkpoint
-    from vaura.train.trainer import build_model
-
-    ckpt = load_checkpoint(path)
-    for key in ("model", "model_config", "model_dims"):
-        if key not in ckpt:
-            raise SweepError(f"{path}: training checkpoint lacks '{key}'")
-    model = build_model(from_dict(ModelConfig, ckpt["model_config"], f"{path}:model_config"), ckpt["model_dims"])
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as exc:
-        raise SweepError(f"{path}: weights do not match the checkpoint's own model config: {exc}") from exc
-    return model.to(device).eval()

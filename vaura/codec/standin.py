@@ -1,18 +1,29 @@
-"""Offline stand-in codec: train a tiny ``dac.DAC`` on the benchmark's audio and measure its quality gate.
+"""The offline codec stand-in: train a tiny ``dac.DAC`` on the benchmark's audio, ship it, and gate it.
 
 The pretrained 44.1 kHz DAC cannot be downloaded here, so the offline profile trains the same class at CPU size.
 Losses follow DAC's recipe without the GAN (not worth it on CPU): multi-scale log-mel L1, waveform L1, and the
-quantizer's commitment and codebook losses. The gate asks the question that matters downstream: do impact onsets
-survive the codec? It compares onset event F1 on reconstructions with the same detector's F1 on the input.
+quantizer's commitment and codebook losses.
+
+Shipped weights: ``codec.train.shipped_path`` (committed, a few MB) is made by the ``codec`` stage with
+``vaura codec --params params.yaml --train --ship``. Its recorded provenance (architecture, training knobs, seed,
+fingerprint of the training data) must equal what the current params and data would train, otherwise the stage
+refuses it and says how to retrain (:func:`provenance_mismatches`).
+
+The gate asks the question that matters downstream: do impact onsets survive the codec? It compares onset event
+F1 on reconstructions with the same detector's F1 on the input (:func:`quality_gate`).
+The stage body is :mod:`vaura.stages.codec`; the DAC wrapper and checkpoint format are :mod:`vaura.codec.codec`.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torchaudio
 from torch import nn
@@ -21,6 +32,108 @@ from tqdm import tqdm
 from vaura.codec.codec import Codec, _new_dac
 from vaura.codec.config import CodecConfig, CodecGateConfig
 from vaura.devices import resolve_device
+
+RETRAIN_HINT = "retrain it with `vaura codec --params params.yaml --train --ship`, or set codec.train.source: train"
+
+
+class CodecDataError(ValueError):
+    """Stage inputs (manifest, ground truth) that are missing or inconsistent."""
+
+
+@dataclass
+class StageInputs:
+    """What the stage reads: clip paths per split and ground-truth event times per clip."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    events: dict[str, np.ndarray]
+    events_table: pd.DataFrame
+
+
+def _read_csv(path: Path, columns: set[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise CodecDataError(f"{path}: not found (written by the acquire stage for the synthetic benchmark)")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CodecDataError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = columns - set(df.columns)
+    if missing:
+        raise CodecDataError(f"{path}: missing column(s) {sorted(missing)}")
+    return df
+
+
+def read_inputs(data_dir: Path, cfg: CodecConfig, seed: int) -> StageInputs:
+    """TRAIN clips (optionally a seeded subset) and VAL clips usable for the gate, with their events.
+
+    The gate uses only clips whose audio belongs to their video (``relevance.csv`` kind ``ok``): for swapped,
+    shifted or music clips the event table does not describe what is heard.
+    """
+    from vaura.data.manifest import read_manifest
+
+    manifest = read_manifest(data_dir / "clips" / "manifest.csv")
+    events_table = _read_csv(data_dir / "raw" / "events.csv", {"clip", "time_s", "class"})
+    events = {str(c): np.sort(g["time_s"].to_numpy(np.float64)) for c, g in events_table.groupby("clip")}
+    train = manifest[manifest["split"] == "train"].sort_values("clip").reset_index(drop=True)
+    if cfg.train.max_train_clips and len(train) > cfg.train.max_train_clips:
+        pick = np.random.default_rng(seed).choice(len(train), cfg.train.max_train_clips, replace=False)
+        train = train.iloc[np.sort(pick)].reset_index(drop=True)
+    val = manifest[manifest["split"] == "val"].sort_values("clip")
+    relevance_path = data_dir / "raw" / "relevance.csv"
+    if relevance_path.is_file():
+        rel = _read_csv(relevance_path, {"clip", "kind"})
+        ok = set(rel.loc[rel["kind"] == "ok", "clip"].astype(str))
+        val = val[val["clip"].astype(str).isin(ok)]
+    val = val.head(cfg.gate.max_clips).reset_index(drop=True)
+    if val.empty:
+        raise CodecDataError(f"{data_dir / 'clips' / 'manifest.csv'}: no usable VAL clips for the codec quality gate")
+    return StageInputs(train=train, val=val, events=events, events_table=events_table)
+
+
+def data_fingerprint(train: pd.DataFrame, events_table: pd.DataFrame) -> str:
+    """sha256 of the TRAIN clip ids and their ground-truth events: changes when the benchmark (or its seed) does."""
+    ids = sorted(train["clip"].astype(str))
+    ev = events_table[events_table["clip"].astype(str).isin(set(ids))]
+    rows = sorted(f"{c},{t:.4f},{k}" for c, t, k in zip(ev["clip"].astype(str), ev["time_s"], ev["class"].astype(str)))
+    h = hashlib.sha256()
+    h.update("\n".join(ids).encode())
+    h.update(b"\n--events--\n")
+    h.update("\n".join(rows).encode())
+    return h.hexdigest()
+
+
+def provenance(cfg: CodecConfig, seed: int, fingerprint: str) -> dict[str, Any]:
+    """Everything that determines the trained weights (and nothing that does not: paths, time cap, source, device).
+
+    The device changes results only by floating-point rounding, so GPU-trained weights ship to CPU users.
+    """
+    excluded = ("source", "shipped_path", "max_minutes", "device")
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in excluded}
+    return {"kwargs": cfg.offline.dac_kwargs(), "train": train, "seed": int(seed), "data_fingerprint": fingerprint}
+
+
+def provenance_mismatches(blob: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between a checkpoint's provenance and what the params would train."""
+    out = []
+    recorded = blob.get("provenance") or {}
+    for key, want in expected.items():
+        got = recorded.get(key)
+        if isinstance(want, Mapping) and isinstance(got, Mapping):
+            out += [f"{key}.{k}: shipped {got.get(k)!r}, params {v!r}" for k, v in want.items() if got.get(k) != v]
+            out += [f"{key}.{k}: shipped {got[k]!r}, not in params" for k in got if k not in want]
+        elif got != want:
+            out.append(f"{key}: shipped {got!r}, params {want!r}")
+    steps_done = blob.get("steps_done")
+    if steps_done != expected["train"]["steps"]:
+        out.append(f"steps_done: shipped {steps_done!r} < codec.train.steps {expected['train']['steps']} (time cap hit)")
+    return out
+
+
+def read_clip_audio(paths: list[str], sample_rate: int, desc: str, progress: bool) -> list[np.ndarray]:
+    """Mono float32 audio of each clip at the codec's rate (MediaError names the file on bad input)."""
+    from vaura.media import read_audio
+
+    return [read_audio(p, sample_rate) for p in tqdm(paths, desc=desc, unit="clip", disable=not progress)]
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -186,7 +299,7 @@ def quality_gate(
     The gate passes when the reconstruction's F1 is at most ``gate.max_gap`` below the original's.
     ``on_clip(clip_id, original, reconstructed, sample_rate)`` sees every pair (the stage logs a few to MLflow to listen to).
     """
-    from vaura.eval.onsets import detect_onsets, event_f1
+    from vaura.onsets import detect_onsets, event_f1
 
     if not clips:
         raise ValueError("quality gate: no validation clips to evaluate")

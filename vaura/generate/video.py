@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaura.media import probe, read_video
 from vaura.model.config import GenerationConfig
+from vaura.model.decoder import VAURA
 from vaura.model.sampler import generate_long
-from vaura.model.vaura import VAURA
 
 VIDEO_FPS = 25.0
 
@@ -46,8 +47,6 @@ def video_features(encoder: Any, frames: np.ndarray) -> torch.Tensor:
 def audio_for_video(video: str | Path, model: VAURA, codec: Any, encoder: Any, gen: GenerationConfig,
                     seed: int, device: torch.device, compile: bool = False) -> np.ndarray:
     """Generated mono audio (float32, ``codec.sample_rate``) as long as the video."""
-    from vaura.media import probe, read_video
-
     info = probe(video)
     if not info.has_video or not info.duration_s:
         raise GenerateError(f"{video}: no video stream with a duration")

@@ -1,4 +1,4 @@
-"""The V-AURA decoder ("sampler"): audio tokens predicted from visual features, read top to bottom.
+"""The V-AURA decoder (the release calls it "sampler"): audio tokens from visual features, top to bottom.
 
 1. Audio embedding — per codebook ``Embedding(card + 1, codebook_dim)`` (row ``card`` = the special BOS/pad token)
    followed by that codec quantizer's weight-normed 1×1 ``out_proj`` (codebook_dim → audio width); the K results
@@ -16,7 +16,6 @@ Parameter names equal the released checkpoint's ``sampler.*`` keys, so importing
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +90,15 @@ class VisualEmbedder(nn.Module):
         return self.projection(torch.where(drop[:, None, None], null, visual))
 
 
+def cfg_drop_mask(batch: int, p: float, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Which rows of a training batch get the null condition (classifier-free guidance dropout, probability ``p``).
+
+    The one place the mask is drawn: the trainer passes its own checkpointed ``generator`` (exact resume).
+    """
+    return torch.rand(batch, generator=generator, device=device) < p
+
+
 class VAURA(nn.Module):
     """Llama-style decoder over delayed DAC codes, conditioned on 12.5 Hz visual features."""
 
@@ -122,6 +130,8 @@ class VAURA(nn.Module):
         self.n_prefix = 0 if self.fusion else self.n_null
         self.n_positions = self.n_prefix + self.max_frames + n_codebooks
         self._rope: torch.Tensor | None = None  # fp32 (cos, sin) table, built per device by rope_on()
+        self._loss_fn = codebook_loss  # compile_blocks() swaps in the compiled one
+        self._compiled_layers: list | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -144,7 +154,7 @@ class VAURA(nn.Module):
         b = visual.shape[0]
         if drop_cond is None:
             if self.training and self.cfg.cfg_dropout > 0:
-                drop_cond = torch.rand(b, device=visual.device) < self.cfg.cfg_dropout
+                drop_cond = cfg_drop_mask(b, self.cfg.cfg_dropout, device=visual.device)
             else:
                 drop_cond = torch.zeros(b, dtype=torch.bool, device=visual.device)
         return self.cls_embeddings(visual, drop_cond.to(visual.device))
@@ -197,10 +207,23 @@ class VAURA(nn.Module):
                                  f"{self.n_positions} positions (model.max_seconds={self.cfg.max_seconds})")
         rope = self.rope_on(x.device)[positions]
         h = self.tok_dropout(x)
-        for i, layer in enumerate(self.layers):
+        layers = self._compiled_layers if cache is None and self._compiled_layers else self.layers
+        for i, layer in enumerate(layers):
             h = layer(h, rope, positions if cache is not None else None, cache, i, n_keys)
         h = self.norm(h)
         return torch.stack([head(h) for head in self.lm_heads], dim=1)
+
+    def compile_blocks(self) -> None:
+        """``torch.compile`` each decoder block and the loss for the teacher-forced passes (training, validation).
+
+        The blocks share one code object, so the graph is compiled once and reused by every layer (regional
+        compilation): about the compile time of one block instead of the whole unrolled model, with the fusions
+        that matter (norms, RoPE, SwiGLU, attention's surroundings) inside the block. Cached decoding keeps the
+        eager blocks (its compiled path is the CUDA-graph step of ``generate(compile=True)``). The compiled
+        wrappers live outside the module tree, so parameter names and checkpoints do not change.
+        """
+        self._compiled_layers = [torch.compile(layer) for layer in self.layers]
+        self._loss_fn = torch.compile(codebook_loss)
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:
         cfg = self.cfg
@@ -229,18 +252,9 @@ class VAURA(nn.Module):
              drop_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked per-codebook cross-entropy averaged over codebooks; ``(loss, per_codebook [K] detached)``.
 
-        Frames whose code is negative (padding past a clip's end) are excluded from the loss.
+        Frames whose code is negative (padding past a clip's end) are excluded (see :func:`codebook_loss`).
         """
-        logits = self(codes, visual, drop_cond)
-        valid = codes >= 0
-        per_cb = []
-        for q in range(self.n_codebooks):
-            m = valid[:, q]
-            if not m.any():
-                raise ValueError(f"codebook {q} has no valid frame in this batch")
-            per_cb.append(F.cross_entropy(logits[:, q][m].float(), codes[:, q][m]))
-        per = torch.stack(per_cb)
-        return per.mean(), per.detach()
+        return self._loss_fn(self(codes, visual, drop_cond), codes)
 
     # ---- initialisation from the codec ----------------------------------------------------------------------
     @torch.no_grad()
@@ -248,7 +262,8 @@ class VAURA(nn.Module):
         """Copy the codec's codebooks (+ a random special row) and out-projections into the audio embedding.
 
         ``codec`` follows ``vaura.codec.Codec`` (``codebooks()``, ``out_projections()``). Out-projections are
-        copied only when their width equals the model's audio width; returns how many were copied.
+        copied only when their width equals the model's audio width (a smaller model than the codec's latent is a
+        normal configuration, not a problem to warn about); returns how many were copied.
         """
         books, projs = codec.codebooks(), codec.out_projections()
         if len(books) < self.n_codebooks:
@@ -267,10 +282,25 @@ class VAURA(nn.Module):
                 emb.out_proj.weight_v.copy_(v.reshape(emb.out_proj.weight_v.shape))
                 emb.out_proj.bias.copy_(bias if bias is not None else torch.zeros_like(emb.out_proj.bias))
                 copied += 1
-        if copied < self.n_codebooks:
-            warnings.warn(f"codec out-projections map to {v.shape[0]} channels but the model's audio width is "
-                          f"{self.audio_width}; only the codebooks were copied", stacklevel=2)
         return copied
+
+
+def codebook_loss(logits: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over codebooks of each codebook's cross-entropy over its valid frames (``codes >= 0``).
+
+    ``logits [B, K, T, card]``, ``codes [B, K, T]``; returns ``(loss, per_codebook [K] detached)``. One
+    cross-entropy over every token with padding as ``ignore_index``, summed per codebook and divided by the
+    codebook's count of valid frames: selecting the valid frames with a boolean mask instead would need their
+    number on the host, a GPU→CPU sync per codebook per step. A codebook with no valid frame in the batch gives
+    NaN (0/0), which the trainer reports as a non-finite loss.
+    """
+    b, k, t, card = logits.shape
+    valid = codes >= 0
+    target = torch.where(valid, codes, torch.full_like(codes, -100))
+    per_token = F.cross_entropy(logits.float().reshape(-1, card), target.reshape(-1), ignore_index=-100,
+                                reduction="none").view(b, k, t)
+    per = per_token.sum(dim=(0, 2)) / valid.sum(dim=(0, 2))
+    return per.mean(), per.detach()
 
 
 def _weight_norm_parts(proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

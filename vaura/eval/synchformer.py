@@ -6,7 +6,7 @@ stride 10, HF ``ASTModel`` parameter names, then a CLS-pooling layer over freque
 linear bridges ``vproj``/``aproj`` and a 3-layer global transformer over ``[OFF | vis | MOD | aud]`` whose OFF
 token is classified into 21 offsets ``linspace(-2, 2, 21)`` s (positive = audio starts earlier).
 Parameter names follow ``synchformer_24-01-04T16-39-21.json`` (``ckpt["model"]``, 513 tensors) so the released
-weights load strictly. ``predict_offsets`` does the documented test-time preprocessing (FACTS.md "Metrics").
+weights load strictly. ``predict_offsets`` does the documented test-time preprocessing (docs/PAPER.md "Metrics").
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from vaura.visual.encoder import VisualInputError, frames_to_input
 from vaura.visual.motionformer import PAPER_SIZE, ClsPoolLayer, MotionFormer, MotionFormerSize
-from vaura.visual.weights import SYNCHFORMER_URL_HINT, CheckpointError, load_strict, read_checkpoint
+from vaura.weights import SYNCHFORMER_URL_HINT, load_released
 
 VFPS = 25
 AUDIO_SR = 16000
@@ -331,19 +331,8 @@ def load_synchformer(
     device: str | torch.device = "cpu",
 ) -> Synchformer:
     """Build a frozen, eval-mode :class:`Synchformer` and strictly load ``ckpt["model"]`` (or a bare state dict)."""
-    source = "state dict"
-    if isinstance(state_dict_or_path, (str, Path)):
-        source = str(state_dict_or_path)
-        obj: Mapping[str, Any] = read_checkpoint(state_dict_or_path, SYNCHFORMER_URL_HINT, "evaluate.synchformer_weights")
-    else:
-        obj = state_dict_or_path
-    inner = obj.get("model")
-    state = inner if isinstance(inner, Mapping) else obj
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise CheckpointError(f"{source}: no tensors under ckpt['model']")
-    model = Synchformer(size)
-    load_strict(model, state, source)
+    model = load_released(lambda: Synchformer(size), state_dict_or_path, SYNCHFORMER_URL_HINT,
+                          "evaluate.synchformer_weights", inner="model")
     return model.to(device).eval().requires_grad_(False)
 
 
