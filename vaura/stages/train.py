@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--resume", default="auto",
                         help="'auto': continue from <data>/train/last.pt when it exists (exact resume); "
-                             "'never': start from scratch; or a checkpoint path")
+                             "'matching': only when last.pt was made with the same params and data, else start "
+                             "over (dvc.yaml uses this); 'never': start from scratch; or a checkpoint path")
     parser.add_argument("--checksum-dir", default=None,
                         help="write each rank's final weight SHA-256 to DIR/rank<R>.sha256 (DDP consistency check)")
 

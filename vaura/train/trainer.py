@@ -387,7 +387,10 @@ class JsonlLog:
 def train(params_path: str | Path = "params.yaml", resume: str = "auto", checksum_dir: str | Path | None = None) -> dict[str, Any]:
     """Train the decoder on the cache under ``paths.data``; returns the final metrics (also ``metrics.json``).
 
-    ``resume``: ``auto`` (continue from ``<data>/train/last.pt`` if it exists), ``never`` or a checkpoint path.
+    ``resume``: ``auto`` (continue from ``<data>/train/last.pt`` if it exists; a changed schedule extends it, a
+    changed model is refused), ``matching`` (continue it only when it was made with the same params and data, else
+    start over: what ``dvc repro`` runs, so outputs always belong to the current params), ``never`` or a
+    checkpoint path.
     ``checksum_dir``: each rank writes ``rank<R>.sha256`` of its final weights there (DDP consistency check).
     """
     from vaura.model import ModelConfig
@@ -437,9 +440,10 @@ def _train(params: dict, params_path: str | Path, cfg: TrainConfig, model_cfg: A
 
     fingerprint = run_fingerprint(to_dict(cfg), to_dict(model_cfg), dims, env.world_size, cache_dir,
                                   params.get("codec") if cfg.init_from_codec else None)
-    ckpt_path = None if resume == "never" else (out_dir / "last.pt" if resume == "auto" else Path(resume))
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None and (resume != "auto" or ckpt_path.is_file()) else None
-    if ckpt is not None and resume == "auto" and ckpt.get("fingerprint") != fingerprint:
+    own_last = resume in ("auto", "matching")
+    ckpt_path = None if resume == "never" else (out_dir / "last.pt" if own_last else Path(resume))
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None and (not own_last or ckpt_path.is_file()) else None
+    if ckpt is not None and resume == "matching" and ckpt.get("fingerprint") != fingerprint:
         # last.pt survives `dvc repro` (persisted) but belongs to other params/data: a fresh start, not a resume
         log.warning("%s was trained with other params or data; starting from step 0", ckpt_path)
         ckpt = ckpt_path = None
