@@ -29,6 +29,7 @@ def main() -> None:
     from vaura.codec import Codec, CodecConfig
     from vaura.codec.codec import _new_dac
     from vaura.config import load_section
+    from vaura.curation.filtering import FilterConfig
     from vaura.curation.motion_onset import MotionOnsetScorer
     from vaura.curation.scoring import ScoreConfig
     from vaura.data.synthetic import SyntheticConfig, generate_benchmark
@@ -37,7 +38,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--params", default="params.yaml", help="params file (synthetic, score, cache, codec, visual)")
+    parser.add_argument("--params", default="params.yaml", help="params file (synthetic, score, filter, cache, codec, visual)")
     parser.add_argument("--clips", type=int, default=16, help="synthetic clips to render and process")
     parser.add_argument("--seed", type=int, default=0, help="synthetic benchmark seed")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (cache encoders)")
@@ -47,6 +48,7 @@ def main() -> None:
                               n_test=1)
     scfg = load_section(ScoreConfig, "score", params)
     ccfg = load_section(CacheConfig, "cache", params)
+    fcfg = load_section(FilterConfig, "filter", params)
     codec_cfg = load_section(CodecConfig, "codec", params)
     vcfg = load_section(VisualConfig, "visual", params)
     if ccfg.torch_threads > 0:
@@ -73,7 +75,7 @@ def main() -> None:
                         lambda p: media.read_audio(p, codec.sample_rate),
                         lambda p: media.read_video(p, 25.0, short_side=vcfg.short_side, crop=vcfg.crop),
                         shard_size=ccfg.shard_size, batch_size=batch, workers=ccfg.workers, device=args.device,
-                        progress=False)
+                        window_s=fcfg.window_s, progress=False)
             result[f"cache_clips_per_s_batch{batch}"] = len(plan) / (time.perf_counter() - t0)
     atomic_write_json(args.out, result)
     print(result)

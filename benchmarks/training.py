@@ -1,7 +1,8 @@
 """Training-step throughput and MFU of the V-AURA decoder.
 
-Times full optimizer steps (forward + loss + backward + gradient clipping + AdamW, the trainer's own pieces:
-``LossModule``, ``build_optimizer``, ``autocast_context`` — bf16 autocast on GPU, fp32 on CPU) on random codes
+Times the trainer's own optimizer step, ``vaura.train.trainer.train_step`` (CFG condition drop with
+``model.cfg_dropout``, forward + loss + backward, gradient clipping, AdamW, schedule; bf16 autocast on GPU, fp32 on
+CPU; the decoder blocks compiled with ``--compile`` as ``train.compile`` does) on random codes
 and visual features of a 2.56 s window with the paper's codec/visual sizes (9 × 1024 codes at 86.13 Hz =
 221 frames, 768-d visual tokens at 12.5 Hz = 32 tokens). Usage::
 
@@ -20,6 +21,7 @@ Reported:
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import platform
 import statistics
@@ -33,7 +35,9 @@ from torch import nn
 from vaura.io import atomic_write_json
 from vaura.model import VAURA, named_size
 from vaura.train.config import TrainConfig
-from vaura.train.trainer import LossModule, autocast_context, build_optimizer
+from vaura.train.distributed import DistEnv
+from vaura.train.lr import build_scheduler
+from vaura.train.trainer import autocast_context, build_optimizer, train_step, wrap
 
 K, CARD, CDIM, RATE, DV, NV = 9, 1024, 8, 44100 / 512, 768, 32
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="clips per step (paper: 12 per GPU)")
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, autotuning)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the loss module (as train.compile)")
+    parser.add_argument("--compile", action="store_true", help="compile the decoder blocks and the loss (as train.compile)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s (overrides the table)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -93,26 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     cfg = TrainConfig(batch_size=args.batch, compile=args.compile, device=args.device)
+    env = DistEnv(0, 0, 1, device)
     model = VAURA(named_size(args.size), K, CARD, CDIM, RATE, DV).to(device).train()
-    step_fn: nn.Module = LossModule(model)
-    if args.compile:
-        step_fn = torch.compile(step_fn)
+    step_fn = wrap(model, cfg, env)
     optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
     amp = autocast_context(cfg, device)
     n_frames = math.ceil(2.56 * RATE)
-    codes = torch.randint(0, CARD, (args.batch, K, n_frames), device=device)
-    visual = torch.randn(args.batch, NV, DV, device=device)
-    drop = torch.rand(args.batch, device=device) < 0.1
+    batches = itertools.repeat((torch.randint(0, CARD, (args.batch, K, n_frames), device=device),
+                                torch.randn(args.batch, NV, DV, device=device)))
     params = [p for p in model.parameters() if p.requires_grad]
+    cond_gen = torch.Generator().manual_seed(args.seed)
 
     def step() -> float:
-        with amp:
-            loss, _ = step_fn(codes, visual, drop)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        loss, _, _ = train_step(step_fn, params, optimizer, scheduler, batches, cfg=cfg,
+                                cfg_dropout=model.cfg.cfg_dropout, cond_gen=cond_gen, env=env, amp=amp)
+        return loss
 
     for _ in range(args.warmup):
         step()

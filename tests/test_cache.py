@@ -57,12 +57,14 @@ def test_cache_holds_whole_clip_codes_and_fp16_features_and_records_bad_clips(tm
     plan.insert(2, ClipSpec("short", str(tmp_path / "short.mp4"), "train"))
     out = tmp_path / "cache"
     summary = build_cache(plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=2,
-                          batch_size=2, workers=2, progress=False)
+                          batch_size=2, workers=2, window_s=2.56, progress=False)
     assert summary["clips"] == 3 and summary["rejected"] == 2 and summary["shards"] == 3
     rejected = pd.read_csv(out / "rejected.csv").set_index("clip")
     assert "bad.mp4" in rejected.loc["bad", "reason"] and "shorter than one window" in rejected.loc["short", "reason"]
     index = pd.read_csv(out / "index.csv")
-    assert list(index.columns) == ["clip", "split", "shard", "n_frames", "n_feats", "start_sec"]
+    assert list(index.columns) == ["clip", "split", "shard", "n_frames", "n_feats", "start_sec", "path"]
+    # the source video travels forward, relative to the cache folder (a moved data folder stays valid)
+    assert list(index["path"]) == ["../c0.mp4", "../c1.mp4", "../c2.mp4"]
     assert list(index["clip"]) == ["c0", "c1", "c2"] and list(index["shard"]) == [0, 1, 2]
     assert index["start_sec"].isna().tolist() == [True, True, False] and index["start_sec"].iloc[2] == 0.32
     for row in index.itertuples():
@@ -78,24 +80,25 @@ def test_cache_holds_whole_clip_codes_and_fp16_features_and_records_bad_clips(tm
     meta = json.loads((out / "meta.json").read_text())
     assert meta["frame_rate"] == 25.0 and meta["feature_rate"] == 12.5 and meta["visual_dim"] == FakeVisual.dim
     assert (meta["n_codebooks"], meta["codebook_size"], meta["hop_length"]) == (2, 16, 32)
+    assert meta["window_s"] == 2.56
 
 
 def test_rerun_reuses_complete_shards_and_recomputes_missing_or_foreign_ones(tmp_path):
     plan = micro_clips(tmp_path, n=3)
     out = tmp_path / "cache"
     args = (plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64)
-    build_cache(*args, shard_size=1, progress=False, fingerprint="enc-A")
+    build_cache(*args, shard_size=1, window_s=2.56, progress=False, fingerprint="enc-A")
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.pt")}
     reference = load(out / shard_name(1))
     (out / shard_name(1)).unlink()
     (out / shard_name(2)).write_bytes(b"half-written garbage")
-    summary = build_cache(*args, shard_size=1, progress=False, fingerprint="enc-A")
+    summary = build_cache(*args, shard_size=1, window_s=2.56, progress=False, fingerprint="enc-A")
     assert summary["shards_reused"] == 1
     p0 = out / shard_name(0)
     assert (p0.stat().st_ino, p0.stat().st_mtime_ns) == before[shard_name(0)]
     again = load(out / shard_name(1))
     assert all(torch.equal(a, b) for a, b in zip(again["codes"], reference["codes"]))
-    summary = build_cache(*args, shard_size=1, progress=False, fingerprint="enc-B")  # other encoder weights
+    summary = build_cache(*args, shard_size=1, window_s=2.56, progress=False, fingerprint="enc-B")  # other encoder weights
     assert summary["shards_reused"] == 0
 
 
@@ -103,21 +106,21 @@ def test_a_re_encoded_source_file_invalidates_only_its_shard(tmp_path):
     plan = micro_clips(tmp_path, n=2)
     out = tmp_path / "cache"
     args = (plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64)
-    build_cache(*args, shard_size=1, progress=False)
+    build_cache(*args, shard_size=1, window_s=2.56, progress=False)
     st = os.stat(plan[0].path)
     os.utime(plan[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new time (a fresh clone)
     with open(plan[1].path, "ab") as fh:  # as if preprocess rewrote it differently
         fh.write(b"\0")
-    summary = build_cache(*args, shard_size=1, progress=False)
+    summary = build_cache(*args, shard_size=1, window_s=2.56, progress=False)
     assert summary["shards_reused"] == 1 and load(out / shard_name(1))["clips"] == ["c1"]
 
 
 def test_a_shorter_plan_drops_the_shards_it_no_longer_has(tmp_path):
     plan = micro_clips(tmp_path, n=3)
     out = tmp_path / "cache"
-    build_cache(plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=1, progress=False)
+    build_cache(plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=1, window_s=2.56, progress=False)
     build_cache(plan[:2], out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64, shard_size=1,
-                progress=False)
+                window_s=2.56, progress=False)
     assert sorted(p.name for p in out.glob("shard-*.pt")) == [shard_name(0), shard_name(1)]
     assert list(pd.read_csv(out / "index.csv")["clip"]) == ["c0", "c1"]
 
@@ -163,7 +166,7 @@ def index_cache(tmp_path) -> Path:
     plan = [ClipSpec("tr", "tr", "train"), ClipSpec("va", "va", "val", 0.96)]
     out = tmp_path / "cache"
     build_cache(plan, out, IndexCodec(), IndexVisual(), lambda p: np.zeros(5000, np.float32),
-                lambda p: np.zeros((125, 8, 8, 3), np.uint8), progress=False)
+                lambda p: np.zeros((125, 8, 8, 3), np.uint8), window_s=2.56, progress=False)
     return out
 
 
@@ -204,7 +207,7 @@ def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_
     The clips are copied, not re-rendered: H.264/AAC encoding is not byte-deterministic across runs.
     """
     from vaura.codec.codec import _new_dac, offline_checkpoint
-    from vaura.curation.tables import write_table
+    from vaura.tables import write_table
     from vaura.visual import MotionFormer, MotionFormerSize
     from vaura.visual.encoder import standin_payload
 

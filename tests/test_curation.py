@@ -163,7 +163,7 @@ def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatc
     import yaml
 
     from vaura.cli import main
-    from vaura.curation.tables import read_table
+    from vaura.tables import read_table
 
     clips = tmp_path / "data" / "clips"
     rows, truth = [], []

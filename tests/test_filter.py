@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vaura.curation.filtering import FilterConfig, FilterError, eval_window_start, filter_scores, read_split
-from vaura.curation.tables import TableError, read_table, write_table
+from vaura.tables import TableError, read_table, write_table
 
 
 def scores_table(tmp_path) -> pd.DataFrame:

@@ -57,11 +57,11 @@ def store(tmp_path_factory):
         baseline = (thr, cond) == (0.3, "fusion")  # only the baseline is swept over γ (as in the paper)
         groups = [_group("reference", None, 0.9), _group("recon", None, 0.8)] if baseline else []
         groups += [_group(f"g{g:g}", g, f1 * (0.5 + g / 12)) for g in ((1.0, 3.0, 6.0) if baseline else (6.0,))]
-        log_groups(params, groups, {}, train_clips=int(100 * (1 - thr)), variant_label=f"{thr} {cond}")
+        log_groups(params, groups, train_clips=int(100 * (1 - thr)), variant_label=f"{thr} {cond}")
     # a newer re-evaluation of the 0.3/fusion γ=6 variant replaces the older one in the tables
     params = _params(tmp_path, 0.3, "fusion")
     mp.setenv("VAURA_PIPELINE_ID", "pipe-0.3-fusion")
-    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], {}, train_clips=70, variant_label="0.3 fusion")
+    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], train_clips=70, variant_label="0.3 fusion")
     mlflow.set_tracking_uri(params["tracking"]["uri"])
     yield tmp_path, params
     mp.undo()
@@ -178,8 +178,6 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
         clip_audio[clip] = audio
         write_video(data / "clips" / f"{clip}.mp4", rng.integers(0, 255, (75, 64, 64, 3), dtype=np.uint8), 25.0,
                     audio=audio, sample_rate=sr)
-    pd.DataFrame({"clip": ["a", "b"], "path": ["a.mp4", "b.mp4"], "split": ["test", "test"]}).to_csv(
-        data / "clips" / "manifest.csv", index=False)
     (data / "raw").mkdir()
     (data / "splits").mkdir()
     pd.DataFrame({"clip": ["a", "b"], "time_s": [1.0, 1.0], "class": ["x", "x"]}).to_csv(
@@ -192,14 +190,15 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
             p.parent.mkdir(parents=True, exist_ok=True)
             sf.write(p, clip_audio[clip][: int(2.56 * sr)], sr)
             rows.append({"test_set": "test", "cfg_scale": 3.0, "clip": clip, "sample": k, "start_sec": 0.0,
-                         "path": f"test/g3/{clip}__s{k}.wav", "sample_rate": sr})
+                         "window_s": 2.56, "path": f"test/g3/{clip}__s{k}.wav", "video": f"../clips/{clip}.mp4",
+                         "sample_rate": sr})
     pd.DataFrame(rows).to_csv(data / "sweep" / "index.csv", index=False)
     params = _params(store[0], 0.2, "fusion", experiment="vaura-eval-stage")  # the module's store, own experiment
     params.update({"paths": {"data": "data", "reports": "reports"},
                    "evaluate": {"fad_backbone": "logmel", "vggish_weights": "w/v.pth", "passt_weights": "w/p.pt",
                                 "imagebind_weights": "w/ib.pth", "synchformer_weights": "w/s.pt",
-                                "manifest": "clips/manifest.csv", "events": "raw/events.csv",
-                                "onset_tolerance_s": 0.1, "window_s": 2.56, "n_artifact_clips": 1, "device": "cpu"}})
+                                "events": "raw/events.csv", "onset_tolerance_s": 0.1, "n_artifact_clips": 1,
+                                "device": "cpu"}})
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -37,7 +37,8 @@ class FakeGenerate:
 
 
 def _items(n: int) -> list[TestItem]:
-    return [TestItem(f"clip{i}", 0.08 * i, torch.randint(0, CARD, (K, T)), torch.randn(8, 4)) for i in range(n)]
+    return [TestItem(f"clip{i}", 0.08 * i, torch.randint(0, CARD, (K, T)), torch.randn(8, 4), 0.64,
+                     f"/videos/clip{i}.mp4") for i in range(n)]
 
 
 def _sweep(tmp_path, gen, **kw):
@@ -57,8 +58,12 @@ def test_sweep_writes_every_sample_once_and_indexes_it(tmp_path) -> None:
                                  for k in range(2)}
     assert gamma_dir(3.0) == "g3" and gamma_dir(0.5) == "g0.5"
     on_disk = pd.read_csv(tmp_path / "index.csv")
-    assert list(on_disk.columns) == ["test_set", "cfg_scale", "clip", "sample", "start_sec", "path", "sample_rate"]
+    assert list(on_disk.columns) == ["test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video",
+                                     "sample_rate"]
     assert len(on_disk) == 15
+    # the window and the source video travel forward (video relative to the index, as every clip table)
+    assert set(on_disk["window_s"]) == {0.64}
+    assert os.path.abspath(tmp_path / on_disk.loc[on_disk["clip"] == "clip1", "video"].iloc[0]) == "/videos/clip1.mp4"
     wav, sr = sf.read(tmp_path / "syn" / "g3" / "clip1__s0.wav")
     assert sr == SR and wav.shape == (T * HOP,)
     assert on_disk.loc[on_disk["clip"] == "clip2", "start_sec"].iloc[0] == pytest.approx(0.16)
@@ -116,7 +121,8 @@ def test_test_set_config_defaults_to_the_test_split() -> None:
 
 
 def _write_cache(root, clips: dict[str, tuple[str, float]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """A tiny cache in the documented on-disk format: 16 kHz / hop 320 (50 Hz codes), 12.5 Hz features, 4 s clips."""
+    """A tiny cache in the documented on-disk format: 16 kHz / hop 320 (50 Hz codes), 12.5 Hz features, 4 s clips,
+    2.56 s windows; each clip's source video is ``<root>/../clips/<clip>.mp4``."""
     import json
 
     from vaura.cache import FORMAT
@@ -127,11 +133,11 @@ def _write_cache(root, clips: dict[str, tuple[str, float]]) -> dict[str, tuple[t
                 "feats": [d[1] for d in data.values()], "splits": [s for s, _ in clips.values()],
                 "start_sec": [st for _, st in clips.values()], "rejected": [], "plan": "x"}, root / "shard-00000.pt")
     pd.DataFrame([{"clip": c, "split": s, "shard": 0, "n_frames": 200, "n_feats": 50,
-                   "start_sec": None if st < 0 else st} for c, (s, st) in clips.items()]).to_csv(root / "index.csv",
-                                                                                              index=False)
+                   "start_sec": None if st < 0 else st, "path": f"../clips/{c}.mp4"}
+                  for c, (s, st) in clips.items()]).to_csv(root / "index.csv", index=False)
     (root / "meta.json").write_text(json.dumps({
         "format": FORMAT, "sample_rate": 16000, "hop_length": 320, "frame_rate": 50.0, "n_codebooks": K,
-        "codebook_size": CARD, "codebook_dim": 4, "visual_dim": 4, "feature_rate": 12.5}))
+        "codebook_size": CARD, "codebook_dim": 4, "visual_dim": 4, "feature_rate": 12.5, "window_s": 2.56}))
     return data
 
 
@@ -147,6 +153,7 @@ def test_load_test_items_takes_fixed_windows_from_the_cache(tmp_path) -> None:
     # start 0.8 s = visual token 10 → audio frame round(10 · 0.08 · 50) = 40
     assert torch.equal(b.codes, data["b"][0][:, 40:168].long())
     assert torch.allclose(b.feats, data["b"][1][10:42].float())
+    assert b.window_s == 2.56 and b.video == os.path.abspath(tmp_path / "clips" / "b.mp4")
     table = tmp_path / "t.csv"
     pd.DataFrame({"file": ["c.mp4"], "start_sec": [1.2]}).to_csv(table, index=False)
     assert [it.clip for it in load_test_items(tmp_path / "cache", TestSetConfig(windows=str(table)), "s")] == ["c"]
@@ -180,19 +187,23 @@ def test_evaluate_sweep_scores_groups_against_ground_truth(tmp_path) -> None:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(p, _clicks(times, seed=k), SR, subtype="FLOAT")
             rows += [{"test_set": "syn", "cfg_scale": g, "clip": clip, "sample": k, "start_sec": starts[clip],
-                      "path": p.relative_to(tmp_path / "sweep").as_posix(), "sample_rate": SR}
+                      "window_s": 2.56, "path": p.relative_to(tmp_path / "sweep").as_posix(),
+                      "video": f"../videos/{clip}.mp4", "sample_rate": SR}
                      for g, p in ((3.0, good), (0.0, bad))]
     pd.DataFrame(rows).to_csv(tmp_path / "sweep" / "index.csv", index=False)
 
     def read_audio(path, sample_rate, start_sec, duration):
-        assert start_sec == starts[str(path)] and sample_rate == SR
-        return _clicks(truth[str(path)], seed=0)
+        # the reference comes from the video the sweep index names, over the window it records
+        clip = os.path.basename(path).removesuffix(".mp4")
+        assert path == os.path.abspath(tmp_path / "videos" / f"{clip}.mp4")
+        assert start_sec == starts[clip] and sample_rate == SR and duration == 2.56
+        return _clicks(truth[clip], seed=0)
 
     def read_video(*_a, **_k):
         raise AssertionError("frames must not be decoded when no frame-based metric has a model")
 
     cfg = EvaluateConfig(fad_backbone="logmel", passt_weights="absent.pt", n_artifact_clips=1)
-    groups = evaluate_sweep(tmp_path / "sweep", {"a": "a", "b": "b"}, events, cfg,
+    groups = evaluate_sweep(tmp_path / "sweep", events, cfg,
                             Models(sync_reason="Synchformer checkpoint not found at s.pt", ib_reason="no IB at i.pt",
                                    passt_reason="PaSST weights not found at absent.pt"),
                             root=tmp_path, read_audio=read_audio, read_video=read_video)

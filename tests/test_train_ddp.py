@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from train_helpers import write_micro_cache, write_params
-from vaura.train.trainer import weights_sha256
+from vaura.weights import weights_sha256
 
 
 @pytest.mark.slow

@@ -27,8 +27,8 @@ def trained(tmp_path_factory):
     import yaml
 
     p = yaml.safe_load(params.read_text())
-    p["codec"] = {"kind": "offline", "n_quantizers": 2}
-    p["generation"] = {"cfg_scale": 3.0, "top_k": 8}
+    p["codec"].update(kind="offline", n_quantizers=2)
+    p["generation"].update(cfg_scale=3.0, top_k=8)
     p["tracking"].update(system_metrics=True, system_metrics_interval_s=0.2)
     params.write_text(yaml.safe_dump(p))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VAURA_PIPELINE_ID": "pipe-train-test", "DVC_EXP_NAME": "e1"}

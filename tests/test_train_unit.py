@@ -9,7 +9,10 @@ import yaml
 
 from train_helpers import write_micro_cache, write_params
 from vaura.train.checkpoint import CheckpointError
-from vaura.train.trainer import DistEnv, SeededWindows, TrainError, epoch_batches, open_cache, train
+from vaura.train.config import TrainError, load_setup
+from vaura.train.data import SeededWindows, epoch_batches, open_cache
+from vaura.train.distributed import DistEnv
+from vaura.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     data = cache.parent
     params = write_params(tmp_path / "p.yaml", data, f"sqlite:///{tmp_path / 'ml.db'}", total_steps=4,
                           max_minutes=1e-9, eval_every=2, ckpt_every=2)
-    stopped = train(params, resume="never")
+    stopped = train(load_setup(params), resume="never")
     # The budget ends training after the step in flight, which is then treated as the last one: validated,
     # best.pt and last.pt written, so a budget-stopped DVC stage still produces all of its outputs.
     assert stopped["stopped_early"] and stopped["steps"] == 1
@@ -58,7 +61,8 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     p = yaml.safe_load(params.read_text())
     p["train"].update(max_minutes=0.0, total_steps=6)  # resumed with a longer schedule
     params.write_text(yaml.safe_dump(p))
-    done = train(params)  # resume=auto picks up last.pt
+    # an explicit resume (auto would start afresh: the params changed, see the run fingerprint)
+    done = train(load_setup(params), resume=str(data / "train" / "last.pt"))
     assert done["steps"] == 6 and not done["stopped_early"]
     assert json.loads((data / "train" / "metrics.json").read_text())["steps"] == 6
     lrs = [json.loads(line)["lr"] for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
@@ -67,11 +71,33 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     p["model"]["d_model"] = 64
     params.write_text(yaml.safe_dump(p))
     with pytest.raises(CheckpointError, match="model config"):
-        train(params)
+        train(load_setup(params), resume=str(data / "train" / "last.pt"))
 
 
 def test_too_little_data_is_a_clear_error(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path / "p.yaml", cache.parent, f"sqlite:///{tmp_path / 'ml.db'}", batch_size=64)
     with pytest.raises(TrainError, match="fewer than batch_size"):
-        train(params, resume="never")
+        train(load_setup(params), resume="never")
+
+
+def test_reading_losses_back_every_few_steps_still_logs_every_step_identically(cache, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logs = {}
+    for every in (1, 4):
+        data = tmp_path / f"every{every}"
+        shutil.copytree(cache, data / "cache")
+        params = write_params(tmp_path / f"p{every}.yaml", data, f"sqlite:///{tmp_path / 'ml.db'}", total_steps=7,
+                              log_every=every, eval_every=0, ckpt_every=5)
+        train(load_setup(params), resume="never")
+        logs[every] = [json.loads(line) for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs[4]] == list(range(1, 8))
+    for key in ("loss", "grad_norm", "lr"):
+        assert [r[key] for r in logs[4]] == [r[key] for r in logs[1]], key
+    # read back at step 4 (log_every), 5 (checkpoint) and 7 (end): one tokens/s figure per read-back
+    tps = [r["tokens_per_s"] for r in logs[4]]
+    assert len(set(tps[:4])) == 1 and tps[4] != tps[3] and tps[5] == tps[6] != tps[4]
+    assert len(set(r["tokens_per_s"] for r in logs[1])) == 7  # every step read back on its own

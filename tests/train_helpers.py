@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import yaml
 
+SBATCH = Path(__file__).resolve().parents[1] / "infra" / "slurm" / "train.sbatch"
 SAMPLE_RATE, HOP = 800, 32  # 25 code frames/s: 2.56 s → 64 frames
 N_CODEBOOKS, CARD, CDIM, VDIM = 2, 16, 4, 8
 
@@ -46,7 +47,10 @@ class MicroVisual:
 
 
 def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds: float = 3.2, seed: int = 0) -> Path:
-    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s)."""
+    """``data_dir/cache`` with ``n_train`` + ``n_val`` clips of ``seconds`` (val windows start at 0.32 s, 2.56 s long).
+
+    Each clip's source is named ``data_dir/clips/<clip>.mp4`` (the files themselves exist only where
+    :func:`write_val_videos` writes them)."""
     from vaura.cache import ClipSpec, build_cache
 
     rng = np.random.default_rng(seed)
@@ -55,12 +59,13 @@ def write_micro_cache(data_dir: Path, n_train: int = 8, n_val: int = 4, seconds:
     for i in range(n_train + n_val):
         split = "train" if i < n_train else "val"
         name = f"c{i:03d}"
-        audio[name] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
-        frames[name] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
-        plan.append(ClipSpec(name, name, split, None if split == "train" else 0.32))
+        source = str(data_dir / "clips" / f"{name}.mp4")
+        audio[source] = (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rng.uniform(0.05, 0.4)).astype(np.float32)
+        frames[source] = rng.integers(0, 255, (int(seconds * 25), 4, 4, 3), dtype=np.uint8)
+        plan.append(ClipSpec(name, source, split, None if split == "train" else 0.32))
     out = data_dir / "cache"
     build_cache(plan, out, MicroCodec(), MicroVisual(), audio.__getitem__, frames.__getitem__, shard_size=5,
-                progress=False)
+                window_s=2.56, progress=False)
     return out
 
 
@@ -69,6 +74,7 @@ def write_params(path: Path, data_dir: Path, tracking_uri: str, **train_override
     train = dict(
         lr=3e-3, betas=[0.9, 0.95], weight_decay=0.01, warmup_steps=2, total_steps=8, min_lr_ratio=0.1,
         batch_size=2, grad_accum=1, clip_mode="value", clip=1.0, eval_every=4, ckpt_every=4, n_val_batches=2,
+        log_every=1,
         log_audio_every=0, n_log_clips=1, compile=False, precision="auto", device="cpu", num_workers=0, seed=7,
         max_minutes=0.0, nproc=1, init_from_codec=False,
     )
@@ -102,22 +108,14 @@ def write_micro_codec(data_dir: Path) -> Path:
     return path
 
 
-def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> Path:
-    """Source videos of val clips + ``splits/val.csv`` so logged samples can be muxed onto their frames."""
-    import pandas as pd
-
+def write_val_videos(data_dir: Path, clips: list[str], seconds: float = 3.2) -> None:
+    """The source videos the micro cache's index names for ``clips``, so logged samples are muxed onto them."""
     from vaura.media import write_video
 
-    rows = []
     rng = np.random.default_rng(1)
     for clip in clips:
-        path = data_dir / "clips" / f"{clip}.mp4"
-        write_video(path, rng.integers(0, 255, (int(seconds * 25), 32, 32, 3), dtype=np.uint8), 25.0)
-        rows.append({"clip": clip, "path": f"../clips/{clip}.mp4", "start_sec": 0.32})
-    out = data_dir / "splits" / "val.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out, index=False)
-    return out
+        write_video(data_dir / "clips" / f"{clip}.mp4", rng.integers(0, 255, (int(seconds * 25), 32, 32, 3),
+                                                                     dtype=np.uint8), 25.0)
 
 
 def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path, Path]], str]:
@@ -177,3 +175,20 @@ def wait_for_file(proc, path: Path, timeout_s: float, what: str) -> None:
         assert proc.poll() is None, f"{what} exited before writing {path.name}: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, f"no {path.name} appeared within {timeout_s:.0f} s"
         time.sleep(0.01)
+
+
+def sbatch_torchrun() -> list[str]:
+    """The torchrun command line of the SLURM script (``$PYTHON -m torch.distributed.run ... --resume auto``)."""
+    import shlex
+
+    text = SBATCH.read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("srun ") and "torch.distributed.run" in ln)
+    tokens = shlex.split(line)
+    return tokens[tokens.index("$PYTHON"):]
+
+
+def sbatch_exports() -> dict[str, str]:
+    """Literal ``export NAME=value`` lines of the SLURM script (its environment for torchrun)."""
+    import re
+
+    return dict(re.findall(r"^export (\w+)=([\w.-]+)$", SBATCH.read_text(), flags=re.M))

@@ -2,15 +2,19 @@
 
 Training never decodes video or runs the frozen encoders: ``cache`` computes, once per clip and for the whole
 clip, the codec tokens (``int16 [K, T]``) and visual features (``float16 [N, D]``), and :class:`CachedClips`
-cuts 2.56 s windows from them (random start for train, the fixed ``start_sec`` of the split list for val/test).
+cuts fixed-length windows from them (random start for train, the fixed ``start_sec`` of the split list for
+val/test). The window length is ``filter.window_s``, recorded once in ``meta.json``; every reader takes it from there.
 
 On disk (``data/cache/``):
 - ``shard-NNNNN.pt``: weights_only-loadable dict ``clips, codes, feats`` (+ ``splits``, ``start_sec`` (−1 for
   train), ``rejected`` ``[[clip, split, reason], ...]``, ``plan`` (fingerprint of the shard's clip list and of
   the encoders), ``format``). Written atomically, so a shard on disk is complete or absent.
-- ``index.csv``: ``clip,split,shard,n_frames,n_feats,start_sec``, rebuilt from the complete shards.
+- ``index.csv``: ``clip,split,shard,n_frames,n_feats,start_sec,path``, rebuilt from the complete shards;
+  ``path`` is the clip's source video relative to the cache folder (:mod:`vaura.tables`), so later stages find
+  the video without reading the split lists again.
 - ``meta.json``: codec ``sample_rate, hop_length, frame_rate, n_codebooks, codebook_size, codebook_dim``,
-  ``visual_dim, feature_rate``; ``rejected.csv``: ``clip,split,reason`` of clips that could not be cached.
+  ``visual_dim, feature_rate`` and the window length ``window_s``; ``rejected.csv``: ``clip,split,reason`` of
+  clips that could not be cached.
 
 Resume: shards are planned up front (fixed clip order and ``shard_size``); a rerun keeps every shard whose
 ``plan`` fingerprint matches (same clips, source file size/content, windows, encoder weights and read settings)
@@ -38,9 +42,10 @@ from tqdm import tqdm
 
 from vaura.config import bounded
 from vaura.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+from vaura.tables import TableError, read_table, write_table
 
 FORMAT = "vaura-cache/1"
-WINDOW_S = 2.56
+INDEX_COLUMNS = ["clip", "split", "shard", "n_frames", "n_feats", "start_sec", "path"]
 
 
 class CacheError(RuntimeError):
@@ -247,7 +252,7 @@ def build_cache(
     shard_size: int = 16,
     batch_size: int = 4,
     workers: int = 0,
-    window_s: float = WINDOW_S,
+    window_s: float,
     fingerprint: str = "",
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -292,7 +297,7 @@ def build_cache(
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    index, rejected = rebuild_index(out_dir, len(shards))
+    index, rejected = rebuild_index(out_dir, len(shards), {c.clip: c.path for c in plan})
     meta = {
         "format": FORMAT,
         "sample_rate": int(codec.sample_rate),
@@ -303,6 +308,7 @@ def build_cache(
         "codebook_dim": int(codec.codebook_dim),
         "visual_dim": int(visual.dim),
         "feature_rate": float(visual.frame_rate),
+        "window_s": float(window_s),
     }
     atomic_write_json(out_dir / "meta.json", meta)
     return {
@@ -314,8 +320,9 @@ def build_cache(
     }
 
 
-def rebuild_index(out_dir: str | Path, n_shards: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``index.csv`` and ``rejected.csv`` from the shards on disk (the shards are the source of truth)."""
+def rebuild_index(out_dir: str | Path, n_shards: int, paths: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``index.csv`` and ``rejected.csv`` from the shards on disk (the shards are the source of truth for
+    what is cached; ``paths`` maps each planned clip to its source video)."""
     out_dir = Path(out_dir)
     rows, rejected = [], []
     for i in range(n_shards):
@@ -327,37 +334,60 @@ def rebuild_index(out_dir: str | Path, n_shards: int) -> tuple[pd.DataFrame, pd.
             blob["clips"], blob["codes"], blob["feats"], blob["splits"], blob["start_sec"]
         ):
             rows.append({"clip": clip, "split": split, "shard": i, "n_frames": int(codes.shape[1]),
-                         "n_feats": int(feats.shape[0]), "start_sec": None if start < 0 else start})
+                         "n_feats": int(feats.shape[0]), "start_sec": None if start < 0 else start,
+                         "path": paths[clip]})
         rejected.extend({"clip": c, "split": s, "reason": r} for c, s, r in blob["rejected"])
-    index = pd.DataFrame(rows, columns=["clip", "split", "shard", "n_frames", "n_feats", "start_sec"])
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     rej = pd.DataFrame(rejected, columns=["clip", "split", "reason"])
-    atomic_write_csv(out_dir / "index.csv", index)
+    write_table(out_dir / "index.csv", index)
     atomic_write_csv(out_dir / "rejected.csv", rej)
     return index, rej
 
 
+def read_meta(cache_dir: str | Path) -> dict[str, Any]:
+    """The cache's ``meta.json`` (codec/visual sizes and rates, ``window_s``)."""
+    path = Path(cache_dir) / "meta.json"
+    if not path.is_file():
+        raise CacheError(f"{path}: missing (run `vaura cache` first)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CacheError(f"{path}: not valid JSON ({exc})") from exc
+    if "window_s" not in meta:
+        raise CacheError(f"{path}: no window_s (written by an older `vaura cache`; delete the cache folder and rerun)")
+    return meta
+
+
+def read_index(cache_dir: str | Path) -> pd.DataFrame:
+    """The cache's ``index.csv``; ``path`` comes back absolute."""
+    try:
+        return read_table(Path(cache_dir) / "index.csv", INDEX_COLUMNS, hint="run `vaura cache` first")
+    except TableError as exc:
+        raise CacheError(str(exc)) from exc
+
+
 class CachedClips(torch.utils.data.Dataset):
-    """2.56 s windows ``(codes LongTensor [K, T_win], feats FloatTensor [N_win, D])`` from a cache folder.
+    """``window_s`` windows ``(codes LongTensor [K, T_win], feats FloatTensor [N_win, D])`` from a cache folder.
 
     Train: a uniformly random start on a visual-token boundary (token ``k`` → audio frame
     ``round(k / feature_rate · frame_rate)``), drawn from ``generator`` if ``seed`` is given, else from torch's
     global RNG (which a DataLoader seeds differently per worker). Val/test: the fixed ``start_sec`` from the
-    index. ``T_win = ceil(window_s · sample_rate / hop)`` (``Codec.n_frames``), ``N_win = window_s · feature_rate``.
-    Shards are memory-mapped, so a large cache does not have to fit in RAM.
+    index. ``window_s`` is the cache's own (``meta.json``); ``T_win = ceil(window_s · sample_rate / hop)``
+    (``Codec.n_frames``), ``N_win = window_s · feature_rate``. ``index`` holds the split's rows of ``index.csv`` in
+    dataset order (``path``: the source video, absolute). Shards are memory-mapped, so a large cache does not have
+    to fit in RAM.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str, window_s: float = WINDOW_S, seed: int | None = None) -> None:
+    def __init__(self, cache_dir: str | Path, split: str, seed: int | None = None) -> None:
         cache_dir = Path(cache_dir)
-        for name in ("meta.json", "index.csv"):
-            if not (cache_dir / name).is_file():
-                raise CacheError(f"{cache_dir / name}: missing (run `vaura cache` first)")
-        self.meta = json.loads((cache_dir / "meta.json").read_text())
-        index = pd.read_csv(cache_dir / "index.csv", dtype={"clip": str, "split": str})
+        self.meta = read_meta(cache_dir)
+        index = read_index(cache_dir)
         index = index[index["split"] == split].reset_index(drop=True)
         if index.empty:
             raise CacheError(f"{cache_dir / 'index.csv'}: no clips in split {split!r}")
         self.split = split
-        self.window_s = window_s
+        self.index = index
+        window_s = self.window_s = float(self.meta["window_s"])
         self.frame_rate = float(self.meta["frame_rate"])
         self.feature_rate = float(self.meta["feature_rate"])
         self.t_win = window_frames(window_s, int(self.meta["sample_rate"]), int(self.meta["hop_length"]))

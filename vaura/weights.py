@@ -12,6 +12,7 @@ pickled global into an inert placeholder, so no code from the file runs.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -124,3 +125,15 @@ def load_released(
     if not state:
         raise WeightsError(f"{source}: no tensors{f' under {inner!r}' if inner else ''}; first keys: {sorted(obj)[:5]}")
     return load_strict(build(), state, source)
+
+
+def weights_sha256(*state_dicts: Mapping[str, torch.Tensor]) -> str:
+    """Digest of every tensor's name, dtype and bytes (sorted by name), over one or more state dicts: DDP replicas
+    compare their final weights with it, and the cache fingerprints its encoders with it."""
+    h = hashlib.sha256()
+    for state in state_dicts:
+        for name, t in sorted(state.items()):
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

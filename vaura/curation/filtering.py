@@ -91,6 +91,6 @@ def filter_scores(scores: pd.DataFrame, cfg: FilterConfig, source: str = "scores
 
 def read_split(path: str | Path) -> pd.DataFrame:
     """Read a split list (``clip,path[,start_sec]``) written by the ``filter`` stage; ``path`` comes back absolute."""
-    from vaura.curation.tables import read_table
+    from vaura.tables import read_table
 
     return read_table(path, {"clip"}, hint="run `vaura filter` first")

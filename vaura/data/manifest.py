@@ -13,34 +13,30 @@ from pathlib import Path
 import pandas as pd
 
 from vaura.io import UnsafeNameError, safe_child
+from vaura.tables import TableError, absolute_from_table, read_table
 
 REQUIRED = ("clip", "path", "split", "label")
 SPLIT_VALUES = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(TableError):
     """A manifest that other stages cannot trust; the message names the file and the reason."""
 
 
 def read_manifest(path: str | Path, check_files: bool = False) -> pd.DataFrame:
-    """Read and validate ``manifest.csv``; ``path`` entries come back absolute (resolved from its folder).
+    """Read and validate ``manifest.csv``; ``path`` entries come back absolute (:mod:`vaura.tables` rule).
 
     Text columns stay strings (a clip id such as ``00123`` must not become a number) and an empty label is
     ``""``. ``check_files`` additionally requires every listed file to exist.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
     try:
-        df = pd.read_csv(path, dtype={"clip": str, "path": str, "split": str, "label": str, "source": str},
-                         keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from exc
-    if "path" not in df.columns and "clip" in df.columns:
+        df = read_table(path, [c for c in REQUIRED if c != "path"], hint="a manifest needs " + ",".join(REQUIRED),
+                        path_columns=(), dtype={"label": str, "source": str}, keep_default_na=False)
+    except TableError as exc:
+        raise ManifestError(str(exc)) from exc
+    if "path" not in df.columns:
         df.insert(1, "path", [_file_of(path.parent, clip) for clip in df["clip"]])
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ManifestError(f"{path}: missing column(s) {missing}; a manifest needs {list(REQUIRED)}")
     if (df["clip"] == "").any() or (df["path"] == "").any():
         rows = df.index[(df["clip"] == "") | (df["path"] == "")].tolist()
         raise ManifestError(f"{path}: empty clip or path in row(s) {[r + 2 for r in rows]}")
@@ -56,7 +52,7 @@ def read_manifest(path: str | Path, check_files: bool = False) -> pd.DataFrame:
             safe_child(base, clip)
         except UnsafeNameError as exc:
             raise ManifestError(f"{path}: row {row}: {exc}") from exc
-    df["path"] = [str((base / p).resolve()) for p in df["path"]]
+    df["path"] = absolute_from_table(path, df["path"])
     if check_files:
         absent = [p for p in df["path"] if not Path(p).is_file()]
         if absent:

@@ -35,6 +35,7 @@ from vaura.eval.kld import kld_score
 from vaura.eval.onset_sync import onset_sync
 from vaura.eval.results import MetricResult
 from vaura.eval.sync import OffsetPredictor, desync_score, sync_score
+from vaura.tables import TableError, read_table
 
 METRIC_KEYS = {  # (metric name, value key) → MLflow metric name / table column
     ("onset_sync", "f1"): "onset_f1",
@@ -51,6 +52,10 @@ METRIC_KEYS = {  # (metric name, value key) → MLflow metric name / table colum
 }
 
 
+# what evaluation reads of the sweep's index.csv (its writer, the sweep, documents the table)
+SWEEP_COLUMNS = ("test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video", "sample_rate")
+
+
 class EvaluateError(ValueError):
     """Bad evaluation input (names the file and the reason)."""
 
@@ -64,10 +69,8 @@ class EvaluateConfig:
     passt_weights: str = "weights/passt/passt-s-f128-p16-s10-ap.476-swa.pt"
     imagebind_weights: str = "weights/imagebind_huge.pth"
     synchformer_weights: str = "weights/synchformer/24-01-04T16-39-21.pt"
-    manifest: str = "clips/manifest.csv"
     events: str = "raw/events.csv"
     onset_tolerance_s: float = bounded(0.1, gt=0)
-    window_s: float = bounded(2.56, gt=0)
     n_artifact_clips: int = bounded(2, ge=0)
     device: str = "auto"
 
@@ -84,6 +87,7 @@ class Group:
     sample_rate: int
     metrics: dict[str, MetricResult] = field(default_factory=dict)
     examples: list[tuple[str, float, np.ndarray]] = field(default_factory=list)  # (clip, start_sec, audio)
+    videos: dict[str, str] = field(default_factory=dict)  # clip → source video (absolute)
 
 
 @dataclass
@@ -99,16 +103,21 @@ class Models:
     device: str = "cpu"
 
 
-def read_clip_paths(manifest: str | Path) -> dict[str, Path]:
-    """``clip → absolute video path`` from a manifest (``path`` relative to the manifest's folder)."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise EvaluateError(f"{manifest}: clip manifest not found (run the preprocess stage first)")
-    df = pd.read_csv(manifest)
-    missing = {"clip", "path"} - set(df.columns)
-    if missing:
-        raise EvaluateError(f"{manifest}: missing column(s) {sorted(missing)}")
-    return {str(c): (Path(p) if Path(p).is_absolute() else manifest.parent / p) for c, p in zip(df["clip"], df["path"])}
+def read_sweep_index(sweep_dir: Path) -> pd.DataFrame:
+    """The sweep's ``index.csv`` with ``path`` (WAV) and ``video`` absolute (:mod:`vaura.tables`)."""
+    try:
+        return read_table(sweep_dir / "index.csv", SWEEP_COLUMNS, hint="run `vaura sweep` first",
+                          path_columns=("path", "video"))
+    except TableError as exc:
+        raise EvaluateError(str(exc)) from exc
+
+
+def test_set_window(rows: pd.DataFrame, index_path: Path) -> float:
+    """The one window length of a test set's rows (the cache's ``window_s``, copied forward by the sweep)."""
+    windows = sorted(set(rows["window_s"].astype(float)))
+    if len(windows) != 1:
+        raise EvaluateError(f"{index_path}: test set '{rows['test_set'].iloc[0]}' mixes windows {windows}")
+    return windows[0]
 
 
 def read_events(path: str | Path | None) -> pd.DataFrame | None:
@@ -182,7 +191,6 @@ def score_group(
 
 def evaluate_sweep(
     sweep_dir: str | Path,
-    clip_paths: Mapping[str, Path],
     events: pd.DataFrame | None,
     cfg: EvaluateConfig,
     models: Models,
@@ -190,7 +198,8 @@ def evaluate_sweep(
     read_audio: Callable[..., np.ndarray] | None = None,
     read_video: Callable[..., np.ndarray] | None = None,
 ) -> list[Group]:
-    """Score every group of every test set of the sweep at ``sweep_dir`` (its ``index.csv``)."""
+    """Score every group of every test set of the sweep at ``sweep_dir`` (its ``index.csv``, which names each
+    clip's source video and window: evaluation reads nothing but the sweep, the event table and the weights)."""
     if read_audio is None or read_video is None:
         from vaura import media
 
@@ -198,27 +207,24 @@ def evaluate_sweep(
         read_video = read_video or media.read_video
     sweep_dir, root = Path(sweep_dir), Path(root)
     index_path = sweep_dir / "index.csv"
-    if not index_path.is_file():
-        raise EvaluateError(f"{index_path}: sweep index not found (run `vaura sweep` first)")
-    index = pd.read_csv(index_path)
+    index = read_sweep_index(sweep_dir)
     groups: list[Group] = []
     for test_set, rows in index.groupby("test_set", sort=False):
-        clips = rows.drop_duplicates("clip")[["clip", "start_sec"]]
-        unknown = sorted(set(clips["clip"]) - set(clip_paths))
-        if unknown:
-            raise EvaluateError(f"{index_path}: clip(s) {unknown[:3]} of test set '{test_set}' not in the manifest")
+        clips = rows.drop_duplicates("clip")
+        window_s = test_set_window(rows, index_path)
         sr = int(rows["sample_rate"].iloc[0])
-        n = int(round(cfg.window_s * sr))
+        n = int(round(window_s * sr))
         start = dict(zip(clips["clip"], clips["start_sec"].astype(float)))
-        ref = {c: read_audio(clip_paths[c], sr, start_sec=start[c], duration=cfg.window_s) for c in start}
-        truth = {c: window_events(events, c, start[c], cfg.window_s) for c in start} if events is not None else None
+        video = dict(zip(clips["clip"], clips["video"]))
+        ref = {c: read_audio(video[c], sr, start_sec=start[c], duration=window_s) for c in start}
+        truth = {c: window_events(events, c, start[c], window_s) for c in start} if events is not None else None
         cache: dict[tuple[str, str], np.ndarray] = {}
 
         def frames_for(kind: str, names: list[str]) -> list[np.ndarray]:
             for c in set(names) - {k[1] for k in cache if k[0] == kind}:
                 short, crop = (256, 224) if kind == "sync" else (224, None)
-                cache[(kind, c)] = read_video(clip_paths[c], fps=25.0, short_side=short, crop=crop,
-                                              start_sec=start[c], duration=cfg.window_s)
+                cache[(kind, c)] = read_video(video[c], fps=25.0, short_side=short, crop=crop,
+                                              start_sec=start[c], duration=window_s)
             return [cache[(kind, c)] for c in names]
 
         parts: list[tuple[str, float | None, pd.DataFrame | None]] = [("reference", None, None)]
@@ -231,7 +237,7 @@ def evaluate_sweep(
         for name, gamma, g_rows in tqdm(parts, desc=f"evaluate {test_set}", unit="group"):
             names = list(start) if g_rows is None else [str(c) for c in g_rows["clip"]]
             audios = ([ref[c] for c in names] if g_rows is None
-                      else [_read_wav(sweep_dir / p, sr, n) for p in g_rows["path"]])
+                      else [_read_wav(Path(p), sr, n) for p in g_rows["path"]])
             group = Group(str(test_set), name, gamma, n_clips=len(set(names)), n_samples=len(names), sample_rate=sr)
             score_group(
                 group, audios, sr,
@@ -247,6 +253,7 @@ def evaluate_sweep(
                 if c not in seen and len(seen) < cfg.n_artifact_clips:
                     seen.add(c)
                     group.examples.append((c, start[c], a))
+                    group.videos[c] = video[c]
             groups.append(group)
     return groups
 
@@ -294,7 +301,6 @@ def group_tags(group: Group, variant_label: str) -> dict[str, str]:
 def log_groups(
     params: Mapping[str, Any],
     groups: Sequence[Group],
-    clip_paths: Mapping[str, Path],
     train_clips: int | None,
     variant_label: str,
     data_files: Sequence[str | Path] = (),
@@ -318,6 +324,6 @@ def log_groups(
             for clip, start, audio in g.examples:
                 log_audio(audio, g.sample_rate, f"audio/{clip}.wav")
                 log_spectrogram(audio, g.sample_rate, f"spectrogram/{clip}.png", title=f"{clip} {g.name}")
-                log_muxed_video(clip_paths[clip], audio, g.sample_rate, f"video/{clip}.mp4", start_sec=start)
+                log_muxed_video(g.videos[clip], audio, g.sample_rate, f"video/{clip}.mp4", start_sec=start)
             run_ids.append(run.info.run_id)
     return run_ids

@@ -1,8 +1,9 @@
 """CFG sweep: generate N samples per test clip at every guidance scale γ, write WAVs once, index them.
 
 Layout (DATA_LAYOUT.md): ``<data>/sweep/<test_set>/g<γ>/<clip>__s<k>.wav`` and ``<data>/sweep/index.csv``
-with columns ``test_set, cfg_scale, clip, sample, start_sec, path, sample_rate`` (``path`` relative to
-``<data>/sweep``). With ``reconstructions`` on, the codec's reconstruction of each clip's reference codes is
+with columns ``test_set, cfg_scale, clip, sample, start_sec, window_s, path, video, sample_rate`` (``path`` the
+WAV and ``video`` the clip's source video, both relative to ``<data>/sweep`` by the :mod:`vaura.tables` rule;
+``window_s`` the cache's window, so ``evaluate`` reads nothing but the sweep). With ``reconstructions`` on, the codec's reconstruction of each clip's reference codes is
 written to ``<test_set>/recon/<clip>.wav`` (``cfg_scale`` empty, ``sample`` −1): the ceiling a generator can reach
 through this codec, which the science check needs.
 
@@ -25,8 +26,9 @@ from tqdm import tqdm
 
 from vaura.config import bounded
 from vaura.io import atomic_path, atomic_write_csv, remove_stale_temps
+from vaura.tables import relative_to_table
 
-INDEX_COLUMNS = ["test_set", "cfg_scale", "clip", "sample", "start_sec", "path", "sample_rate"]
+INDEX_COLUMNS = ["test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video", "sample_rate"]
 
 
 @dataclass
@@ -60,7 +62,8 @@ class SweepConfig:
 
 @dataclass
 class TestItem:
-    """One test clip's fixed evaluation window: reference codes ``[K, T]`` and visual features ``[N, D]``."""
+    """One test clip's fixed evaluation window: reference codes ``[K, T]``, visual features ``[N, D]``, and where
+    the window lies in which source video."""
 
     __test__ = False
 
@@ -68,6 +71,8 @@ class TestItem:
     start_sec: float
     codes: torch.Tensor
     feats: torch.Tensor
+    window_s: float
+    video: str
 
 
 class SweepError(ValueError):
@@ -106,19 +111,13 @@ def select_windows(index: pd.DataFrame, windows_csv: str | Path | None, source: 
 
 def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list[TestItem]:
     """Fixed-window test items of one test set from the feature/token cache (``vaura.cache.CachedClips``)."""
-    from vaura.cache import CachedClips
+    from vaura.cache import CacheError, CachedClips
 
-    cache_dir = Path(cache_dir)
-    index_path = cache_dir / "index.csv"
-    if not index_path.is_file():
-        raise SweepError(f"{index_path}: cache index not found; run the `cache` stage first")
-    rows = pd.read_csv(index_path)
-    rows = rows[rows["split"] == ts.cache_split].reset_index(drop=True)
-    if rows.empty:
-        raise SweepError(f"{index_path}: test set '{name}' has no clips in split '{ts.cache_split}'")
-    dataset = CachedClips(cache_dir, ts.cache_split)
-    if list(rows["clip"]) != list(dataset.clips):
-        raise SweepError(f"{index_path}: '{ts.cache_split}' rows differ from the clips the cache dataset holds")
+    try:
+        dataset = CachedClips(cache_dir, ts.cache_split)
+    except CacheError as exc:
+        raise SweepError(f"test set '{name}': {exc}") from exc
+    rows = dataset.index.copy()
     rows["pos"] = np.arange(len(rows))
     rows = select_windows(rows, ts.windows or None, f"sweep.test_sets.{name}")
     if ts.max_clips:
@@ -126,7 +125,8 @@ def load_test_items(cache_dir: str | Path, ts: TestSetConfig, name: str) -> list
     items = []
     for row in rows.itertuples():
         codes, feats = dataset[int(row.pos)]
-        items.append(TestItem(str(row.clip), float(row.start_sec), codes.long(), feats.float()))
+        items.append(TestItem(str(row.clip), float(row.start_sec), codes.long(), feats.float(), dataset.window_s,
+                              str(row.path)))
     return items
 
 
@@ -175,11 +175,7 @@ def run_sweep(
             batches = [pairs[i : i + cfg.batch_size] for i in range(0, len(pairs), cfg.batch_size)]
             for b, batch in enumerate(tqdm(batches, desc=f"sweep {name} γ={gamma:g}", unit="batch")):
                 paths = [out_dir / name / gamma_dir(gamma) / f"{it.clip}__s{k}.wav" for it, k in batch]
-                rows += [
-                    {"test_set": name, "cfg_scale": gamma, "clip": it.clip, "sample": k, "start_sec": it.start_sec,
-                     "path": p.relative_to(out_dir).as_posix(), "sample_rate": sr}
-                    for (it, k), p in zip(batch, paths)
-                ]
+                rows += [_index_row(name, gamma, it, k, p, out_dir, sr) for (it, k), p in zip(batch, paths)]
                 if all(p.is_file() for p in paths):
                     continue
                 n_frames = {it.codes.shape[-1] for it, _ in batch}
@@ -197,6 +193,13 @@ def run_sweep(
     return index
 
 
+def _index_row(name: str, gamma: float, it: TestItem, sample: int, wav: Path, out_dir: Path, sr: int) -> dict[str, Any]:
+    """One ``index.csv`` row; ``path`` and ``video`` relative to the index's folder (:mod:`vaura.tables`)."""
+    wav_rel, video_rel = relative_to_table(out_dir / "index.csv", [wav, it.video])
+    return {"test_set": name, "cfg_scale": gamma, "clip": it.clip, "sample": sample, "start_sec": it.start_sec,
+            "window_s": it.window_s, "path": wav_rel, "video": video_rel, "sample_rate": sr}
+
+
 def _reconstruct(
     codec: Any, items: Sequence[TestItem], name: str, out_dir: Path, sr: int, batch_size: int,
     device: str | torch.device,
@@ -205,11 +208,7 @@ def _reconstruct(
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
         paths = [out_dir / name / "recon" / f"{it.clip}.wav" for it in chunk]
-        rows += [
-            {"test_set": name, "cfg_scale": np.nan, "clip": it.clip, "sample": -1, "start_sec": it.start_sec,
-             "path": p.relative_to(out_dir).as_posix(), "sample_rate": sr}
-            for it, p in zip(chunk, paths)
-        ]
+        rows += [_index_row(name, np.nan, it, -1, p, out_dir, sr) for it, p in zip(chunk, paths)]
         if all(p.is_file() for p in paths):
             continue
         with torch.inference_mode():

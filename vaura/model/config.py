@@ -49,6 +49,14 @@ class ModelConfig:
         if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("model.dropout and model.cfg_dropout must be in [0, 1)")
 
+    def check_window(self, window_s: float, source: str) -> None:
+        """A window the decoder runs on must fit what ``max_seconds`` sizes (null condition, positions): checked
+        when training starts (the cache's window) and before ``vaura generate`` (its sliding window), instead of a
+        shape error deep in the first forward pass."""
+        if window_s > self.max_seconds + 1e-9:
+            raise ValueError(f"{source}: window_s={window_s:g} exceeds model.max_seconds={self.max_seconds:g}, the "
+                             "longest window the decoder covers; shorten the window or raise model.max_seconds")
+
     @property
     def ffn_hidden(self) -> int:
         n = int(2 * 4 * self.d_model / 3)

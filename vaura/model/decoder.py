@@ -90,6 +90,15 @@ class VisualEmbedder(nn.Module):
         return self.projection(torch.where(drop[:, None, None], null, visual))
 
 
+def cfg_drop_mask(batch: int, p: float, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Which rows of a training batch get the null condition (classifier-free guidance dropout, probability ``p``).
+
+    The one place the mask is drawn: the trainer passes its own checkpointed ``generator`` (exact resume).
+    """
+    return torch.rand(batch, generator=generator, device=device) < p
+
+
 class VAURA(nn.Module):
     """Llama-style decoder over delayed DAC codes, conditioned on 12.5 Hz visual features."""
 
@@ -122,6 +131,7 @@ class VAURA(nn.Module):
         self.n_positions = self.n_prefix + self.max_frames + n_codebooks
         self._rope: torch.Tensor | None = None  # fp32 (cos, sin) table, built per device by rope_on()
         self._loss_fn = codebook_loss  # compile_blocks() swaps in the compiled one
+        self._compiled_layers: list | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -144,7 +154,7 @@ class VAURA(nn.Module):
         b = visual.shape[0]
         if drop_cond is None:
             if self.training and self.cfg.cfg_dropout > 0:
-                drop_cond = torch.rand(b, device=visual.device) < self.cfg.cfg_dropout
+                drop_cond = cfg_drop_mask(b, self.cfg.cfg_dropout, device=visual.device)
             else:
                 drop_cond = torch.zeros(b, dtype=torch.bool, device=visual.device)
         return self.cls_embeddings(visual, drop_cond.to(visual.device))
@@ -197,20 +207,22 @@ class VAURA(nn.Module):
                                  f"{self.n_positions} positions (model.max_seconds={self.cfg.max_seconds})")
         rope = self.rope_on(x.device)[positions]
         h = self.tok_dropout(x)
-        for i, layer in enumerate(self.layers):
+        layers = self._compiled_layers if cache is None and self._compiled_layers else self.layers
+        for i, layer in enumerate(layers):
             h = layer(h, rope, positions if cache is not None else None, cache, i, n_keys)
         h = self.norm(h)
         return torch.stack([head(h) for head in self.lm_heads], dim=1)
 
     def compile_blocks(self) -> None:
-        """``torch.compile`` each decoder block and the loss, in place, for training speed.
+        """``torch.compile`` each decoder block and the loss for the teacher-forced passes (training, validation).
 
         The blocks share one code object, so the graph is compiled once and reused by every layer (regional
         compilation): about the compile time of one block instead of the whole unrolled model, with the fusions
-        that matter (norms, RoPE, SwiGLU, attention's surroundings) inside the block.
+        that matter (norms, RoPE, SwiGLU, attention's surroundings) inside the block. Cached decoding keeps the
+        eager blocks (its compiled path is the CUDA-graph step of ``generate(compile=True)``). The compiled
+        wrappers live outside the module tree, so parameter names and checkpoints do not change.
         """
-        for layer in self.layers:
-            layer.compile()
+        self._compiled_layers = [torch.compile(layer) for layer in self.layers]
         self._loss_fn = torch.compile(codebook_loss)
 
     def new_cache(self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype) -> KVCache:

@@ -30,9 +30,13 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # the vaura/ folder: ValueErrors
 ERROR_DIR_ENV = "VAURA_ERROR_DIR"  # set by `vaura train` for its torchrun workers: one file per failed rank
 
 
-def add_common(parser: argparse.ArgumentParser, *, device: str | None = None) -> None:
-    """The flags every pipeline stage takes; ``device`` is the help text of ``--device`` where it applies."""
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+def add_common(parser: argparse.ArgumentParser, *, device: str | None = None, params_help: str = "") -> None:
+    """The flags every pipeline stage takes; ``device`` is the help text of ``--device`` where it applies.
+
+    ``params_help`` (a stage that also runs without a params file) makes ``--params`` optional (default None).
+    """
+    parser.add_argument("--params", type=Path, default=None if params_help else Path("params.yaml"),
+                        help=params_help or "params file (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=None,
                         help="folder the paths in params are relative to (default: the params file's folder)")
     parser.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
@@ -155,7 +159,11 @@ def one_line(exc: BaseException) -> str | None:
 
 # (No name in this module may be a stage's: importing vaura.stages.<name> sets that attribute on the package.)
 def print_error(stage: str, line: str) -> None:
-    """Print ``vaura <stage>: <line>``, or, in a worker of ``vaura train``, leave it for the launcher to print once."""
+    """Print ``vaura <stage>: <line>`` (credentials in URLs masked: logs are a sink too), or, in a worker of
+    ``vaura train``, leave it for the launcher to print once."""
+    from vaura.redact import redact
+
+    line = redact(line)
     error_dir = os.environ.get(ERROR_DIR_ENV)
     if error_dir:
         from vaura.io import atomic_write_text

@@ -4,8 +4,8 @@ Reads  <data>/splits/{train,val,test}.csv, the codec (params `codec`: offline st
        pretrained DAC 44 kHz) and the visual encoder (params `visual`: offline stand-in data/avclip/visual.pt
        or Segment-AVCLIP).
 Writes <data>/cache/shard-NNNNN.pt  clips, codes (int16 [K, T]), feats (float16 [N, D]) per clip, whole clip
-       <data>/cache/index.csv       clip,split,shard,n_frames,n_feats,start_sec
-       <data>/cache/meta.json       codec rates/sizes, visual dim and feature rate
+       <data>/cache/index.csv       clip,split,shard,n_frames,n_feats,start_sec,path (video, relative to cache/)
+       <data>/cache/meta.json       codec rates/sizes, visual dim and feature rate, window_s (= filter.window_s)
        <data>/cache/rejected.csv    clips that could not be cached, with the reason (the stage continues)
 
 Kill it at any moment and rerun: finished shards (written atomically) are kept, the rest is recomputed. A
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 
 import torch
@@ -24,23 +23,13 @@ import torch
 from vaura.cache import CacheConfig, build_cache, plan_from_splits
 from vaura.curation.filtering import SPLITS, FilterConfig, read_split
 from vaura.stages import add_common, load
+from vaura.weights import weights_sha256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser, device="torch device for both encoders (default: params visual.device)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any clip could not be cached")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def module_fingerprint(*modules: torch.nn.Module) -> str:
-    """Hash of the modules' weights: shards computed with other weights must not be reused."""
-    h = hashlib.sha256()
-    for m in modules:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             batch_size=cfg.batch_size,
             workers=cfg.workers,
             window_s=fcfg.window_s,
-            fingerprint=module_fingerprint(codec, visual) + json.dumps(
+            # shards computed with other encoder weights must not be reused
+            fingerprint=weights_sha256(codec.state_dict(), visual.state_dict()) + json.dumps(
                 [vcfg.short_side, vcfg.crop, codec.sample_rate, fcfg.window_s]),
             device=device,
             progress=not args.no_progress,

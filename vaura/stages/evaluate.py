@@ -1,8 +1,9 @@
 """Score the CFG sweep (the `evaluate` DVC stage): metrics per test set and γ → metrics.json + MLflow runs.
 
-Reads <data>/sweep/index.csv and its WAVs, the clip manifest (<data>/clips/manifest.csv: videos for the
-reference audio, IB-score and Sync) and, on the synthetic benchmark, the ground-truth events
-(<data>/raw/events.csv) for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
+Reads <data>/sweep/index.csv and its WAVs (the index names each clip's source video, read for the reference
+audio, IB-score and Sync, and the window length), <data>/splits/train.csv (only its row count: the train-clip
+column of the threshold ablation) and, on the synthetic benchmark, the ground-truth events (<data>/raw/events.csv)
+for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a metric
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
 Writes <data>/eval/metrics.json (DVC metrics) and one MLflow run per (test set, group) nested under the
@@ -38,7 +39,7 @@ def train_clip_count(data: Path) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.eval.evaluate import (
-        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_clip_paths, read_events,
+        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_events,
     )
     from vaura.eval.ib import load_ib_model
     from vaura.eval.kld import load_kld_model
@@ -53,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
     passt, passt_reason = load_kld_model(root / cfg.passt_weights, device=device)
     models = Models(sync=sync, sync_reason=sync_reason, ib=ib, ib_reason=ib_reason, passt=passt,
                     passt_reason=passt_reason, device=device)
-    clip_paths = read_clip_paths(data / cfg.manifest)
     events = read_events(data / cfg.events if cfg.events else None)
-    groups = evaluate_sweep(data / "sweep", clip_paths, events, cfg, models, root=root)
+    groups = evaluate_sweep(data / "sweep", events, cfg, models, root=root)
     flat = flatten(ctx.params)
     variant = {k: flat.get(k) for k in ("filter.threshold", "model.conditioning")}
     atomic_write_json(data / "eval" / "metrics.json", metrics_json(groups, variant))
@@ -63,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
     if ctx.track:
-        log_groups(ctx.params, groups, clip_paths, train_clip_count(data), variant_label(ctx.params),
+        log_groups(ctx.params, groups, train_clip_count(data), variant_label(ctx.params),
                    data_files=[data / "sweep" / "index.csv"], params_file=ctx.params_file)
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from vaura.curation.filtering import SPLITS, FilterConfig, filter_scores
-from vaura.curation.tables import read_table, write_table
+from vaura.tables import read_table, write_table
 from vaura.io import atomic_write_json
 from vaura.stages import add_common, load
 

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     model.to(device).eval()
     codec.to(device)
     check_compatible(model, codec, encoder, str(checkpoint))
+    model.cfg.check_window(gen.window_s, "params.generation")
     with ctx.tracked({"generation": to_dict(gen), "seed": seed, "checkpoint": str(checkpoint)}) as mlflow:
         audio = audio_for_video(args.video, model, codec, encoder, gen, seed, device, compile=compiled)
         mux_audio(args.video, audio, codec.sample_rate, args.out)

@@ -25,9 +25,8 @@ from vaura.stages import add_common, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common(parser)
-    # the one stage that also works without a params file: --input/--output in the paper format, untracked
-    parser.set_defaults(params=None)
+    add_common(parser, params_help="params file: folders under paths.data and the `preprocess` section (tracked in "
+                                   "MLflow); without it, --input and --output in the paper format, untracked")
     parser.add_argument("--input", type=Path, default=None, help="folder of input videos (overrides params)")
     parser.add_argument("--output", type=Path, default=None, help="folder for the re-encoded clips (overrides params)")
     parser.add_argument("--strict", action="store_true", default=None, help="exit 1 if any input was rejected")

@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
-from vaura.curation.tables import TableError, write_table
+from vaura.tables import TableError, write_table
 from vaura.io import atomic_write_csv, atomic_write_json
 from vaura.stages import add_common, load
 

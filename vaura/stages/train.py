@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -40,11 +41,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common(parser)
+    add_common(parser, device="where to train; a GPU rank uses cuda:LOCAL_RANK (default: params train.device)")
     parser.add_argument("--resume", default="auto",
                         help="'auto': continue from <data>/train/last.pt when it exists (exact resume); "
-                             "'matching': only when last.pt was made with the same params and data, else start "
-                             "over (dvc.yaml uses this); 'never': start from scratch; or a checkpoint path")
+                             "'never': start from scratch; or a checkpoint path")
     parser.add_argument("--checksum-dir", default=None,
                         help="write each rank's final weight SHA-256 to DIR/rank<R>.sha256 (DDP consistency check)")
 
@@ -95,7 +95,8 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     cmd = [sys.executable, "-c", "import sys; from vaura.stages.train import torchrun; sys.exit(torchrun(sys.argv[1:]))",
            "--standalone", "--nproc-per-node", str(nproc),
            "-m", "vaura.cli", "train", "--params", str(args.params), "--resume", str(args.resume)]
-    for flag, value in (("--root", args.root), ("--checksum-dir", args.checksum_dir)):
+    for flag, value in (("--root", args.root), ("--device", getattr(args, "device", None)),
+                        ("--checksum-dir", args.checksum_dir)):
         if value is not None:
             cmd += [flag, str(value)]
     cmd += [flag for flag, on in (("--no-track", args.no_track), ("--debug", args.debug)) if on]
@@ -151,11 +152,12 @@ def budget_verdict(result: dict, cfg: TrainConfig) -> int:
 def run(args: argparse.Namespace) -> int:
     from vaura.codec.config import CodecConfig
     from vaura.model.config import GenerationConfig, ModelConfig
-    from vaura.train.config import TrainConfig
-    from vaura.tracking import TrackingConfig
+    from vaura.train.config import TrainConfig, TrainSetup
 
-    ctx, (cfg, *_) = load(args, "train", train=TrainConfig, model=ModelConfig, generation=GenerationConfig,
-                          codec=CodecConfig, tracking=TrackingConfig)
+    ctx, (cfg, model, generation, codec) = load(args, "train", train=TrainConfig, model=ModelConfig,
+                                                generation=GenerationConfig, codec=CodecConfig)
+    if ctx.device is not None:
+        cfg = dataclasses.replace(cfg, device=ctx.device)
     if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
         rc = launch_workers(args, cfg.nproc)
         if rc != 0:
@@ -163,4 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return budget_verdict(json.loads((ctx.data / "train" / "metrics.json").read_text()), cfg)
     from vaura.train.trainer import train
 
-    return budget_verdict(train(ctx.params_file, resume=args.resume, checksum_dir=args.checksum_dir), cfg)
+    setup = TrainSetup(train=cfg, model=model, generation=generation, codec=codec, tracking=ctx.tracking(),
+                       params=ctx.params, params_file=ctx.params_file, root=ctx.root, data_dir=ctx.data,
+                       track=ctx.track)
+    return budget_verdict(train(setup, resume=args.resume, checksum_dir=args.checksum_dir), cfg)

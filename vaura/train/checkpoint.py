@@ -4,14 +4,20 @@ A checkpoint holds only tensors and plain Python types: model, optimizer and sch
 data position (epoch, batches consumed in it) and every random state that influences training — torch
 (CPU and CUDA), numpy, Python ``random`` and the CFG-dropout generator — for *each* rank, because under DDP
 the ranks draw different dropout masks and condition drops.
+
+Each part of a run owns its state (``state_dict`` / ``load_state_dict``: the model, optimizer, scheduler, the
+data stream's position and :class:`RankRng`); :func:`save_state` and :func:`resume` only gather and place them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -19,8 +25,10 @@ import torch
 from vaura.config import from_dict
 from vaura.io import atomic_torch_save
 from vaura.model import VAURA, ModelConfig
+from vaura.train.distributed import DistEnv, gather_objects
 
 FORMAT = "vaura-train-v1"
+log = logging.getLogger("vaura.train")
 
 
 class CheckpointError(RuntimeError):
@@ -93,6 +101,93 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vaura training checkpoint (format {FORMAT!r} expected)")
     return ckpt
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+class RankRng:
+    """This process's random streams as one stateful part: torch, CUDA, numpy, Python and the CFG-dropout generator."""
+
+    def __init__(self, cond: torch.Generator) -> None:
+        self.cond = cond
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng(self.cond)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng(state, self.cond)
+
+
+@dataclass
+class TrainState:
+    """Everything exact resume restores: the stateful parts plus the step, the best validation loss and the
+    MLflow run (a resumed run keeps logging into the same one)."""
+
+    model: Stateful
+    optimizer: Stateful
+    scheduler: Stateful
+    rng: RankRng
+    data: Stateful
+    step: int = 0
+    best_val: float = math.inf
+    mlflow_run_id: str = ""
+
+
+def resume_target(resume: str, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``auto`` → ``out_dir/last.pt`` if it exists, ``never`` → none, else a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = out_dir / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+def save_state(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, Any]) -> None:
+    """Write ``state`` with every rank's RNGs (a collective: all ranks call it, rank 0 writes).
+
+    ``identity`` (``model_config``, ``model_dims``, ``train_config``) is what :func:`resume` checks against.
+    """
+    rngs = gather_objects(state.rng.state_dict(), env)
+    if env.is_main:
+        save_checkpoint(path, {
+            "step": state.step, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(), "rng": rngs, "data": state.data.state_dict(),
+            "best_val": state.best_val, "world_size": env.world_size, **identity,
+            "mlflow_run_id": state.mlflow_run_id,
+        })
+
+
+def resume(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, Any], auto: bool = False) -> bool:
+    """Load a checkpoint written by :func:`save_state` into ``state``; refuse one of another model or world size.
+
+    ``auto`` (``--resume auto``): a checkpoint of another run (its ``fingerprint``, see :func:`run_fingerprint`,
+    differs) is left alone and False returned, so training starts from step 0; True when ``state`` was restored.
+    """
+    ckpt = load_checkpoint(path)
+    if auto and ckpt.get("fingerprint") != identity["fingerprint"]:
+        # last.pt survives `dvc repro` (persisted) but belongs to other params/data: a fresh start, not a resume
+        log.warning("%s was trained with other params or data; starting from step 0", path)
+        return False
+    if ckpt["model_config"] != identity["model_config"] or ckpt["model_dims"] != identity["model_dims"]:
+        raise CheckpointError(f"{path}: model config/sizes differ from params; use --resume never")
+    if ckpt["world_size"] != env.world_size:
+        raise CheckpointError(
+            f"{path}: saved with world size {ckpt['world_size']}, now {env.world_size}; "
+            "exact resume needs the same number of processes"
+        )
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.rng.load_state_dict(ckpt["rng"][env.rank])
+    state.data.load_state_dict(ckpt["data"])
+    state.step, state.best_val = ckpt["step"], ckpt["best_val"]
+    state.mlflow_run_id = ckpt.get("mlflow_run_id") or ""
+    return True
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> VAURA:

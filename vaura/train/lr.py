@@ -34,3 +34,11 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))
+
+
+def follow_params(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float, warmup_steps: int, total_steps: int,
+                  min_ratio: float) -> None:
+    """After a resume, take the schedule from the current params, not the checkpoint: an unchanged config resumes
+    exactly, and a longer ``total_steps`` extends the cosine instead of being silently replaced."""
+    scheduler.lr_lambdas[0] = WarmupCosine(warmup_steps, total_steps, min_ratio)
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
