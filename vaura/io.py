@@ -136,5 +136,7 @@ def atomic_write_csv(path: str | Path, df: pd.DataFrame) -> None:
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a file object: given a path, torch names the archive's root folder after the (random) temp
+        # file name, so the same object would give different bytes every time
+        torch.save(obj, fh)
