@@ -107,8 +107,10 @@ def test_a_re_encoded_source_file_invalidates_only_its_shard(tmp_path):
     out = tmp_path / "cache"
     args = (plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64)
     build_cache(*args, shard_size=1, window_s=2.56, progress=False)
-    st = os.stat(plan[1].path)
-    os.utime(plan[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if preprocess rewrote it
+    st = os.stat(plan[0].path)
+    os.utime(plan[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new time (a fresh clone)
+    with open(plan[1].path, "ab") as fh:  # as if preprocess rewrote it differently
+        fh.write(b"\0")
     summary = build_cache(*args, shard_size=1, window_s=2.56, progress=False)
     assert summary["shards_reused"] == 1 and load(out / shard_name(1))["clips"] == ["c1"]
 
@@ -229,7 +231,7 @@ def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_
     (data / "clips").mkdir(parents=True)
     rows = []
     for src in clips:
-        shutil.copy2(src, data / "clips" / src.name)  # keeps the mtime, part of the shards' fingerprint
+        shutil.copy2(src, data / "clips" / src.name)
         rows.append({"clip": src.stem, "path": str(data / "clips" / src.name)})
     write_table(data / "splits" / "train.csv", pd.DataFrame(rows[:-2]))
     write_table(data / "splits" / "val.csv", pd.DataFrame(rows[-2:-1]).assign(start_sec=0.0))
