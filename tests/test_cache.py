@@ -188,6 +188,22 @@ def test_train_windows_start_on_token_boundaries_with_aligned_audio(index_cache)
     assert min(starts) == 0 and max(starts) == 24
 
 
+def test_the_window_length_is_the_one_the_cache_recorded(tmp_path):
+    """One window key: build_cache records window_s in meta.json and every reader takes it from there."""
+    out = tmp_path / "cache"
+    build_cache([ClipSpec("va", "va", "val", 0.96)], out, IndexCodec(), IndexVisual(),
+                lambda p: np.zeros(5000, np.float32), lambda p: np.zeros((125, 8, 8, 3), np.uint8), window_s=1.28,
+                progress=False)
+    assert json.loads((out / "meta.json").read_text())["window_s"] == 1.28
+    codes, feats = CachedClips(out, "val")[0]
+    assert feats.shape == (16, 3) and codes.shape == (2, math.ceil(1280 / 37))  # 1.28 s, not 2.56 s
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["window_s"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="no window_s"):
+        CachedClips(out, "val")
+
+
 def test_val_windows_use_the_fixed_start_and_seeded_train_windows_repeat(index_cache):
     val = CachedClips(index_cache, "val")
     codes, feats = val[0]
