@@ -78,6 +78,9 @@ class Setup:
     visual: dict = field(default_factory=lambda: asdict(PAPER_SIZE))
     dac: dict = field(default_factory=dict)
     n_codebooks: int = 9
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    frame_rate: float = 44100 / 512  # the DAC's code frames per second (the decoder needs no DAC to be built)
     cache_clips: int = 32
     cache_clip_s: float = 10.0
     video_side: int = 256
@@ -90,6 +93,7 @@ TINY = Setup(size="tiny", dtype="fp32", steps=40, batch=4, agreement_clips=2, tr
                                         frames=16),
              dac=dict(encoder_dim=4, encoder_rates=[2, 4, 4], decoder_dim=8, decoder_rates=[4, 4, 2],
                       n_codebooks=9, codebook_size=1024, codebook_dim=8, sample_rate=2756),
+             frame_rate=2756 / 32,
              cache_clips=4, cache_clip_s=3.0, video_side=48, budget_s=300.0)
 
 
@@ -160,7 +164,11 @@ class Suite:
             from vaura.codec.codec import Codec, _new_dac
 
             torch.manual_seed(0)
-            self._codec = Codec(_new_dac(self.s.dac or None), self.s.n_codebooks).to(self.device)
+            codec = Codec(_new_dac(self.s.dac or None), self.s.n_codebooks).to(self.device)
+            dims = (codec.n_codebooks, codec.codebook_size, codec.codebook_dim, codec.frame_rate)
+            if dims != self.code_dims():
+                raise ValueError(f"codec {dims} does not match the setup's {self.code_dims()}")
+            self._codec = codec
         return self._codec
 
     def decoder(self, dtype: torch.dtype | None = None) -> VAURA:
@@ -171,11 +179,9 @@ class Suite:
         """
         if dtype is None and self._decoder is not None:
             return self._decoder
-        codec = self.codec()
         torch.manual_seed(0)
         with torch.device(self.device):
-            model = VAURA(named_size(self.s.size, dropout=0.0), codec.n_codebooks, codec.codebook_size,
-                          codec.codebook_dim, codec.frame_rate, self.s.visual["dim"])
+            model = VAURA(named_size(self.s.size, dropout=0.0), *self.code_dims(), self.s.visual["dim"])
             for head in model.lm_heads:
                 torch.nn.init.normal_(head.weight, std=0.02)
         model = model.to(dtype or self.dtype).eval()
@@ -183,12 +189,16 @@ class Suite:
             self._decoder = model
         return model
 
+    def code_dims(self) -> tuple[int, int, int, float]:
+        """(codebooks, codebook size, codebook dim, frame rate) of the setup's codec."""
+        return self.s.n_codebooks, self.s.codebook_size, self.s.codebook_dim, self.s.frame_rate
+
     def n_frames(self) -> int:
-        return self.s.steps - self.codec().n_codebooks + 1
+        return self.s.steps - self.s.n_codebooks + 1
 
     def n_tokens(self) -> int:
         """12.5 Hz visual tokens of the window (32 for 2.56 s)."""
-        return min(math.ceil(self.n_frames() / self.codec().frame_rate * 12.5), round(2.56 * 12.5))
+        return min(math.ceil(self.n_frames() / self.s.frame_rate * 12.5), round(2.56 * 12.5))
 
     def visual(self, batch: int, seed: int = 0) -> torch.Tensor:
         n = self.n_tokens()
@@ -332,17 +342,16 @@ class Suite:
 
     def _train_steps(self, batch: int, fast: bool) -> dict[str, Any]:
         """Median optimizer step: forward + loss + backward + clip + AdamW, under bf16 autocast on a GPU."""
-        codec = self.codec()
+        k, card, _, rate = self.code_dims()
         torch.manual_seed(0)
         with torch.device(self.device):
-            model = VAURA(named_size(self.s.size), codec.n_codebooks, codec.codebook_size, codec.codebook_dim,
-                          codec.frame_rate, self.s.visual["dim"]).train()
+            model = VAURA(named_size(self.s.size), *self.code_dims(), self.s.visual["dim"]).train()
         if fast and self.cuda:
             model.compile_blocks()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=fast and self.cuda)
-        n_frames = math.ceil(2.56 * codec.frame_rate)
-        codes = torch.randint(0, codec.codebook_size, (batch, codec.n_codebooks, n_frames), device=self.device)
+        n_frames = math.ceil(2.56 * rate)
+        codes = torch.randint(0, card, (batch, k, n_frames), device=self.device)
         visual = torch.randn(batch, 32, self.s.visual["dim"], device=self.device)
         drop = cfg_drop_mask(batch, model.cfg.cfg_dropout, device=self.device)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
@@ -366,7 +375,7 @@ class Suite:
         flops, _ = flops_per_step(model, batch, n_frames)
         peak = gpu_peak(torch.cuda.get_device_name(self.device), None)[0] if self.cuda else measured_cpu_peak(512)
         out = {"batch": batch, "step_s": round(step_s, 4), "warmup_s": round(t_warm, 1),
-               "tokens_per_s": round(batch * codec.n_codebooks * n_frames / step_s),
+               "tokens_per_s": round(batch * k * n_frames / step_s),
                "mfu": None if peak is None else round(flops / step_s / peak, 4),
                "compiled": fast and self.cuda, "fused_adamw": fast and self.cuda,
                "loss": "ignore_index" if fast else "boolean_mask"}
@@ -464,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(setup, device, args.out or default_out(device, args.tiny))
     # (name, rough seconds it needs on an H200): most important first, so a short budget loses the least
     for name, need in (("meta", 0), ("decoder_b1", 90), ("agreement", 30), ("batched", 80), ("e2e", 20),
-                       ("train", 90), ("train_reference", 30), ("cache", 40), ("reference_batched", 40), ("fast_fp32_equality", 80)):
+                       ("train", 90), ("train_reference", 30), ("cache", 40), ("reference_batched", 40),
+                       ("fast_fp32_equality", 80)):
         suite.section(name, 0 if args.tiny else need, getattr(suite, name))
     print(f"[gpu_suite] wrote {suite.out}", file=sys.stderr)
     return 0 if all(suite.r[k] is not None for k in REQUIRED_KEYS) else 1

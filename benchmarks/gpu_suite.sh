@@ -3,14 +3,17 @@
 # reference-style figure, in one JSON (what is measured: the docstring of benchmarks/gpu_suite.py).
 # Needs about 8 minutes on one H200; made for a lent GPU machine with Python 3.12 + torch but no registry.
 #
-#   1. here, once: bash benchmarks/gpu_wheels.sh      # PyAV, DAC and DAC's import-time deps into .whl/ (~36 MB,
-#                                                     # git-ignored; versions pinned by constraints.txt)
+#   1. here, once: bash benchmarks/gpu_wheels.sh      # PyAV, DAC and DAC's import-time deps into .whl/ (~37 MB,
+#                                                     # git-ignored; versions pinned by constraints.txt). The list
+#                                                     # was checked by running `gpu_suite.py --tiny` with every
+#                                                     # package the GPU image lacks made unimportable.
 #   2. there, from the repository root, with .whl carried along (the device tool: carry [".whl"], timeout 600 s):
 #          bash benchmarks/gpu_suite.sh
 #   3. commit the JSON it wrote: benchmarks/results/<date>-<device>.json (also copied to $OUT when set)
 #
 # The wheels are installed with --no-index --no-deps into /tmp/vaura-site (nothing is fetched there); without
-# .whl/ the suite still runs and the sections that need PyAV or DAC (e2e, cache) record an import error.
+# .whl/ the suite still runs: the decoder, batched and training sections need only torch, and the sections that
+# need PyAV or DAC (e2e, cache) record the import error.
 # Extra arguments go to gpu_suite.py (e.g. --budget-s 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."

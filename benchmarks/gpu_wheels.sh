@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 DEST=${1:-.whl}
 PY=${PYTHON:-python3}
 # compiled packages: manylinux wheels for CPython 3.12; pure-Python ones: wheels built here (some are sdists only)
-BINARY=(av soundfile)
+BINARY=(av soundfile cffi)
 PURE=(descript-audio-codec descript-audiotools argbind docstring-parser ffmpy flatten-dict julius randomname
-      importlib-resources)
+      importlib-resources pycparser)
 pin() {
   local found
   found=$(grep -iE "^${1//-/[-_]}==" constraints.txt | head -n 1 || true)

@@ -7,22 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vaura.model import VAURA, named_size
+from test_model_sampling import gen, tiny_model
 from vaura.model.sampler import draw, generate, generate_recompute, sample_logits, use_compiled_decode
 from vaura.model.decoder import codebook_loss
-
-
-def tiny_model(conditioning="fusion", seed=0) -> VAURA:
-    torch.manual_seed(seed)
-    cfg = named_size("tiny", conditioning=conditioning, max_seconds=0.8)
-    model = VAURA(cfg, n_codebooks=3, codebook_size=16, codebook_dim=4, audio_frame_rate=50.0, visual_dim=12)
-    for head in model.lm_heads:
-        torch.nn.init.normal_(head.weight, std=0.5)
-    return model.eval()
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def boolean_mask_loss(logits, codes):

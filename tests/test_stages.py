@@ -17,7 +17,7 @@ from vaura.stages import one_line, run_guarded
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = {"stack", "profile", "ui"}  # user tools, not pipeline stages: no params sections, no MLflow run
 STAGES = sorted(set(COMMANDS) - TOOLS)
-DEVICE_STAGES = {"score", "codec", "avclip", "cache", "sweep", "evaluate", "generate"}
+DEVICE_STAGES = {"score", "codec", "avclip", "cache", "train", "sweep", "evaluate", "generate"}
 POSITIONAL = {"generate": ["clip.mp4", "-o", "out.mp4"]}
 
 
@@ -188,12 +188,24 @@ def test_the_error_line_hides_credentials(capsys):
     assert "pw@" not in err and "abc123" not in err and "https://host/v.mp4" in err
 
 
+def test_train_device_flag_goes_through_the_one_resolver(tmp_path, stage_error):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: asking for it is not an error here")
+    params = _project(tmp_path, lambda p: p["train"].update(nproc=1, device="cpu"))
+    assert main(["train", "--params", str(params), "--no-track", "--device", "cuda"]) == 1
+    assert stage_error("train") == ("device 'cuda' asked for, but torch sees no CUDA device here (use auto or cpu)")
+
+
 def _failed_train_line(tmp_path: Path, nproc: int) -> str:
-    """Run `vaura train` on a project without a cache; return its one error line (fails unless exactly one)."""
-    params = _project(tmp_path, lambda p: p["train"].update(nproc=nproc, device="cpu"))
+    """Run `vaura train` (from another folder) on a project without a cache; return its one error line (fails
+    unless exactly one)."""
+    params = _project(tmp_path / "project", lambda p: p["train"].update(nproc=nproc, device="cpu"))
+    (tmp_path / "elsewhere").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "vaura.cli", "train", "--params", str(params), "--no-track"],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path / "elsewhere")
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("vaura train: ")]
     assert len(lines) == 1, proc.stderr
@@ -202,11 +214,11 @@ def _failed_train_line(tmp_path: Path, nproc: int) -> str:
 
 
 def test_train_error_in_process_is_one_line(tmp_path):
-    """nproc 1: no cache to train on -> one line, no traceback."""
-    assert "data/cache" in _failed_train_line(tmp_path, 1)
+    """nproc 1: no cache to train on -> one line, no traceback, naming the cache under the params folder."""
+    assert str(tmp_path / "project" / "data" / "cache") in _failed_train_line(tmp_path, 1)
 
 
 @pytest.mark.slow
 def test_train_error_under_torchrun_is_one_line_not_one_per_rank(tmp_path):
     """nproc 2: both workers fail the same way; the launcher prints the line once, torchrun's report not at all."""
-    assert "data/cache" in _failed_train_line(tmp_path, 2)
+    assert str(tmp_path / "project" / "data" / "cache") in _failed_train_line(tmp_path, 2)

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import torch
 
-from train_helpers import SBATCH, read_losses, sbatch_exports, sbatch_torchrun, write_micro_cache, write_params
+from train_helpers import (SBATCH, assert_same_training, sbatch_exports, sbatch_torchrun, write_micro_cache,
+                           write_params)
 
 TOTAL = 9
 pytestmark = pytest.mark.slow
@@ -91,14 +92,7 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
 
 def same_run(a: Path, b: Path) -> None:
     """Same per-step losses and the same final weights and data position."""
-    la, lb = read_losses(a), read_losses(b)
-    assert sorted(la) == sorted(lb) == list(range(1, TOTAL + 1))
-    for step in la:
-        assert lb[step] == pytest.approx(la[step], rel=1e-6, abs=0), step
-    ca = torch.load(a / "train" / "last.pt", weights_only=True)
-    cb = torch.load(b / "train" / "last.pt", weights_only=True)
-    for k in ca["model"]:
-        torch.testing.assert_close(cb["model"][k], ca["model"][k], rtol=1e-6, atol=0)
+    ca, cb = assert_same_training(a, b, TOTAL)
     assert ca["data"] == cb["data"] and ca["step"] == cb["step"] == TOTAL and cb["world_size"] == 2
 
 

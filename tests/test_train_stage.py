@@ -16,12 +16,12 @@ def test_torchrun_command_carries_the_entry_point_and_options(tmp_path):
     import argparse
 
     args = argparse.Namespace(params=tmp_path / "p.yaml", resume="never", checksum_dir=None, root=None,
-                              no_track=True, debug=False)
+                              device="cpu", no_track=True, debug=False)
     cmd = torchrun_command(args, 4)
     assert "torchrun" in cmd[2]  # torchrun, run in-process by vaura.stages.train.torchrun
     assert cmd[cmd.index("--nproc-per-node") + 1] == "4"
-    assert cmd[-8:] == ["-m", "vaura.cli", "train", "--params", str(tmp_path / "p.yaml"), "--resume", "never",
-                        "--no-track"]
+    assert cmd[-10:] == ["-m", "vaura.cli", "train", "--params", str(tmp_path / "p.yaml"), "--resume", "never",
+                         "--device", "cpu", "--no-track"]  # the workers get the launcher's flags
 
 
 @pytest.mark.slow

@@ -79,3 +79,35 @@ def test_too_little_data_is_a_clear_error(cache, tmp_path, monkeypatch):
     params = write_params(tmp_path / "p.yaml", cache.parent, f"sqlite:///{tmp_path / 'ml.db'}", batch_size=64)
     with pytest.raises(TrainError, match="fewer than batch_size"):
         train(load_setup(params), resume="never")
+
+
+def test_a_cache_window_longer_than_the_model_covers_is_refused_before_training(cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "p.yaml", cache.parent, f"sqlite:///{tmp_path / 'ml.db'}")
+    p = yaml.safe_load(params.read_text())
+    p["model"]["max_seconds"] = 2.0
+    params.write_text(yaml.safe_dump(p))
+    with pytest.raises(ValueError, match=r"meta\.json: window_s=2.56 exceeds model.max_seconds=2"):
+        train(load_setup(params), resume="never")
+
+
+def test_reading_losses_back_every_few_steps_still_logs_every_step_identically(cache, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logs = {}
+    for every in (1, 4):
+        data = tmp_path / f"every{every}"
+        shutil.copytree(cache, data / "cache")
+        params = write_params(tmp_path / f"p{every}.yaml", data, f"sqlite:///{tmp_path / 'ml.db'}", total_steps=7,
+                              log_every=every, eval_every=0, ckpt_every=5)
+        train(load_setup(params), resume="never")
+        logs[every] = [json.loads(line) for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs[4]] == list(range(1, 8))
+    for key in ("loss", "grad_norm", "lr"):
+        assert [r[key] for r in logs[4]] == [r[key] for r in logs[1]], key
+    # read back at step 4 (log_every), 5 (checkpoint) and 7 (end): one tokens/s figure per read-back
+    tps = [r["tokens_per_s"] for r in logs[4]]
+    assert len(set(tps[:4])) == 1 and tps[4] != tps[3] and tps[5] == tps[6] != tps[4]
+    assert len(set(r["tokens_per_s"] for r in logs[1])) == 7  # every step read back on its own

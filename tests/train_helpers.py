@@ -74,6 +74,7 @@ def write_params(path: Path, data_dir: Path, tracking_uri: str, **train_override
     train = dict(
         lr=3e-3, betas=[0.9, 0.95], weight_decay=0.01, warmup_steps=2, total_steps=8, min_lr_ratio=0.1,
         batch_size=2, grad_accum=1, clip_mode="value", clip=1.0, eval_every=4, ckpt_every=4, n_val_batches=2,
+        log_every=1,
         log_audio_every=0, n_log_clips=1, compile=False, precision="auto", device="cpu", num_workers=0, seed=7,
         max_minutes=0.0, nproc=1, init_from_codec=False,
     )

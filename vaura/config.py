@@ -7,8 +7,9 @@ sections is :data:`vaura.profiles.SECTIONS`, which imports them, so this module 
 
 One rule for missing keys: a params file must set every key of every section it has; a missing one is a
 :class:`ConfigError` naming ``section.key`` and ``configs/offline.yaml``, where each key is documented. The
-dataclass defaults are the paper's values, for Python callers (tests, notebooks, ``vaura preprocess --input``);
-loading a params file never falls back to them, so an omission cannot silently pick a paper value.
+dataclass defaults (mostly the paper's values, e.g. ``train.total_steps`` 200000) serve Python callers only
+(tests, notebooks, ``vaura preprocess --input/--output``): loading a params file never falls back to them, so
+an omission cannot silently pick a value no profile chose.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common(parser)
+    add_common(parser, device="where to train; a GPU rank uses cuda:LOCAL_RANK (default: params train.device)")
     parser.add_argument("--resume", default="auto",
                         help="'auto': continue from <data>/train/last.pt when it exists (exact resume); "
                              "'never': start from scratch; or a checkpoint path")
@@ -94,7 +95,8 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     cmd = [sys.executable, "-c", "import sys; from vaura.stages.train import torchrun; sys.exit(torchrun(sys.argv[1:]))",
            "--standalone", "--nproc-per-node", str(nproc),
            "-m", "vaura.cli", "train", "--params", str(args.params), "--resume", str(args.resume)]
-    for flag, value in (("--root", args.root), ("--checksum-dir", args.checksum_dir)):
+    for flag, value in (("--root", args.root), ("--device", getattr(args, "device", None)),
+                        ("--checksum-dir", args.checksum_dir)):
         if value is not None:
             cmd += [flag, str(value)]
     cmd += [flag for flag, on in (("--no-track", args.no_track), ("--debug", args.debug)) if on]
@@ -154,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
     ctx, (cfg, model, generation, codec) = load(args, "train", train=TrainConfig, model=ModelConfig,
                                                 generation=GenerationConfig, codec=CodecConfig)
+    if ctx.device is not None:
+        cfg = dataclasses.replace(cfg, device=ctx.device)
     if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
         rc = launch_workers(args, cfg.nproc)
         if rc != 0:

@@ -44,6 +44,9 @@ class TrainConfig:
     eval_every: int = bounded(1000, ge=0)
     ckpt_every: int = bounded(1000, ge=1)
     n_val_batches: int = bounded(8, ge=1)
+    # read the step's loss / grad norm back from the device every N steps (one sync for N steps; every step is
+    # still logged); the wall-clock budget is checked at the same points
+    log_every: int = bounded(1, ge=1)
     log_audio_every: int = bounded(0, ge=0)
     n_log_clips: int = bounded(2, ge=0)
     compile: bool = False

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vaura.train.config import TrainConfig, TrainError
+from vaura.devices import resolve_device
+from vaura.train.config import TrainConfig
 
 
 @dataclass
@@ -28,9 +29,7 @@ def setup_distributed(cfg: TrainConfig) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainError("train.device is 'cuda' but no CUDA device is visible")
+    use_cuda = resolve_device(cfg.device).type == "cuda"  # the one resolver: auto, cpu, cuda (ConfigError if absent)
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)

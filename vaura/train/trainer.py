@@ -107,12 +107,13 @@ def train_step(
     cond_gen: torch.Generator,
     env: DistEnv,
     amp: contextlib.AbstractContextManager,
-) -> tuple[float, float, int]:
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step: ``cfg.grad_accum`` micro-batches forward and backward (DDP synchronises gradients on
     the last one only), the CFG condition drop drawn from ``cond_gen``, clipping, AdamW, the schedule.
 
-    Returns the loss averaged over micro-batches and ranks, the gradient norm before clipping and the number of
-    code tokens this rank trained on.
+    Returns the loss averaged over micro-batches and ranks and the gradient norm before clipping, both still on
+    the device (reading them would wait for the GPU: the loop reads them every ``train.log_every`` steps), and
+    the number of code tokens this rank trained on.
     """
     loss_sum = torch.zeros((), device=env.device)
     tokens = 0
@@ -136,7 +137,7 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(all_mean(loss_sum / cfg.grad_accum, env).item()), float(grad_norm), tokens
+    return all_mean(loss_sum / cfg.grad_accum, env), grad_norm.detach(), tokens
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -284,27 +285,46 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
             state.mlflow_run_id = run.info.run_id
             tracking.log_json(resolved, "config/resolved.json")
         raw_model.train()
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []  # (step, loss, grad norm, lr) unread
+        since, tokens_since = time.perf_counter(), 0  # start and code tokens of the pending steps
+
+        def flush() -> bool:
+            """Read the pending steps back (one device sync), log each; True when the wall-clock budget is spent."""
+            nonlocal last_loss
+            values = torch.stack([torch.stack([loss.float(), norm.float()]) for _, loss, norm, _ in pending]).tolist()
+            tok_s = tokens_since * env.world_size / max(time.perf_counter() - since, 1e-9)
+            for (step, _, _, lr), (loss, norm) in zip(pending, values):
+                if not math.isfinite(loss):
+                    raise TrainError(f"non-finite training loss {loss} at step {step}")
+                last_loss = loss
+                if env.is_main:
+                    steplog.write({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tok_s})
+                if tracked:
+                    mlflow.log_metrics({"train/loss": loss, "train/lr": lr, "train/grad_norm": norm,
+                                        "train/tokens_per_s": tok_s}, step=step)
+            pending.clear()
+            # The wall-clock budget ends training like the last step does (validation, best.pt, last.pt), so a
+            # budget-stopped run still leaves every output; all ranks agree on it through one all-reduce.
+            return any_rank(cfg.max_minutes > 0 and time.monotonic() - t_start > 60.0 * cfg.max_minutes, env)
+
         while state.step < cfg.total_steps and not stopped_early:
-            t0 = time.perf_counter()
+            if not pending:  # tokens/s counts training steps only, not the validation or saving before them
+                since, tokens_since = time.perf_counter(), 0
             lr = scheduler.get_last_lr()[0]
-            last_loss, grad_norm, tokens = train_step(
+            loss_t, norm_t, tokens = train_step(
                 model, params, optimizer, scheduler, batches, cfg=cfg, cfg_dropout=model_cfg.cfg_dropout,
                 cond_gen=rng.cond, env=env, amp=amp,
             )
             state.step += 1
             step = state.step
-            if not math.isfinite(last_loss):
-                raise TrainError(f"non-finite training loss {last_loss} at step {step}")
-            tok_s = tokens * env.world_size / max(time.perf_counter() - t0, 1e-9)
-            if env.is_main:
-                steplog.write({"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s})
-            if tracked:
-                mlflow.log_metrics({"train/loss": last_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                    "train/tokens_per_s": tok_s}, step=step)
-            # The wall-clock budget ends training like the last step does (validation, best.pt, last.pt), so a
-            # budget-stopped run still leaves every output; all ranks agree on it through one all-reduce.
-            over_budget = any_rank(cfg.max_minutes > 0 and time.monotonic() - t_start > 60.0 * cfg.max_minutes, env)
-            stopped_early = over_budget and step < cfg.total_steps
+            pending.append((step, loss_t, norm_t, lr))
+            tokens_since += tokens
+            # read back at log intervals and before anything that saves, validates or may end the run, so the
+            # step log on disk always reaches the checkpoint's step
+            # (the same steps on every rank: flush() ends in a collective)
+            due = (step % cfg.log_every == 0 or step == cfg.total_steps or step % cfg.ckpt_every == 0
+                   or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
+            stopped_early = due and flush() and step < cfg.total_steps
             final = step == cfg.total_steps or stopped_early
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or final):
                 metrics = validate(raw_model, val_set, env, cfg, amp)
