@@ -61,7 +61,7 @@ ABLATION_COLUMNS = (
 )
 EXPERIMENT_NOTE = """\
 **vaura** — V-AURA video-to-audio: one *parent* run per pipeline run (`dvc repro`, `dvc exp run`, a Prefect
-flow), named `pipeline · <profile> · <commit>`, with one child run per stage beneath it (expand the parent row).
+flow), named `pipeline · <DVC experiment or profile> · <pipeline id>`, with one child run per stage beneath it.
 
 - **Paper tables** (II threshold, III conditioning, IV CFG γ): the parent run's description and its
   *Artifacts → tables* (written by the `report` stage).
