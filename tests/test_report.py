@@ -57,11 +57,11 @@ def store(tmp_path_factory):
         baseline = (thr, cond) == (0.3, "fusion")  # only the baseline is swept over γ (as in the paper)
         groups = [_group("reference", None, 0.9), _group("recon", None, 0.8)] if baseline else []
         groups += [_group(f"g{g:g}", g, f1 * (0.5 + g / 12)) for g in ((1.0, 3.0, 6.0) if baseline else (6.0,))]
-        log_groups(params, groups, train_clips=int(100 * (1 - thr)), variant_label=f"{thr} {cond}")
+        log_groups(params, groups, train_clips=int(100 * (1 - thr)), variant=f"t{thr}-{cond}")
     # a newer re-evaluation of the 0.3/fusion γ=6 variant replaces the older one in the tables
     params = _params(tmp_path, 0.3, "fusion")
     mp.setenv("VAURA_PIPELINE_ID", "pipe-0.3-fusion")
-    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], train_clips=70, variant_label="0.3 fusion")
+    log_groups(params, [_group("g6", 6.0, 0.77, sync_ms=120.0)], train_clips=70, variant="t0.3-fusion")
     mlflow.set_tracking_uri(params["tracking"]["uri"])
     yield tmp_path, params
     mp.undo()
@@ -102,6 +102,8 @@ def test_tables_from_a_real_sqlite_store(store) -> None:
 
 @pytest.mark.slow
 def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> None:
+    import json
+
     import mlflow
 
     from vaura.stages import report
@@ -130,6 +132,25 @@ def test_report_stage_writes_and_logs_tables(store, tmp_path, monkeypatch) -> No
     arts = mlflow.artifacts.list_artifacts(run_id=runs["run_id"].iloc[0], artifact_path="reports")
     assert {a.path.split("/")[-1] for a in arts} >= {"threshold.md", "cfg.csv"}
 
+    # the tables on the pipeline's parent run: its description is the markdown, its MLflow tables the same cells
+    parent_id = runs["tags.mlflow.parentRunId"].iloc[0]
+    note = mlflow.get_run(parent_id).data.tags["mlflow.note.content"]
+    for name in ("threshold", "conditioning", "cfg"):
+        assert (tmp_path / "reports" / f"{name}.md").read_text() in note
+    cfg_md = (tmp_path / "reports" / "cfg.md").read_text()
+    def logged_table() -> dict:  # the file the UI's table view reads (load_table would re-parse "2.30" as 2.3)
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{parent_id}/tables/cfg.json"))
+
+    logged = logged_table()
+    csv_cfg = pd.read_csv(tmp_path / "reports" / "cfg.csv", dtype=str)
+    assert logged["columns"] == list(csv_cfg.columns) and len(logged["data"]) == len(csv_cfg)
+    for row in logged["data"]:
+        assert "| " + " | ".join(row) + " |" in cfg_md  # same cells as the markdown table (reasons as [n])
+    assert mlflow.get_run(parent_id).data.tags["mlflow.loggedArtifacts"].count("tables/cfg.json") == 1
+    # a second report under the same pipeline replaces the tables instead of appending rows
+    assert report.run(argparse.Namespace(params=pfile, root=tmp_path, no_mlflow_log=False)) == 0
+    assert logged_table() == logged
+
 
 def test_baseline_threshold_defaults_to_the_pipelines_own_filter_threshold() -> None:
     from vaura.eval.report import ReportError
@@ -152,7 +173,7 @@ def test_metrics_json_and_tags_carry_skip_reasons() -> None:
     doc = metrics_json([g], {"filter.threshold": 0.3})
     assert doc["syn"]["g6"]["kld"] == {"status": "skipped", "backbone": "passt", "reason": SKIP_KLD.reason}
     assert doc["syn"]["g6"]["onset_sync"]["f1"] == 0.5
-    tags = group_tags(g, "v")
+    tags = group_tags(g)
     assert tags["metric.kld.status"] == "skipped" and tags["vaura.eval.cfg_scale"] == "6"
     assert "kld" not in flat_metrics(g) and flat_metrics(g)["onset_f1"] == 0.5
 
@@ -174,13 +195,15 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     clip_audio = {}
     for clip in ("a", "b"):
         audio = 0.01 * rng.standard_normal(3 * sr).astype(np.float32)
-        audio[sr : sr + 800] += 0.8 * np.exp(-np.arange(800) / 128.0).astype(np.float32)  # a hit at 1.0 s
+        for hit in (1.0, 2.0) if clip == "b" else (1.0,):  # b has more events: the clip logged for listening
+            at = int(hit * sr)
+            audio[at : at + 800] += 0.8 * np.exp(-np.arange(800) / 128.0).astype(np.float32)
         clip_audio[clip] = audio
         write_video(data / "clips" / f"{clip}.mp4", rng.integers(0, 255, (75, 64, 64, 3), dtype=np.uint8), 25.0,
                     audio=audio, sample_rate=sr)
     (data / "raw").mkdir()
     (data / "splits").mkdir()
-    pd.DataFrame({"clip": ["a", "b"], "time_s": [1.0, 1.0], "class": ["x", "x"]}).to_csv(
+    pd.DataFrame({"clip": ["a", "b", "b"], "time_s": [1.0, 1.0, 2.0], "class": ["x", "x", "x"]}).to_csv(
         data / "raw" / "events.csv", index=False)
     pd.DataFrame({"clip": [f"t{i}" for i in range(5)]}).to_csv(data / "splits" / "train.csv", index=False)
     rows = []
@@ -203,7 +226,7 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     pfile.write_text(yaml.safe_dump(params))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VAURA_PIPELINE_ID", "eval-stage-test")
-    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False)) == 0
+    assert evaluate.run(argparse.Namespace(params=pfile, root=tmp_path, no_track=False, variant="prepend")) == 0
 
     doc = json.loads((data / "eval" / "metrics.json").read_text())
     assert doc["variant"] == {"filter.threshold": 0.2, "model.conditioning": "fusion"}
@@ -214,10 +237,25 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(store, tmp_path, mon
     runs = search_runs("vaura-eval-stage", "evaluate")
     assert sorted(runs["tags.vaura.eval.group"]) == ["g3", "reference"]
     g3 = runs[runs["tags.vaura.eval.group"] == "g3"].iloc[0]
+    ref = runs[runs["tags.vaura.eval.group"] == "reference"].iloc[0]
     assert g3["metrics.data.train_clips"] == 5 and g3["params.filter.threshold"] == "0.2"
+    # runs say what they are: distinct names, the ablation axes as params with the values really used
+    assert g3["tags.mlflow.runName"] == "evaluate · prepend · γ 3 · test"
+    assert ref["tags.mlflow.runName"] == "evaluate · prepend · real audio · test"
+    assert (g3["params.variant"], g3["params.gamma"], g3["params.test_set"]) == ("prepend", "3", "test")
+    assert g3["params.model.conditioning"] == "fusion" and g3["params.evaluate.onset_tolerance_s"] == "0.1"
+    params_cols = [c for c in runs.columns if c.startswith("params.")]
+    assert "params.generation.cfg_scale" not in params_cols  # never a γ the run did not use
+    assert pd.isna(ref.get("params.gamma")) and pd.isna(ref.get("params.model.conditioning"))
+    # a skipped metric: short status + key on the run, the long reason once on the parent
+    assert g3["tags.metric.sync.status"] == "skipped" and "tags.metric.sync.reason" in runs.columns
+    assert "w/s.pt" in g3["tags.metric.sync.reason"]  # resolved from the parent by search_runs
+    parent = mlflow.get_run(g3["tags.mlflow.parentRunId"]).data.tags
+    assert parent[f"skip.{g3['tags.metric.sync.skip']}"] == doc["test"]["g3"]["sync"]["reason"]
+    assert not any(k.endswith(".reason") for k in mlflow.get_run(g3["run_id"]).data.tags)
     names = {a.path for d in ("audio", "spectrogram", "video")
              for a in mlflow.artifacts.list_artifacts(run_id=g3["run_id"], artifact_path=d)}
-    assert names == {"audio/a.wav", "spectrogram/a.png", "video/a.mp4"}
+    assert names == {"audio/b_prepend_g3.wav", "spectrogram/b_prepend_g3.png", "video/b_prepend_g3.mp4"}
 
 
 def test_training_hours_follow_the_variant_not_just_the_pipeline() -> None:

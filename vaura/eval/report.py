@@ -65,10 +65,33 @@ def search_runs(experiment: str, stage: str) -> pd.DataFrame:
 
     if mlflow.get_experiment_by_name(experiment) is None:
         return pd.DataFrame()
-    return mlflow.search_runs(
+    runs = mlflow.search_runs(
         experiment_names=[experiment], filter_string=f"tags.`vaura.stage` = '{stage}'", output_format="pandas",
         max_results=50000,
     )
+    return _with_skip_reasons(runs, experiment) if stage == "evaluate" else runs
+
+
+def _with_skip_reasons(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """Add ``tags.metric.<name>.reason`` to each run from its parent's ``skip.<key>`` tags (a skip reason is
+    logged once per pipeline run; each run carries only the key, ``metric.<name>.skip``)."""
+    import mlflow
+
+    keys = [c for c in runs.columns if c.startswith("tags.metric.") and c.endswith(".skip")]
+    if runs.empty or not keys or "tags.mlflow.parentRunId" not in runs.columns:
+        return runs
+    parents = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`vaura.role` = 'pipeline'",
+                                 output_format="pandas", max_results=50000).set_index("run_id")
+    runs = runs.copy()
+    for col in keys:
+        def reason(row: pd.Series, col: str = col) -> Any:
+            key, parent = row[col], row["tags.mlflow.parentRunId"]
+            if pd.isna(key) or parent not in parents.index:
+                return None
+            return parents.at[parent, f"tags.skip.{key}"] if f"tags.skip.{key}" in parents.columns else None
+
+        runs[col[: -len(".skip")] + ".reason"] = runs.apply(reason, axis=1)
+    return runs
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:
@@ -193,7 +216,7 @@ def build_tables(eval_runs: pd.DataFrame, train_runs: pd.DataFrame, cfg: ReportC
     df["_g"] = _float(_col(df, "tags.vaura.eval.cfg_scale"))
     rows = [{"γ": f"{r['_g']:g}", **_metric_cells(r)} for _, r in _latest(df, "_g").iterrows()]
     for ref in ("recon", "reference"):
-        extra = _select(eval_runs, cfg, ref, cfg.baseline_threshold, cfg.baseline_conditioning)
+        extra = _select(eval_runs, cfg, ref, None, None)  # real audio and its codec recon: no model variant
         if len(extra):
             label = "codec reconstruction" if ref == "recon" else "reference (real audio)"
             rows.append({"γ": label, **_metric_cells(extra.sort_values("start_time").iloc[-1])})
@@ -206,24 +229,33 @@ def _frame(rows: Sequence[dict[str, Any]], keys: list[str], runs: pd.DataFrame) 
     return df.rename(columns=_headers(runs))
 
 
-def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
-    """A GitHub-markdown table (no extra dependency). Skip reasons become numbered notes under the table, so a
-    column skipped in every row reads ``skipped [1]`` instead of repeating a long sentence."""
+def footnoted(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``df`` with each ``skipped: <reason>`` cell shortened to ``skipped [n]`` and ``{reason: n}`` (numbered in
+    reading order), so a column skipped in every row does not repeat a long sentence."""
     reasons: dict[str, int] = {}
+    short = df.copy()
+    for i in range(len(df)):
+        for j in range(df.shape[1]):
+            text = str(df.iat[i, j])
+            if text.startswith("skipped: "):
+                short.iat[i, j] = f"skipped [{reasons.setdefault(text[len('skipped: '):], len(reasons) + 1)}]"
+    return short, reasons
+
+
+def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
+    """A GitHub-markdown table (no extra dependency); skip reasons become numbered notes under the table
+    (:func:`footnoted`)."""
+    short, reasons = footnoted(df)
 
     def cell(v: object) -> str:
-        text = str(v).replace("|", "\\|").replace("\n", " ")
-        if text.startswith("skipped: "):
-            n = reasons.setdefault(text[len("skipped: "):], len(reasons) + 1)
-            return f"skipped [{n}]"
-        return text
+        return str(v).replace("|", "\\|").replace("\n", " ")
 
     lines = [f"# {title}", ""]
     if note:
         lines += [note, ""]
-    lines.append("| " + " | ".join(cell(c) for c in df.columns) + " |")
-    lines.append("|" + "|".join("---" for _ in df.columns) + "|")
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines.append("| " + " | ".join(cell(c) for c in short.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in short.columns) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in short.itertuples(index=False)]
     if df.empty:
         lines += ["", "_No runs match this table's selection yet._"]
     if reasons:

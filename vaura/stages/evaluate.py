@@ -7,8 +7,8 @@ for onset-sync. Pretrained scorers load from the `evaluate.*_weights` paths; a m
 whose weights are absent is reported as skipped with the reason, never dropped and never zero.
 
 Writes <data>/eval/metrics.json (DVC metrics) and one MLflow run per (test set, group) nested under the
-pipeline's parent run, with a few clips' audio (wav), spectrogram (png) and the video muxed with the generated
-audio (mp4) as artifacts. `vaura report` builds the paper's tables from these runs.
+pipeline's parent run and named `evaluate · <variant> · γ <scale> · <test set>`, with a few informative clips'
+audio (wav), spectrogram (png) and the video muxed with the generated audio (mp4) as artifacts. `vaura report` builds the paper's tables from these runs.
 """
 from __future__ import annotations
 
@@ -23,12 +23,8 @@ from vaura.stages import add_common, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser, device="where the metric networks run (default: params evaluate.device)")
-
-
-def variant_label(params: dict) -> str:
-    """Readable label of the ablation variant a pipeline run is (threshold and conditioning)."""
-    flat = flatten(params)
-    return f"threshold={flat.get('filter.threshold', '?')} conditioning={flat.get('model.conditioning', '?')}"
+    parser.add_argument("--variant", default=None,
+                        help="ablation variant named in the MLflow runs (default: the DVC experiment's name)")
 
 
 def train_clip_count(data: Path) -> int | None:
@@ -45,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
+    from vaura.tracking import variant_name
 
     ctx, (cfg,) = load(args, "evaluate", evaluate=EvaluateConfig)
     root, data = ctx.root, ctx.data
@@ -63,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
     if ctx.track:
-        log_groups(ctx.params, groups, train_clip_count(data), variant_label(ctx.params),
+        log_groups(ctx.params, groups, train_clip_count(data), variant_name(args.variant),
                    data_files=[data / "sweep" / "index.csv"], params_file=ctx.params_file)
     return 0

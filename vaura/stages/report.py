@@ -10,11 +10,13 @@ training time, and writes to <reports>/ (paths.reports):
 
 Each table is restricted to `report.test_set`; Tables II and III at γ = `report.cfg_scale`, Tables III and IV at
 `report.baseline_threshold` (null: this params file's `filter.threshold`), Tables II and IV with `report.baseline_conditioning`. Cells a profile cannot fill
-say why ("skipped: <reason>"). The tables are logged to MLflow as artifacts of a `report` run.
+say why ("skipped: <reason>"). The tables are logged to MLflow as artifacts of a `report` run and on the
+pipeline's parent run: its description (the markdown tables) and MLflow tables `tables/<name>.json`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from vaura.stages import add_common, load
@@ -33,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import mlflow
 
-    from vaura.eval.report import ReportConfig, build_tables, cfg_curve, search_runs, to_markdown
+    from vaura.eval.report import ReportConfig, build_tables, cfg_curve, footnoted, search_runs, to_markdown
     from vaura.io import atomic_write_csv, atomic_write_text
+    from vaura.tracking import describe_pipeline
 
     ctx, (cfg,) = load(args, "report", report=ReportConfig)
     tcfg = ctx.tracking()
@@ -46,16 +49,19 @@ def run(args: argparse.Namespace) -> int:
     note = (f"Test set `{cfg.test_set}`; latest `evaluate` run per row (MLflow experiment `{tcfg.experiment}`, "
             f"{len(evals)} evaluate runs). γ = {cfg.cfg_scale:g} where not varied; baseline threshold "
             f"{cfg.baseline_threshold:g}, conditioning `{cfg.baseline_conditioning}`.")
-    written = []
+    written, texts = [], []
     for name, table in tables.items():
-        atomic_write_text(out / f"{name}.md", to_markdown(table, TITLES[name], note))
+        texts.append(to_markdown(table, TITLES[name], note))
+        atomic_write_text(out / f"{name}.md", texts[-1])
         atomic_write_csv(out / f"{name}.csv", table)
         written += [out / f"{name}.md", out / f"{name}.csv"]
         print(to_markdown(table, TITLES[name]))
     atomic_write_csv(out / "cfg_curve.csv", cfg_curve(evals, cfg))
     written.append(out / "cfg_curve.csv")
-    with ctx.tracked(ctx.params) as run_log:
+    with ctx.tracked({"report": dataclasses.asdict(cfg)}) as run_log:
         if run_log:
             for path in written:
                 run_log.log_artifact(str(path), artifact_path="reports")
+            # the tables where a user looks first: the pipeline run's description and its table view
+            describe_pipeline("\n".join(texts), {name: footnoted(t)[0] for name, t in tables.items()}, written)
     return 0

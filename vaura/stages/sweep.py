@@ -26,6 +26,8 @@ from vaura.stages import add_common, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser, device="where to generate (default: params sweep.device)")
+    parser.add_argument("--variant", default=None,
+                        help="ablation variant named in the MLflow run (default: the DVC experiment's name)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.generate.sweep import SweepConfig, load_test_items, run_sweep
     from vaura.model.config import GenerationConfig
     from vaura.model.sampler import use_compiled_decode
+    from vaura.tracking import variant_name
     from vaura.train.checkpoint import load_trained_model
 
     ctx, (cfg, gen, codec_cfg) = load(args, "sweep", sweep=SweepConfig, generation=GenerationConfig,
@@ -51,9 +54,15 @@ def run(args: argparse.Namespace) -> int:
     }
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
     gen_kwargs["compile"] = compiled
-    with ctx.tracked({"sweep": to_dict(cfg), "generation": to_dict(gen)}) as mlflow:
+    # the run's params are what this stage used: the sweep section and the sampling settings, not the
+    # generation.cfg_scale it never reads (each γ of sweep.cfg_scales is sampled)
+    variant = variant_name(args.variant)
+    logged = {"sweep": to_dict(cfg), "generation": {k: v for k, v in gen_kwargs.items() if k != "compile"},
+              **({"variant": variant} if variant else {})}
+    with ctx.tracked(logged, variant=variant) as mlflow:
         index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, data / "sweep", device=device)
         if mlflow:
             mlflow.log_metric("clips_indexed", len(index))
+            mlflow.log_artifact(str(data / "sweep" / "index.csv"))
     print(f"vaura sweep: {len(index)} clips indexed in {data / 'sweep' / 'index.csv'}")
     return 0
