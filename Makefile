@@ -24,8 +24,8 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo ""
 	@echo "Tables (paper II-IV): $(CURDIR)/reports/threshold.md conditioning.md cfg.md   metrics: $(BIN)/dvc metrics show"
-	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --port 5000  ->  http://127.0.0.1:5000"
-	@echo "           (with the local stack, runs go to its server instead: make stack-up; source .stack/env.sh)"
+	@$(BIN)/vaura ui --params params.yaml
+	@echo "           (or: $(BIN)/vaura ui --serve; with the local stack, runs go to its server: make stack-up)"
 
 # The local stack: moto S3, MLflow server, Prefect server + process worker, deployments, DVC remote.
 stack-up: $(STAMP)
@@ -35,7 +35,7 @@ stack-down: $(STAMP)
 	$(BIN)/vaura stack down
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -354,13 +354,12 @@ def test_manifest_names_cannot_escape(tmp_path: Path) -> None:
     good = pd.DataFrame([{"clip": "a", "path": "sub/a.mp4", "split": "train", "label": ""}])
     good.to_csv(folder / "manifest.csv", index=False)
     assert read_manifest(folder / "manifest.csv", check_files=True)["path"][0] == str((folder / "sub" / "a.mp4").resolve())
-    good.assign(path="./sub/a.mp4").to_csv(folder / "manifest.csv", index=False)  # a harmless "." is fine
-    assert read_manifest(folder / "manifest.csv", check_files=True)["path"][0] == str((folder / "sub" / "a.mp4").resolve())
-    for column, value in [("path", f"../{VICTIM}"), ("path", str(tmp_path / VICTIM)), ("path", f"sub/../../{VICTIM}"),
-                          ("path", f"..\\{VICTIM}"), ("path", f"C:\\{VICTIM}"), ("clip", "../a"), ("clip", "sub/a")]:
-        good.assign(**{column: value}).to_csv(folder / "manifest.csv", index=False)
+    for clip in ("../a", "sub/a", str(tmp_path / "a"), "..\\a", "C:\\a", ".."):  # clip ids name written files
+        good.assign(clip=clip).to_csv(folder / "manifest.csv", index=False)
         with pytest.raises(ManifestError, match="row 2: unsafe file name"):
             read_manifest(folder / "manifest.csv")
+    good.assign(path="../elsewhere/a.mp4").to_csv(folder / "manifest.csv", index=False)  # paths are only read
+    assert read_manifest(folder / "manifest.csv")["path"][0] == str((tmp_path / "elsewhere" / "a.mp4").resolve())
 
 
 def test_safe_child_follows_symlinks(tmp_path: Path) -> None:

@@ -107,8 +107,10 @@ def test_a_re_encoded_source_file_invalidates_only_its_shard(tmp_path):
     out = tmp_path / "cache"
     args = (plan, out, FakeCodec(), FakeVisual(), read_audio_800, read_frames_64)
     build_cache(*args, shard_size=1, window_s=2.56, progress=False)
-    st = os.stat(plan[1].path)
-    os.utime(plan[1].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if preprocess rewrote it
+    st = os.stat(plan[0].path)
+    os.utime(plan[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new time (a fresh clone)
+    with open(plan[1].path, "ab") as fh:  # as if preprocess rewrote it differently
+        fh.write(b"\0")
     summary = build_cache(*args, shard_size=1, window_s=2.56, progress=False)
     assert summary["shards_reused"] == 1 and load(out / shard_name(1))["clips"] == ["c1"]
 
@@ -186,6 +188,22 @@ def test_train_windows_start_on_token_boundaries_with_aligned_audio(index_cache)
     assert min(starts) == 0 and max(starts) == 24
 
 
+def test_the_window_length_is_the_one_the_cache_recorded(tmp_path):
+    """One window key: build_cache records window_s in meta.json and every reader takes it from there."""
+    out = tmp_path / "cache"
+    build_cache([ClipSpec("va", "va", "val", 0.96)], out, IndexCodec(), IndexVisual(),
+                lambda p: np.zeros(5000, np.float32), lambda p: np.zeros((125, 8, 8, 3), np.uint8), window_s=1.28,
+                progress=False)
+    assert json.loads((out / "meta.json").read_text())["window_s"] == 1.28
+    codes, feats = CachedClips(out, "val")[0]
+    assert feats.shape == (16, 3) and codes.shape == (2, math.ceil(1280 / 37))  # 1.28 s, not 2.56 s
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["window_s"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="no window_s"):
+        CachedClips(out, "val")
+
+
 def test_val_windows_use_the_fixed_start_and_seeded_train_windows_repeat(index_cache):
     val = CachedClips(index_cache, "val")
     codes, feats = val[0]
@@ -213,7 +231,7 @@ def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_
     (data / "clips").mkdir(parents=True)
     rows = []
     for src in clips:
-        shutil.copy2(src, data / "clips" / src.name)  # keeps the mtime, part of the shards' fingerprint
+        shutil.copy2(src, data / "clips" / src.name)
         rows.append({"clip": src.stem, "path": str(data / "clips" / src.name)})
     write_table(data / "splits" / "train.csv", pd.DataFrame(rows[:-2]))
     write_table(data / "splits" / "val.csv", pd.DataFrame(rows[-2:-1]).assign(start_sec=0.0))

@@ -82,6 +82,19 @@ def test_tables_store_paths_relative_to_their_folder(tmp_path):
         read_split(tmp_path / "nope.csv")
 
 
+def test_table_paths_keep_a_symlinked_data_folder_as_the_user_sees_it(tmp_path):
+    """abspath, not resolve(): a DVC symlink checkout must not turn into paths inside the cache it points to."""
+    real = tmp_path / "store"
+    (real / "clips").mkdir(parents=True)
+    (tmp_path / "data").symlink_to(real)
+    out = tmp_path / "data" / "splits" / "val.csv"
+    write_table(out, pd.DataFrame({"clip": ["a"], "path": [str(tmp_path / "data" / "clips" / "a.mp4")]}))
+    assert read_table(out)["path"].iloc[0] == os.path.join(str(tmp_path), "data", "clips", "a.mp4")
+    pd.DataFrame({"clip": ["a"], "path": [""]}).to_csv(out, index=False)
+    with pytest.raises(TableError, match="empty path"):
+        read_table(out)
+
+
 def test_filter_stage_writes_lists_and_metrics(tmp_path, monkeypatch):
     from vaura.cli import main
 

@@ -48,3 +48,17 @@ def test_output_may_not_be_an_input_or_a_folder(tmp_path: Path) -> None:
     other = tmp_path / "other.mp4"
     other.write_bytes(b"video")  # same bytes, different file: overwriting it is the user's call
     check_output_file(other, src)
+
+
+def test_atomic_torch_save_gives_the_same_bytes_for_the_same_object(tmp_path: Path) -> None:
+    """Given a path, torch.save names the zip's root folder after the file, and atomic writes go through a random
+    temp name: checkpoints, cache shards and stand-ins then differed byte-wise between two identical runs."""
+    import torch
+
+    from vaura.io import atomic_torch_save
+
+    obj = {"w": torch.arange(6.0).reshape(2, 3), "step": 3}
+    atomic_torch_save(tmp_path / "a.pt", obj)
+    atomic_torch_save(tmp_path / "b.pt", obj)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["w"], obj["w"])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from pipeline_helpers import BIN as REPO_BIN
 from pipeline_helpers import DVC, REPO, clean_env, make_micro_repo, ran_stages, run
 
 from vaura.cli import COMMANDS
@@ -93,6 +96,7 @@ def micro_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("micro_pipeline")  # one worker, file order: later tests reuse its store (--dist loadgroup)
 def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -143,6 +147,7 @@ def test_micro_pipeline_end_to_end_noop_and_experiment(micro_repo: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("micro_pipeline")
 def test_train_sweep_and_evaluate_read_only_what_the_stage_before_wrote(micro_repo: Path) -> None:
     """Data flows forward: with the split lists and the clip manifest gone, train (logging validation clips muxed
     onto their videos), sweep and evaluate (no --variant: every cached clip) still run, finding each video through
@@ -166,3 +171,109 @@ def test_train_sweep_and_evaluate_read_only_what_the_stage_before_wrote(micro_re
                               "tags.`vaura.stage` = 'train'", order_by=["attributes.start_time DESC"], max_results=1)
     logged = {f.path for f in client.list_artifacts(runs[0].info.run_id, "samples/reference")}
     assert any(p.endswith(".mp4") for p in logged), logged  # the video was found without splits/val.csv
+
+
+def _body(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def _click(browser, xpath: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 120).until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+
+
+def _close_assistant(browser) -> None:
+    """MLflow 3.17 may open its assistant panel over a third of the page (hiding columns); a user closes it."""
+    from selenium.webdriver.common.by import By
+
+    for button in browser.find_elements(By.CSS_SELECTOR, '[data-component-id="mlflow.assistant.chat_panel.close"]'):
+        button.click()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("micro_pipeline")
+def test_mlflow_ui_shows_the_ablation_in_a_real_browser(micro_repo: Path, tmp_path: Path) -> None:
+    """Headless Chromium on `mlflow ui` over the micro pipeline's store, from the link `vaura ui` prints: the runs
+    table with the evaluate runs by name and their γ column, the CFG table in the pipeline run's description
+    (2 clicks), the γ param on an evaluate run (1 click) and an audio player for its .wav (3 more clicks).
+    With $VAURA_UI_SCREENSHOTS set, the views are saved there as PNGs (docs/mlflow-ui/)."""
+    import shlex
+
+    from browser_helpers import browser_or_skip, chromium, free_port, served
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    binary, driver = browser_or_skip()
+    root, env = micro_repo, clean_env()
+    if not (root / "reports" / "cfg.md").is_file():  # not after the end-to-end test (run alone): build the store
+        run(DVC + ["repro"], root, env, timeout=1500)
+    gammas = [f"{g:g}" for g in yaml.safe_load((root / "params.yaml").read_text())["sweep"]["cfg_scales"]]
+    # the newest pipeline run that evaluated (the one `reports/` was last written for): its rows are at the top
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    exp_id = client.get_experiment_by_name("vaura").experiment_id
+    newest = client.search_runs([exp_id], "tags.`vaura.stage` = 'evaluate'", order_by=["attributes.start_time DESC"],
+                                max_results=1)[0]
+    pipeline = client.get_run(newest.data.tags["mlflow.parentRunId"]).info.run_name
+    evaluated = {r.info.run_name for r in client.search_runs(
+        [exp_id], f"tags.`mlflow.parentRunId` = '{newest.data.tags['mlflow.parentRunId']}'")}
+    names = sorted(n for n in evaluated if re.fullmatch(r"evaluate( · \S+)? · γ [-0-9.e]+ · test", n))
+    assert sorted(n.split(" · ")[-2] for n in names) == sorted(f"γ {g}" for g in gammas)
+    clicked, clicked_gamma = names[-1], names[-1].split(" · ")[-2].removeprefix("γ ")
+    port = free_port()
+    printed = run([str(REPO_BIN / "vaura"), "ui", "--params", "params.yaml", "--port", str(port)], root, env)
+    link = re.search(r"(http://127\.0\.0\.1:\d+/#/experiments/\S+)", printed).group(1)
+    command = shlex.split(re.search(r"MLflow UI: (.+)", printed).group(1))
+    shots = Path(os.environ["VAURA_UI_SCREENSHOTS"]) if os.environ.get("VAURA_UI_SCREENSHOTS") else None
+
+    def shot(browser, name: str) -> None:
+        if shots is not None:
+            shots.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(shots / f"{name}.png"))
+
+    with served(command, root, env, port, tmp_path / "mlflow-ui.log"), chromium(binary, driver) as browser:
+        wait = WebDriverWait(browser, 180)
+        # the link opens the runs table (not the GenAI overview), parents expanded on their evaluate runs
+        browser.get(link)
+        columns = ("gamma", "model.conditioning", "onset_f1")  # (a column no run has a value for is hidden)
+        wait.until(lambda b: _close_assistant(b) or all(n in _body(b) for n in (*names, *columns)))
+        shot(browser, "runs-table")
+        text = _body(browser)
+        assert "Run Name" in text and pipeline in text and "Overview" not in text
+
+        # click 1: the pipeline run; click 2: "Show more" — its description holds Table IV as a rendered table
+        _click(browser, f"//a[normalize-space(.)='{pipeline}']")
+        wait.until(lambda b: _close_assistant(b) or "Table II" in _body(b))
+        _click(browser, "//*[normalize-space(text())='Show more']")
+        table = wait.until(lambda b: b.find_element(By.XPATH, "//h1[contains(., 'Table IV')]/following::table[1]"))
+        cells = [[c.text for c in row.find_elements(By.XPATH, "./th|./td")]
+                 for row in table.find_elements(By.TAG_NAME, "tr")]
+        md_rows = [[c.strip().replace("\\|", "|") for c in line.strip().strip("|").split(" | ")]
+                   for line in (root / "reports" / "cfg.md").read_text().splitlines()
+                   if line.startswith("| ")]
+        assert cells == md_rows  # the same numbers as reports/cfg.md
+        assert [r[0] for r in cells[1:len(gammas) + 1]] == gammas
+        browser.execute_script("arguments[0].scrollIntoView()", table)
+        shot(browser, "pipeline-description")
+
+        # an evaluate run (1 click from the table): its γ as a parameter
+        browser.get(link)
+        _click(browser, f"//a[normalize-space(.)='{clicked}']")
+        wait.until(lambda b: _close_assistant(b) or re.search(rf"\ngamma\n{re.escape(clicked_gamma)}\n", _body(b)))
+        shot(browser, "evaluate-run")
+
+        # Artifacts → audio → the .wav: MLflow's player (an <audio> with controls) has decoded the clip
+        _click(browser, "//*[normalize-space(text())='Artifacts']")
+        _click(browser, "//*[normalize-space(text())='audio']")
+        _click(browser, "//*[contains(normalize-space(text()), '.wav')]")
+        duration = wait.until(lambda b: b.execute_script(
+            "for (const e of document.querySelectorAll('*')) { const a = e.shadowRoot && e.shadowRoot.querySelector"
+            "('audio'); if (a && a.controls && a.duration > 0) return a.duration; } return null;"))
+        window = float(pd.read_csv(root / "data" / "sweep" / "index.csv")["window_s"].iloc[0])
+        assert duration == pytest.approx(window, abs=0.05)
+        shot(browser, "audio-artifact")

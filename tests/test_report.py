@@ -134,11 +134,36 @@ def test_report_stage_reads_only_its_metrics_files(tmp_path, monkeypatch) -> Non
     assert "[0.680, 0.720]" in first["threshold.md"].decode()
     params = yaml.safe_load(pfile.read_text())
     monkeypatch.setenv("VAURA_PIPELINE_ID", "foreign")
-    log_groups(params, [_group("test", "g3", 3.0, 0.99)], train_clips=1, variant_label="baseline")
+    log_groups(params, [_group("test", "g3", 3.0, 0.99)], train_clips=1, variant="baseline")
     assert report.run(args) == 0
     assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == first
     curve = pd.read_csv(tmp_path / "reports" / "cfg_curve.csv")
     assert list(curve["cfg_scale"]) == [0.0, 1.0, 3.0] and {"onset_f1", "onset_f1_low", "fad_high"} <= set(curve)
+
+    # the tables on the pipeline's parent run: its description is the markdown, its MLflow tables the same cells
+    import mlflow
+
+    mlflow.set_tracking_uri(params["tracking"]["uri"])
+    runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]],
+                              filter_string="tags.`vaura.stage` = 'report'", output_format="pandas")
+    # the offline profile leaves γ to the validation set (report.cfg_scale null): the run records which it chose
+    assert len(runs) == 2 and set(runs["params.report.cfg_scale"]) == {"None"}
+    assert set(runs["metrics.report.cfg_scale"]) == {3.0} and set(runs["tags.vaura.report.cfg_scale"]) == {"3"}
+    parent_id = runs["tags.mlflow.parentRunId"].iloc[0]
+    note = mlflow.get_run(parent_id).data.tags["mlflow.note.content"]
+    for name in ("threshold", "conditioning", "cfg"):
+        assert (tmp_path / "reports" / f"{name}.md").read_text() in note
+    cfg_md = (tmp_path / "reports" / "cfg.md").read_text()
+
+    def logged_table() -> dict:  # the file the UI's table view reads (load_table would re-parse "2.30" as 2.3)
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{parent_id}/tables/cfg.json"))
+
+    logged = logged_table()
+    csv_cfg = pd.read_csv(tmp_path / "reports" / "cfg.csv", dtype=str)
+    assert logged["columns"] == list(csv_cfg.columns) and len(logged["data"]) == len(csv_cfg)
+    for row in logged["data"]:
+        assert "| " + " | ".join(row) + " |" in cfg_md  # same cells as the markdown table (reasons as [n])
+    assert mlflow.get_run(parent_id).data.tags["mlflow.loggedArtifacts"].count("tables/cfg.json") == 1
 
 
 def test_markdown_numbers_skip_reasons_and_lists_conclusions(tmp_path) -> None:
@@ -155,7 +180,7 @@ def test_metrics_json_and_tags_carry_skip_reasons_and_intervals() -> None:
     assert doc["syn"]["g6"]["kld"] == {"status": "skipped", "backbone": "passt", "reason": SKIP_KLD.reason}
     assert doc["syn"]["g6"]["onset_sync"]["f1"] == 0.5
     assert (doc["syn"]["g6"]["onset_sync"]["f1_low"], doc["syn"]["g6"]["onset_sync"]["f1_high"]) == (0.48, 0.52)
-    tags = group_tags(g, "v")
+    tags = group_tags(g)
     assert tags["metric.kld.status"] == "skipped" and tags["vaura.eval.cfg_scale"] == "6"
     assert "kld" not in flat_metrics(g) and flat_metrics(g)["onset_f1"] == 0.5
 
@@ -178,13 +203,15 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
     clip_audio = {}
     for clip in ("a", "b"):
         audio = 0.01 * rng.standard_normal(3 * sr).astype(np.float32)
-        audio[sr : sr + 800] += 0.8 * np.exp(-np.arange(800) / 128.0).astype(np.float32)  # a hit at 1.0 s
+        for hit in (1.0, 2.0) if clip == "b" else (1.0,):  # b has more events: the clip logged for listening
+            at = int(hit * sr)
+            audio[at : at + 800] += 0.8 * np.exp(-np.arange(800) / 128.0).astype(np.float32)
         clip_audio[clip] = audio
         write_video(data / "clips" / f"{clip}.mp4", rng.integers(0, 255, (75, 64, 64, 3), dtype=np.uint8), 25.0,
                     audio=audio, sample_rate=sr)
     (data / "raw").mkdir()
     (data / "splits" / "prepend").mkdir(parents=True)
-    pd.DataFrame({"clip": ["a", "b"], "time_s": [1.0, 1.0], "class": ["x", "x"]}).to_csv(
+    pd.DataFrame({"clip": ["a", "b", "b"], "time_s": [1.0, 1.0, 2.0], "class": ["x", "x", "x"]}).to_csv(
         data / "raw" / "events.csv", index=False)
     pd.DataFrame({"clip": [f"t{i}" for i in range(5)]}).to_csv(data / "splits" / "prepend" / "train.csv", index=False)
     rows = []
@@ -223,8 +250,22 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
                               filter_string="tags.`vaura.stage` = 'evaluate'", output_format="pandas")
     assert sorted(runs["tags.vaura.eval.group"]) == ["g3", "reference"]
     g3 = runs[runs["tags.vaura.eval.group"] == "g3"].iloc[0]
+    ref = runs[runs["tags.vaura.eval.group"] == "reference"].iloc[0]
     assert g3["metrics.data.train_clips"] == 5 and g3["params.model.conditioning"] == "prepend"
     assert g3["tags.vaura.variant"] == "prepend"
+    # runs say what they are: distinct names, the ablation axes as params with the values really used
+    assert g3["tags.mlflow.runName"] == "evaluate · prepend · γ 3 · test"
+    assert ref["tags.mlflow.runName"] == "evaluate · prepend · real audio · test"
+    assert (g3["params.variant"], g3["params.gamma"], g3["params.test_set"]) == ("prepend", "3", "test")
+    assert g3["params.evaluate.onset_tolerance_s"] == "0.1"
+    params_cols = [c for c in runs.columns if c.startswith("params.")]
+    assert "params.generation.cfg_scale" not in params_cols  # never a γ the run did not use
+    assert pd.isna(ref.get("params.gamma")) and pd.isna(ref.get("params.model.conditioning"))
+    # a skipped metric: short status + key on the run, the long reason once on the parent
+    assert g3["tags.metric.sync.status"] == "skipped"
+    parent = mlflow.get_run(g3["tags.mlflow.parentRunId"]).data.tags
+    assert parent[f"skip.{g3['tags.metric.sync.skip']}"] == doc["test"]["g3"]["sync"]["reason"]
+    assert not any(k.endswith(".reason") for k in mlflow.get_run(g3["run_id"]).data.tags)
     names = {a.path for d in ("audio", "spectrogram", "video")
              for a in mlflow.artifacts.list_artifacts(run_id=g3["run_id"], artifact_path=d)}
-    assert names == {"audio/a.wav", "spectrogram/a.png", "video/a.mp4"}
+    assert names == {"audio/b_prepend_g3.wav", "spectrogram/b_prepend_g3.png", "video/b_prepend_g3.mp4"}

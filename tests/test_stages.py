@@ -15,7 +15,7 @@ from vaura.tables import write_table
 from vaura.stages import one_line, run_guarded
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = {"stack", "profile"}  # user tools, not pipeline stages: no params sections, no MLflow run
+TOOLS = {"stack", "profile", "ui"}  # user tools, not pipeline stages: no params sections, no MLflow run
 STAGES = sorted(set(COMMANDS) - TOOLS)
 DEVICE_STAGES = {"score", "codec", "avclip", "cache", "train", "sweep", "evaluate", "generate"}
 POSITIONAL = {"generate": ["clip.mp4", "-o", "out.mp4"]}
@@ -41,6 +41,8 @@ def test_every_command_takes_the_common_flags(name):
         argv.insert(1, "status")
     elif name == "profile":
         argv[1:1] = ["micro", "--params", "p.yaml"]
+    elif name == "ui":
+        argv += ["--params", "p.yaml", "--port", "5001"]
     else:
         argv += ["--params", "p.yaml", "--root", "r", "--no-track"]
         if name in DEVICE_STAGES:

@@ -220,7 +220,23 @@ def test_evaluate_sweep_scores_groups_against_ground_truth(tmp_path) -> None:
                                         "reason": "Synchformer checkpoint not found at s.pt"}
     assert doc["syn"]["g3"]["ib"]["reason"] == "no IB at i.pt"
     assert "absent.pt" in doc["syn"]["g0"]["kld"]["reason"]
-    assert [c for c, _, _ in by["g3"].examples] == ["a"]
+    # one clip to listen to, the same in every group, each group's own first sample of it
+    (clip,) = {c for g in groups for c, _, _ in g.examples}
+    assert all(len(g.examples) == 1 for g in groups)
+    first = sf.read(tmp_path / "sweep" / "syn" / "g3" / f"{clip}__s0.wav", dtype="float32")[0]
+    assert np.allclose(by["g3"].examples[0][2][: len(first)], first[: int(2.56 * SR)], atol=1e-6)
+
+
+def test_informative_clips_prefer_audible_clips_with_events() -> None:
+    from vaura.eval.evaluate import informative_clips
+
+    quiet = 1e-4 * np.ones(SR, np.float32)  # -80 dBFS: near-silent
+    ref = {"silent": quiet, "one": _clicks([0.5]), "three": _clicks([0.3, 1.0, 2.0]), "loud_none": 0.3 * np.ones(SR)}
+    truth = {"silent": np.array([0.5, 1.0, 1.5, 2.0]), "one": np.array([0.5]), "three": np.array([0.3, 1.0, 2.0]),
+             "loud_none": np.array([])}
+    assert informative_clips(ref, truth, 2) == ["three", "one"]
+    assert informative_clips(ref, truth, 4)[-1] == "silent"  # near-silent last even with the most events
+    assert informative_clips(ref, None, 1) == ["loud_none"]  # without ground truth: the loudest
 
 
 def test_sweep_with_a_real_tiny_decoder_checkpoint(tmp_path) -> None:

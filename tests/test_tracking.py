@@ -326,3 +326,56 @@ def test_pipeline_parent_owned_by_a_flow_ends_with_its_outcome(store, monkeypatc
             pass
         outcomes[name] = client.get_run(parent).info.status
     assert outcomes == {"ok": "FINISHED", "boom": "FAILED", "cancel": "KILLED"}
+
+
+def test_runs_are_named_and_the_experiment_described_for_the_ui(store, tmp_path):
+    """MLflow's UI reads these: run names in the table, the experiment type and the markdown descriptions."""
+    tmp, params, client = store
+    (tmp / "params.yaml").write_text("profile: micro\n")
+    with tracking.stage_run("train", params, variant="prepend") as run:
+        pass
+    with tracking.stage_run("cache", params) as shared:
+        pass
+    got = client.get_run(run.info.run_id)
+    assert got.info.run_name == "train · prepend" and got.data.tags["vaura.variant"] == "prepend"
+    assert client.get_run(shared.info.run_id).info.run_name == "cache"
+    parent = client.get_run(got.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == "pipeline · micro · pipe-A"
+    assert "pipe-A" in parent.data.tags["mlflow.note.content"]
+    exp = client.get_experiment(got.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "Paper tables" in exp.tags["mlflow.note.content"]
+    client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", "my own notes")
+    with tracking.stage_run("cache", params):
+        pass
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.note.content"] == "my own notes"
+
+
+def test_vaura_ui_links_the_runs_table_and_its_shared_view(store, capsys):
+    """The printed link opens the classic runs table in a shared view that exists in the store (else the UI says
+    the share key does not exist); before any run it says so without creating a store."""
+    import json
+    import re
+
+    import yaml
+
+    from vaura.cli import main
+
+    tmp, params, client = store
+    empty = {**params, "tracking": {**params["tracking"], "uri": f"sqlite:///{tmp / 'none.db'}"}}
+    (tmp / "empty.yaml").write_text(yaml.safe_dump(empty))
+    assert main(["ui", "--params", str(tmp / "empty.yaml")]) == 0
+    assert "no runs" in capsys.readouterr().out and not (tmp / "none.db").exists()
+
+    with tracking.stage_run("evaluate", params) as run:
+        pass
+    (tmp / "p.yaml").write_text(yaml.safe_dump(params))
+    assert main(["ui", "--params", str(tmp / "p.yaml"), "--port", "5123"]) == 0
+    out = capsys.readouterr().out
+    link = re.search(r"http://127\.0\.0\.1:5123/#/experiments/(\w+)/runs\?(\S+)", out)
+    assert link and link.group(1) == run.info.experiment_id
+    query = dict(kv.split("=") for kv in link.group(2).split("&"))
+    assert query["workflowType"] == "machine_learning"
+    view = client.get_experiment(link.group(1)).tags[f"mlflow.sharedViewState.{query['viewStateShareKey']}"]
+    assert "params.`gamma`" in json.loads(view)["selectedColumns"]
+    assert "--host 127.0.0.1 --port 5123" in out

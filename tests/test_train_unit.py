@@ -81,6 +81,16 @@ def test_too_little_data_is_a_clear_error(cache, tmp_path, monkeypatch):
         train(load_setup(params), resume="never")
 
 
+def test_a_cache_window_longer_than_the_model_covers_is_refused_before_training(cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "p.yaml", cache.parent, f"sqlite:///{tmp_path / 'ml.db'}")
+    p = yaml.safe_load(params.read_text())
+    p["model"]["max_seconds"] = 2.0
+    params.write_text(yaml.safe_dump(p))
+    with pytest.raises(ValueError, match=r"meta\.json: window_s=2.56 exceeds model.max_seconds=2"):
+        train(load_setup(params), resume="never")
+
+
 def test_reading_losses_back_every_few_steps_still_logs_every_step_identically(cache, tmp_path, monkeypatch):
     import shutil
 

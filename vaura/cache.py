@@ -17,7 +17,7 @@ On disk (``data/cache/``):
   clips that could not be cached.
 
 Resume: shards are planned up front (fixed clip order and ``shard_size``); a rerun keeps every shard whose
-``plan`` fingerprint matches (same clips, source file size/mtime, windows, encoder weights and read settings)
+``plan`` fingerprint matches (same clips, source file size/content, windows, encoder weights and read settings)
 and recomputes the others, so a killed run finishes without redoing finished work. The fingerprint does not
 cover this package's code: after changing how clips are decoded or encoded, delete the cache folder.
 Clips shorter than one window (or whose fixed val/test window does not fit) are rejected at cache time, so the
@@ -125,13 +125,17 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.pt"
 
 
-def _file_stamp(path: str) -> list[int] | None:
-    """Size and mtime of a source file: a re-encoded clip (e.g. after ``preprocess`` reran) is re-cached."""
+def _file_stamp(path: str) -> list | None:
+    """Size and MD5 of a source file: a re-encoded clip (e.g. after ``preprocess`` reran) is re-cached.
+
+    Content, not mtime: the stamp is stored in the shard, and two clones that made the same clips at different
+    times must write identical shards (DVC hashes, bit-for-bit reproducibility).
+    """
     try:
-        st = os.stat(path)
+        with open(path, "rb") as fh:
+            return [os.fstat(fh.fileno()).st_size, hashlib.file_digest(fh, "md5").hexdigest()]
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _shard_plan_key(clips: Sequence[ClipSpec], fingerprint: str) -> str:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("vaura.stages.sweep", "generate N samples per test clip at every CFG scale (WAVs reused by evaluate)"),
     "evaluate": ("vaura.stages.evaluate", "metrics per test set and CFG scale -> metrics.json + MLflow runs"),
     "report": ("vaura.stages.report", "paper tables (threshold, conditioning, CFG) from MLflow -> reports/"),
+    "ui": ("vaura.stages.ui", "the MLflow UI on this project's runs: `mlflow ui` command + link to the runs table"),
     "generate": ("vaura.stages.generate", "generate audio for a whole video with V-AURA and mux it into a copy"),
 }
 

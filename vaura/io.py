@@ -19,13 +19,14 @@ class UnsafeNameError(ValueError):
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def safe_child(folder: str | Path, name: str, *, nested: bool = False) -> Path:
-    """Map ``name`` (a URL path, S3 key, source file or manifest entry) to a path inside ``folder``, or refuse it.
+def safe_child(folder: str | Path, name: str) -> Path:
+    """Map ``name`` (a URL path, S3 key, source file name or manifest clip id) to a file directly inside ``folder``,
+    or refuse it.
 
-    Names from outside decide where we write or read, so they are checked as text, not trusted: empty, ``.``,
-    ``..`` components, absolute paths, Windows drives/backslashes and NUL bytes are refused (``nested=False``
-    also refuses any folder part: the name must be one file), and the result must still resolve inside
-    ``folder`` after symlinks. Raises :class:`UnsafeNameError` whose message is the reason.
+    Names from outside decide where we write, so they are checked as text, not trusted: empty, ``.``, ``..``,
+    any folder separator, absolute paths, Windows drives/backslashes and NUL bytes are refused, and the result
+    must still resolve inside ``folder`` after symlinks. Raises :class:`UnsafeNameError` whose message is the
+    reason.
     """
     if not name or "\0" in name:
         raise UnsafeNameError(f"unsafe file name {name!r}: empty or contains a NUL byte")
@@ -33,10 +34,9 @@ def safe_child(folder: str | Path, name: str, *, nested: bool = False) -> Path:
         raise UnsafeNameError(f"unsafe file name {name!r}: Windows-style path (drive or backslash)")
     if name.startswith("/"):
         raise UnsafeNameError(f"unsafe file name {name!r}: absolute path")
-    parts = name.split("/")
-    if name == "." or any(p in ("", "..") for p in parts):
-        raise UnsafeNameError(f"unsafe file name {name!r}: empty or '..' path component, or '.' itself")
-    if len(parts) > 1 and not nested:
+    if name in (".", ".."):
+        raise UnsafeNameError(f"unsafe file name {name!r}: '.' or '..'")
+    if "/" in name:
         raise UnsafeNameError(f"unsafe file name {name!r}: contains a folder separator")
     root = Path(folder).resolve()
     target = (root / name).resolve()
@@ -136,5 +136,7 @@ def atomic_write_csv(path: str | Path, df: pd.DataFrame) -> None:
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a file object: given a path, torch names the archive's root folder after the (random) temp
+        # file name, so the same object would give different bytes every time
+        torch.save(obj, fh)

@@ -47,9 +47,33 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PIPELINE_TAG = "vaura.pipeline_id"
 ROLE_TAG = "vaura.role"
+VARIANT_TAG = "vaura.variant"
+# MLflow's own tags: a run's or experiment's markdown description, and the experiment type the UI's selector sets
+NOTE_TAG = "mlflow.note.content"
+KIND_TAG = "mlflow.experimentKind"
+# The UI (3.x) opens an experiment on its GenAI overview unless the URL asks for the classic ML workflow; a
+# shared view (experiment tag mlflow.sharedViewState.<key>, named in the URL) preselects the ablation columns.
+VIEW_KEY = "vaura-ablation"
+RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning&viewStateShareKey=" + VIEW_KEY
+ABLATION_COLUMNS = (
+    [f"params.`{p}`" for p in ("variant", "gamma", "model.conditioning", "filter.threshold", "test_set")]
+    + [f"metrics.`{m}`" for m in ("onset_f1", "fad", "kld", "ib", "sync_ms")]
+)
+EXPERIMENT_NOTE = """\
+**vaura** — V-AURA video-to-audio: one *parent* run per pipeline run (`dvc repro`, `dvc exp run`, a Prefect
+flow), named `pipeline · <DVC experiment or profile> · <pipeline id>`, with one child run per stage beneath it.
+
+- **Paper tables** (II threshold, III conditioning, IV CFG γ): the parent run's description and its
+  *Artifacts → tables* (written by the `report` stage).
+- **Ablation runs**: `evaluate · <variant> · γ <scale> · <test set>`, one per group; their params `variant`,
+  `model.conditioning`, `filter.threshold`, `gamma`, `test_set`, `train.seed`, `sweep.seed` are the axes
+  (Columns / Group by, or select runs → Compare).
+- **Listening**: each evaluate run's *Artifacts → audio / video / spectrogram* holds example clips with events.
+"""
 OWNER_HOST, OWNER_PID, OWNER_START, OWNER_KIND = ("vaura.owner.host", "vaura.owner.pid", "vaura.owner.start",
                                                   "vaura.owner.kind")
 _MAX_PARAM_CHARS = 6000
+_MAX_NOTE_CHARS = 8000  # MLflow's tag value limit
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
 
 
@@ -139,16 +163,52 @@ def _local_store(uri: str) -> bool:
 
 def _experiment_id(client: Any, cfg: TrackingConfig, uri: str) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = Path(cfg.artifact_root).resolve().as_uri() if _local_store(uri) else None
-    try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
-    except Exception:  # another stage created it between our check and create
+    if exp is None:
+        location = Path(cfg.artifact_root).resolve().as_uri() if _local_store(uri) else None
+        try:
+            client.create_experiment(cfg.experiment, artifact_location=location)
+        except Exception:  # another stage created it between our check and create
+            pass
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise RuntimeError(f"MLflow experiment {cfg.experiment!r} could not be created in {redact(uri)}")
+    # A classic training experiment with a description; set once, so an edit made in the UI is kept.
+    for key, value in ((KIND_TAG, "custom_model_development"), (NOTE_TAG, EXPERIMENT_NOTE)):
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    view = json.dumps({"selectedColumns": ABLATION_COLUMNS})
+    if exp.tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:  # ours: the UI cannot edit a shared view
+        client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
+    return exp.experiment_id
+
+
+def runs_link(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI address of an experiment's runs table (not the GenAI overview MLflow 3 opens by default)."""
+    return base_url.rstrip("/") + "/" + RUNS_VIEW.format(id=experiment_id)
+
+
+def experiment_id(params: Mapping[str, Any] | None = None, params_file: str | Path = "params.yaml") -> str | None:
+    """Id of the configured experiment in the configured store, or None when it does not exist (yet)."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = tracking_config(params, params_file)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None  # do not create an empty store just to look
+    exp = MlflowClient(uri).get_experiment_by_name(cfg.experiment)
+    return None if exp is None else exp.experiment_id
+
+
+def pipeline_run_name(pid: str, profile: str | None) -> str:
+    """``pipeline · <DVC experiment or profile> · <commit>``: what a parent run is, readable in the runs table."""
+    what = os.environ.get("DVC_EXP_NAME") or profile or "params"
+    return f"pipeline · {what} · {pid}"
+
+
+def _pipeline_note(pid: str, commit: str, dirty: bool, profile: str | None) -> str:
+    return (f"Pipeline run `{pid}`: code `{commit[:12]}`{' with uncommitted changes' if dirty else ''}, profile "
+            f"`{profile or 'unknown'}`; its stages are the child runs (expand this row). The `report` stage "
+            "replaces this text with the paper tables.\n")
 
 
 class StageTerminated(SystemExit):
@@ -241,14 +301,16 @@ def _find_parent(client: Any, experiment_id: str, pid: str) -> Any | None:
     return found[0] if found else None
 
 
-def _open_parent(client: Any, experiment_id: str, pid: str, commit: str, owner: Mapping[str, str]) -> Any:
+def _open_parent(client: Any, experiment_id: str, pid: str, commit: str, owner: Mapping[str, str],
+                 dirty: bool = False, profile: str | None = None) -> Any:
     """The pipeline's parent run, created (owned by ``owner``) or reopened as RUNNING with a fresh owner."""
     run = _find_parent(client, experiment_id, pid)
     if run is None:
-        tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit, **owner}
+        tags = {PIPELINE_TAG: pid, ROLE_TAG: "pipeline", "mlflow.source.git.commit": commit, **owner,
+                NOTE_TAG: _pipeline_note(pid, commit, dirty, profile)}
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        return client.create_run(experiment_id, run_name=f"pipeline {pid}", tags=tags)
+        return client.create_run(experiment_id, run_name=pipeline_run_name(pid, profile), tags=tags)
     if run.info.status != "RUNNING":  # a re-run after the pipeline ended (e.g. a stage retried later)
         client.update_run(run.info.run_id, status="RUNNING")
         for key, value in owner.items():
@@ -306,6 +368,25 @@ def pipeline_parent(pid: str, params: Mapping[str, Any] | None = None, uri: str 
         _close_parent(client, run, status)
 
 
+def _profile(params_file: str | Path) -> str | None:
+    path = Path(params_file)
+    if not path.is_file():
+        return None
+    return str(load_yaml(path).get("profile") or "") or None
+
+
+def variant_name(explicit: str | None = None) -> str | None:
+    """The ablation variant a stage runs for: ``explicit`` (a stage's ``--variant``), else the DVC experiment's
+    name (``dvc exp run -n prepend -S ...`` sets ``$DVC_EXP_NAME``), else None (a plain run: no variant claimed)."""
+    return explicit or os.environ.get("DVC_EXP_NAME") or None
+
+
+def run_name(stage: str, variant: str | None = None, *details: str) -> str:
+    """``stage · variant · details`` (e.g. ``evaluate · prepend · γ 3 · test``): distinct names in the runs table,
+    chart legends and the compare view."""
+    return " · ".join(p for p in (stage, variant, *details) if p)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -315,12 +396,17 @@ def stage_run(
     params_file: str | Path = "params.yaml",
     data_files: Sequence[str | Path] = (),
     resume_run_id: str | None = None,
+    variant: str | None = None,
+    name: str | None = None,
     config: TrackingConfig | None = None,
 ) -> Iterator[Any]:
     """Open the MLflow run of one stage execution (nested under the pipeline's parent run); yields the ActiveRun.
 
-    Logs ``params`` (flattened, redacted) as params and as the ``config/params.json`` artifact, and tags the
-    run with the stage, pipeline id, git commit, DVC experiment name (``$DVC_EXP_NAME``) and data hashes.
+    Logs ``params`` (flattened, redacted: pass only what the stage uses) as params and as the
+    ``config/params.json`` artifact, and tags the run with the stage, pipeline id, git commit, DVC experiment
+    name (``$DVC_EXP_NAME``) and data hashes. The run is named ``name`` or :func:`run_name` ``(stage, variant)``
+    (variant: :func:`variant_name`), which is also the tag ``vaura.variant``. Runs go where ``config`` says, else
+    where ``params`` / ``params_file`` say (:func:`tracking_config`).
     ``resume_run_id`` reopens that run instead (a training resumed from a checkpoint stays one run) when it
     exists in the store. ``config``: the ``tracking`` section when the caller has it already (else it is read
     from ``params`` or ``params_file``). The run ends FAILED if the body raises, KILLED on SIGTERM/SIGINT.
@@ -342,7 +428,7 @@ def stage_run(
     commit, dirty = git_commit()
     pid = pipeline_id(params_file)
     owner_pid, owner_kind = _pipeline_owner()
-    parent = _open_parent(client, exp_id, pid, commit, owner_tags(owner_pid, owner_kind))
+    parent = _open_parent(client, exp_id, pid, commit, owner_tags(owner_pid, owner_kind), dirty, _profile(params_file))
     owns_parent = parent.data.tags.get(OWNER_PID) == str(os.getpid()) and parent.data.tags.get(OWNER_KIND) == "stage"
     run_tags = {
         "vaura.stage": stage,
@@ -354,6 +440,9 @@ def stage_run(
         **data_hash_tags(stage, data_files),
         **owner_tags(),
     }
+    variant = variant_name(variant)
+    if variant:
+        run_tags[VARIANT_TAG] = variant
     if os.environ.get("DVC_EXP_NAME"):
         run_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     run_tags.update({k: str(redact(v)) for k, v in (tags or {}).items()})
@@ -368,7 +457,8 @@ def stage_run(
     start = (
         dict(run_id=resume_run_id)
         if resume_run_id
-        else dict(experiment_id=exp_id, run_name=stage, parent_run_id=parent.info.run_id, tags=run_tags)
+        else dict(experiment_id=exp_id, run_name=name or run_name(stage, variant), parent_run_id=parent.info.run_id,
+                  tags=run_tags)
     )
     with _terminate_as_exception(), mlflow.start_run(
         nested=mlflow.active_run() is not None, log_system_metrics=cfg.system_metrics, **start
@@ -388,6 +478,37 @@ def stage_run(
             mlflow.end_run(status=status)
             if owns_parent:
                 client.set_terminated(parent.info.run_id, status=status)
+
+
+def describe_pipeline(note: str, tables: Mapping[str, Any], files: Sequence[str | Path] = ()) -> str:
+    """Put results where a user looks first, the active stage run's *parent* (pipeline) run: ``note`` (markdown)
+    becomes its description, each DataFrame in ``tables`` an MLflow table ``tables/<name>.json`` (the UI's
+    table view) and ``files`` artifacts under ``tables/``. A re-run replaces them. Returns the parent's run id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("describe_pipeline needs an active stage run (vaura.tracking.stage_run)")
+    parent = client.get_run(active.info.run_id).data.tags["mlflow.parentRunId"]
+    if len(note) > _MAX_NOTE_CHARS:
+        note = note[:_MAX_NOTE_CHARS - 80] + "\n\n… (cut to MLflow's tag limit: the full text is in Artifacts → tables)\n"
+    client.set_tag(parent, NOTE_TAG, note)
+    existing = {f.path for f in client.list_artifacts(parent, "tables")}
+    for name, df in tables.items():
+        artifact = f"tables/{name}.json"
+        if artifact in existing:  # log_table would append the rows to the earlier report's: replace the file
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / f"{name}.json"
+                df.to_json(local, orient="split", index=False)
+                client.log_artifact(parent, str(local), "tables")
+        else:
+            client.log_table(parent, df, artifact)
+    for f in files:
+        client.log_artifact(parent, str(f), "tables")
+    return parent
+
 
 
 def log_params(params: Mapping[str, Any]) -> None:

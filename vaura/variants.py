@@ -19,7 +19,6 @@ from vaura.config import ConfigError, flatten, load_section
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Sections a variant may not change: where outputs and runs go, and the variant list itself.
 FIXED_SECTIONS = ("paths", "tracking", "ablation", "profile")
-VARIANT_TAG = "vaura.variant"  # MLflow tag of every run a variant's stages log
 
 
 class VariantError(ConfigError):
@@ -89,8 +88,3 @@ def resolve(params: Mapping[str, Any], variant: str | None) -> dict[str, Any]:
 def output_dir(data: str | Path, stage: str, variant: str | None) -> Path:
     """Where a per-variant stage writes: ``<data>/<stage>``, or ``<data>/<stage>/<variant>`` for a variant."""
     return Path(data) / stage if variant is None else Path(data) / stage / variant
-
-
-def variant_tags(variant: str | None) -> dict[str, str]:
-    """MLflow tag naming the variant a stage run belongs to (none outside an ablation)."""
-    return {} if variant is None else {VARIANT_TAG: variant}

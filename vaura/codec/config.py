@@ -59,7 +59,7 @@ class CodecGateConfig:
     """Quality gate: onset event F1 of reconstructed validation audio vs the original's."""
 
     tolerance_s: float = bounded(0.1, gt=0)
-    max_gap: float = bounded(0.05, ge=0)
+    max_gap: float = bounded(0.05, ge=-1, le=1)
     max_clips: int = bounded(64, ge=0)
 
 

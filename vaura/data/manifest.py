@@ -1,9 +1,9 @@
 """VGGSound-style clip manifests (``clip,path,split,label,...``), validated once here for every stage.
 
 ``path`` may be left out (``clip,split,label``, the short form for a folder of your own videos): each clip's file is
-then the one in the manifest's folder whose stem is the clip id. Clip ids and paths come from outside, so they are
-checked like any other outside name (:func:`vaura.io.safe_child`): a clip id must be a plain file name and a path
-must stay inside the manifest's folder.
+then the one in the manifest's folder whose stem is the clip id. Clip ids come from outside and name the files
+stages write (``<clip>.mp4``, cache rows, sweep WAVs), so each must be a plain file name (checked like any other
+outside name, :func:`vaura.io.safe_child`). Paths are only ever read, so they may point elsewhere (``../raw/x.mp4``).
 """
 from __future__ import annotations
 
@@ -47,10 +47,9 @@ def read_manifest(path: str | Path, check_files: bool = False) -> pd.DataFrame:
     if bad:
         raise ManifestError(f"{path}: unknown split value(s) {bad}; allowed {list(SPLIT_VALUES)}")
     base = path.resolve().parent
-    for row, (clip, rel) in enumerate(zip(df["clip"], df["path"]), start=2):
+    for row, clip in enumerate(df["clip"], start=2):
         try:
             safe_child(base, clip)
-            safe_child(base, rel, nested=True)
         except UnsafeNameError as exc:
             raise ManifestError(f"{path}: row {row}: {exc}") from exc
     df["path"] = absolute_from_table(path, df["path"])

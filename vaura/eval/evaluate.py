@@ -9,16 +9,21 @@ Groups scored per test set: every γ of the sweep (``g<γ>``), the codec reconst
 in the MLflow run's tags and in the report tables.
 
 MLflow contract read by ``report`` (one run per group, ``vaura.stage = evaluate``, nested under the pipeline's
-parent run, params = the whole params file flattened, so ``filter.threshold`` / ``model.conditioning``
-identify the variant):
+parent run, named ``evaluate · <variant> · γ <scale> · <test set>``):
+- params: the ablation axes this group's audio really came from — ``variant``, ``test_set`` and, for generated
+  groups only, ``gamma`` (the γ sampled with), ``model.conditioning``, ``filter.threshold``, ``train.seed``,
+  ``sweep.seed`` — plus the ``evaluate`` section (the reference/recon groups do not depend on the trained model,
+  so they state no model parameter);
 - tags ``vaura.eval.test_set``, ``vaura.eval.group`` (``g6``, ``recon``, ``reference``), ``vaura.eval.cfg_scale``
-  (the γ, or ``""``), ``vaura.eval.variant`` (readable variant label), and per metric
-  ``metric.<name>.status`` (``ok``/``skipped``), ``metric.<name>.reason``, ``metric.<name>.backbone``;
+  (the γ, or ``""``), ``vaura.variant``, and per metric ``metric.<name>.status`` (``ok``/``skipped``),
+  ``metric.<name>.backbone`` and, when skipped, ``metric.<name>.skip`` (a short key); the reason itself is said
+  once, on the pipeline's parent run (tag ``skip.<key>``);
 - metrics: ``onset_f1, onset_precision, onset_recall, onset_offset_ms, onset_missed, onset_extra, fad, kld,
   ib, sync_ms, desync_s`` (only those that ran) and ``data.train_clips``, ``eval.n_clips``, ``eval.n_samples``.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vaura.config import bounded
+from vaura.config import bounded, flatten
 from vaura.eval.bootstrap import BootstrapConfig
 from vaura.eval.fad import fad
 from vaura.eval.ib import ib_score
@@ -56,6 +61,12 @@ METRIC_KEYS = {  # (metric name, value key) → MLflow metric name / table colum
 # what evaluation reads of the sweep's index.csv (its writer, the sweep, documents the table)
 SWEEP_COLUMNS = ("test_set", "cfg_scale", "clip", "sample", "start_sec", "window_s", "path", "video", "sample_rate")
 
+_AUDIBLE_RMS = 10 ** (-45 / 20)  # -45 dBFS
+
+
+# params of the trained model that made a generated group's audio (the ablation axes besides variant and γ)
+_MODEL_AXES = ("model.conditioning", "filter.threshold", "train.seed", "sweep.seed")
+
 
 class EvaluateError(ValueError):
     """Bad evaluation input (names the file and the reason)."""
@@ -72,7 +83,7 @@ class EvaluateConfig:
     synchformer_weights: str = "weights/synchformer/24-01-04T16-39-21.pt"
     events: str = "raw/events.csv"
     onset_tolerance_s: float = bounded(0.1, gt=0)
-    n_artifact_clips: int = bounded(2, ge=0)
+    n_artifact_clips: int = bounded(2, ge=0)  # clips per group logged for listening, chosen by informative_clips
     device: str = "auto"
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
@@ -227,6 +238,7 @@ def evaluate_sweep(
         video = dict(zip(clips["clip"], clips["video"]))
         ref = {c: read_audio(video[c], sr, start_sec=start[c], duration=window_s) for c in start}
         truth = {c: window_events(events, c, start[c], window_s) for c in start} if events is not None else None
+        listen = informative_clips(ref, truth, cfg.n_artifact_clips)
         cache: dict[tuple[str, str], np.ndarray] = {}
 
         def frames_for(kind: str, names: list[str]) -> list[np.ndarray]:
@@ -257,14 +269,23 @@ def evaluate_sweep(
                 ib_frames=lambda names=names: frames_for("ib", names),
                 cfg=cfg, models=models, root=root, clips=names, reference_clips=list(start),
             )
-            seen: set[str] = set()
-            for c, a in zip(names, audios):
-                if c not in seen and len(seen) < cfg.n_artifact_clips:
-                    seen.add(c)
-                    group.examples.append((c, start[c], a))
-                    group.videos[c] = video[c]
+            first = {c: a for c, a in reversed(list(zip(names, audios)))}  # each clip's first sample
+            group.examples = [(c, start[c], first[c]) for c in listen if c in first]
+            group.videos = {c: video[c] for c, _, _ in group.examples}
             groups.append(group)
     return groups
+
+
+def informative_clips(ref: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray] | None, n: int) -> list[str]:
+    """The ``n`` clips most worth listening to, the same for every group so γ and variants compare on one clip:
+    audible reference audio (RMS above -45 dBFS) first, then most ground-truth events in the window, then loudest.
+    The first clip of a test set is often near-silent; it is what a user would hear first otherwise."""
+    def score(clip: str) -> tuple[bool, int, float]:
+        audio = ref[clip]
+        rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+        return rms > _AUDIBLE_RMS, 0 if truth is None else len(truth[clip]), rms
+
+    return sorted(ref, key=score, reverse=True)[:n]
 
 
 def flat_metrics(group: Group) -> dict[str, float]:
@@ -297,49 +318,90 @@ def metrics_json(groups: Sequence[Group], variant: Mapping[str, Any],
     return out
 
 
-def group_tags(group: Group, variant_label: str) -> dict[str, str]:
+def group_label(group: Group) -> str:
+    """What a group's audio is, for run names and artifact titles (``γ 3``, ``codec recon``, ``real audio``)."""
+    if group.cfg_scale is not None:
+        return f"γ {group.cfg_scale:g}"
+    return {"recon": "codec recon", "reference": "real audio"}.get(group.name, group.name)
+
+
+def group_tags(group: Group) -> dict[str, str]:
     """MLflow tags of a group's run (see the module docstring)."""
     tags = {
+        "mlflow.runType": "evaluation",  # the UI expands the parent of evaluation runs: the table opens on them
         "vaura.eval.test_set": group.test_set,
         "vaura.eval.group": group.name,
         "vaura.eval.cfg_scale": "" if group.cfg_scale is None else f"{group.cfg_scale:g}",
-        "vaura.eval.variant": variant_label,
     }
     for name, res in group.metrics.items():
         tags[f"metric.{name}.status"] = res.status
         tags[f"metric.{name}.backbone"] = res.backbone
-        if res.reason:
-            tags[f"metric.{name}.reason"] = res.reason[:4000]
+        if res.status == "skipped":
+            tags[f"metric.{name}.skip"] = reason_key(res.reason)
     return tags
+
+
+def group_params(params: Mapping[str, Any], group: Group, variant: str | None) -> dict[str, Any]:
+    """The params of a group's run: its ablation axes as values it really used (see the module docstring)."""
+    flat = flatten(params)
+    axes: dict[str, Any] = {"variant": variant} if variant else {}
+    axes["test_set"] = group.test_set
+    if group.cfg_scale is not None:  # generated audio: the trained model and the sampling γ made it
+        axes["gamma"] = f"{group.cfg_scale:g}"
+        axes.update({k: flat[k] for k in _MODEL_AXES if k in flat})
+    return {**axes, "evaluate": dict(params.get("evaluate") or {})}
+
+
+def reason_key(reason: str) -> str:
+    """Short stable key of a skip reason (``metric.<name>.skip`` on a run → ``skip.<key>`` on its parent)."""
+    return hashlib.md5(reason.encode()).hexdigest()[:8]
+
+
+def skip_reasons(groups: Sequence[Group]) -> dict[str, str]:
+    """``skip.<key>`` tags for the pipeline's parent run: each distinct skip reason, said once."""
+    return {f"skip.{reason_key(res.reason)}": res.reason[:4000]
+            for g in groups for res in g.metrics.values() if res.status == "skipped"}
 
 
 def log_groups(
     params: Mapping[str, Any],
     groups: Sequence[Group],
     train_clips: int | None,
-    variant_label: str,
+    variant: str | None = None,
     data_files: Sequence[str | Path] = (),
     params_file: str | Path = "params.yaml",
-    tags: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """One MLflow run per group (``vaura.tracking.stage_run``): metrics, tags, metrics.json and, for the group's
-    example clips, audio (wav), spectrogram (png) and the test video muxed with that audio (mp4). Returns run ids."""
+    """One MLflow run per group (``vaura.tracking.stage_run``): axes params, metrics, tags, metrics.json and, for
+    the group's example clips, audio (wav), spectrogram (png) and the test video muxed with that audio (mp4),
+    named ``<clip>_<variant>_<group>``. Skip reasons go once to the parent run. Returns the run ids.
+    ``variant`` None (no named variant, no DVC experiment) leaves it out of names and params."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
-    from vaura.tracking import log_audio, log_json, log_muxed_video, log_spectrogram, stage_run
+    from vaura.tracking import (
+        log_audio, log_json, log_muxed_video, log_spectrogram, run_name, stage_run, tracking_config,
+    )
 
-    run_ids = []
+    where = tracking_config(params, params_file)
+    run_ids, parent = [], ""
     for g in groups:
-        with stage_run("evaluate", params, tags={**group_tags(g, variant_label), **(tags or {})}, params_file=params_file,
-                       data_files=data_files) as run:
+        label = group_label(g)
+        with stage_run("evaluate", group_params(params, g, variant), tags=group_tags(g), params_file=params_file,
+                       data_files=data_files, variant=variant, name=run_name("evaluate", variant, label, g.test_set),
+                       config=where) as run:
             extra = {"eval.n_clips": g.n_clips, "eval.n_samples": g.n_samples}
             if train_clips is not None:
                 extra["data.train_clips"] = train_clips
             mlflow.log_metrics({**flat_metrics(g), **extra})
             log_json(metrics_json([g], {}), "metrics.json")
             for clip, start, audio in g.examples:
-                log_audio(audio, g.sample_rate, f"audio/{clip}.wav")
-                log_spectrogram(audio, g.sample_rate, f"spectrogram/{clip}.png", title=f"{clip} {g.name}")
-                log_muxed_video(g.videos[clip], audio, g.sample_rate, f"video/{clip}.mp4", start_sec=start)
+                stem = "_".join(p for p in (clip, variant, g.name) if p)
+                log_audio(audio, g.sample_rate, f"audio/{stem}.wav")
+                log_spectrogram(audio, g.sample_rate, f"spectrogram/{stem}.png", title=run_name(clip, variant, label))
+                log_muxed_video(g.videos[clip], audio, g.sample_rate, f"video/{stem}.mp4", start_sec=start)
             run_ids.append(run.info.run_id)
+            parent = MlflowClient().get_run(run.info.run_id).data.tags["mlflow.parentRunId"]
+    if run_ids:
+        for key, reason in skip_reasons(groups).items():
+            MlflowClient().set_tag(parent, key, reason)
     return run_ids

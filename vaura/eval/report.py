@@ -268,25 +268,34 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
     return tables, gamma
 
 
-def to_markdown(table: Table, title: str, preamble: Sequence[str] = ()) -> str:
-    """A GitHub-markdown table; skip reasons become numbered notes under it, conclusions follow."""
-    df = table.frame()
+def footnoted(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``df`` with each ``skipped: <reason>`` cell shortened to ``skipped [n]`` and ``{reason: n}`` (numbered in
+    reading order), so a column skipped in every row does not repeat a long sentence."""
     reasons: dict[str, int] = {}
+    short = df.copy()
+    for i in range(len(df)):
+        for j in range(df.shape[1]):
+            text = str(df.iat[i, j])
+            if text.startswith("skipped: "):
+                short.iat[i, j] = f"skipped [{reasons.setdefault(text[len('skipped: '):], len(reasons) + 1)}]"
+    return short, reasons
+
+
+def to_markdown(table: Table, title: str, preamble: Sequence[str] = ()) -> str:
+    """A GitHub-markdown table (no extra dependency); skip reasons become numbered notes under it
+    (:func:`footnoted`), conclusions follow."""
+    short, reasons = footnoted(table.frame())
 
     def text(v: object) -> str:
-        s = str(v).replace("|", "\\|").replace("\n", " ")
-        if s.startswith("skipped: "):
-            n = reasons.setdefault(s[len("skipped: "):], len(reasons) + 1)
-            return f"skipped [{n}]"
-        return s
+        return str(v).replace("|", "\\|").replace("\n", " ")
 
     lines = [f"# {title}", ""] + [p for item in preamble for p in (item, "")]
     if table.note:
         lines += [table.note, ""]
-    lines.append("| " + " | ".join(text(c) for c in df.columns) + " |")
-    lines.append("|" + "|".join("---" for _ in df.columns) + "|")
-    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    if df.empty:
+    lines.append("| " + " | ".join(text(c) for c in short.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in short.columns) + "|")
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in short.itertuples(index=False)]
+    if short.empty:
         lines += ["", "_No variant of the ablation belongs in this table._"]
     if table.conclusions:
         lines += ["", "Conclusions (by the 95 % intervals):", ""] + table.conclusions

@@ -113,9 +113,7 @@ class Context:
 
         from vaura.tracking import stage_run
 
-        from vaura.variants import variant_tags
-
-        kwargs["tags"] = {**variant_tags(self.variant), **(kwargs.get("tags") or {})}
+        kwargs.setdefault("variant", self.variant)  # stage_run falls back to the DVC experiment's name
         with stage_run(self.stage, logged, params_file=self.params_file, config=self.tracking(), **kwargs):
             yield mlflow
 

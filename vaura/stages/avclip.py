@@ -141,7 +141,10 @@ def run_stage(
     towers = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = standin_payload(model.visual, {"avclip": dict(training_knobs(cfg)), "seed": seed, "towers": towers,
                                              "train_facts": facts})
-    atomic_torch_save(standin_path(ctx.root, ctx.paths.data), payload)
+    # the training time is a fact about the machine (metrics.json has it): not in the pipeline's weights file, so
+    # the same params and data give the same visual.pt bytes everywhere
+    reproducible = {**payload, "train_facts": {k: v for k, v in facts.items() if k != "train_seconds"}}
+    atomic_torch_save(standin_path(ctx.root, ctx.paths.data), reproducible)
     if ship:
         atomic_torch_save(ctx.path(cfg.shipped), payload)
     atomic_write_json(out / "metrics.json", metrics)

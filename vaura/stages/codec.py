@@ -159,7 +159,9 @@ def run_stage(
         if blob.get("history"):
             metrics.update({f"train_final_{k}": v for k, v in blob["history"][-1].items() if k != "step"})
         codec_path = offline_codec_path(ctx.root, ctx.paths.data)
-        atomic_torch_save(codec_path, blob)
+        # the training wall time is a fact about the machine, not the weights: in metrics.json only, so the same
+        # params and data give the same codec.pt bytes (and DVC hashes) everywhere
+        atomic_torch_save(codec_path, {k: v for k, v in blob.items() if k != "train_wall_s"})
         codec = codec_from_offline_checkpoint(blob, cfg.n_quantizers, source=str(codec_path))
         metrics["n_train_clips"] = len(inputs.train)
 

@@ -10,9 +10,10 @@ With `--variant NAME` (an `ablation.variants` entry) the variant's overrides app
 <data>/sweep/NAME/ and the metrics go to <data>/eval/NAME/metrics.json, with the variant's name, overrides,
 train-clip count and training cost (the `report` stage reads these files, and only these).
 
-Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap) and one MLflow run per (test set, group) nested under the
-pipeline's parent run, with a few clips' audio (wav), spectrogram (png) and the video muxed with the generated
-audio (mp4) as artifacts. `vaura report` builds the paper's tables from these runs.
+Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap) and one
+MLflow run per (test set, group) nested under the pipeline's parent run and named
+`evaluate · <variant> · γ <scale> · <test set>`, with a few informative clips' audio (wav), spectrogram (png)
+and the video muxed with the generated audio (mp4) as artifacts.
 """
 from __future__ import annotations
 
@@ -29,13 +30,6 @@ from vaura.stages import add_common, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser, device="where the metric networks run (default: params evaluate.device)", variant=True)
-
-
-def variant_label(params: Mapping[str, Any], variant: str | None) -> str:
-    """Readable label of the ablation variant a pipeline run is (name, threshold and conditioning)."""
-    flat = flatten(params)
-    label = f"threshold={flat.get('filter.threshold', '?')} conditioning={flat.get('model.conditioning', '?')}"
-    return label if variant is None else f"{variant}: {label}"
 
 
 def train_clip_count(splits: Path) -> int | None:
@@ -69,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
     from vaura.io import atomic_write_json
+    from vaura.tracking import variant_name
 
     ctx, (cfg,) = load(args, "evaluate", evaluate=EvaluateConfig)
     root, data = ctx.root, ctx.data
@@ -87,9 +82,6 @@ def run(args: argparse.Namespace) -> int:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")
     if ctx.track:
-        from vaura.variants import variant_tags
-
-        log_groups(ctx.params, groups, train_clips, variant_label(ctx.params, ctx.variant),
-                   data_files=[ctx.out("sweep") / "index.csv"], params_file=ctx.params_file,
-                   tags=variant_tags(ctx.variant))
+        log_groups(ctx.params, groups, train_clips, variant_name(ctx.variant),
+                   data_files=[ctx.out("sweep") / "index.csv"], params_file=ctx.params_file)
     return 0

@@ -12,11 +12,14 @@ and writes to <reports>/ (paths.reports):
 Every value is shown with its 95 % bootstrap interval over test clips × samples (evaluate.bootstrap); each
 table says which γ it uses: `report.cfg_scale`, or when that is null the baseline's best onset F1 on the
 validation set `report.select_set` (never the test set). Under Tables II-IV the report states whether the
-expected ordering holds by non-overlapping intervals. The tables are also logged to MLflow (a `report` run).
+expected ordering holds by non-overlapping intervals. MLflow receives the tables too: artifacts of a `report`
+run, and on the pipeline's parent run its description (the markdown tables) and MLflow tables
+`tables/<name>.json`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from vaura.stages import add_common, load
 
@@ -33,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaura.eval.report import ReportConfig, bootstrap_note, build_tables, read_metrics, to_markdown
+    from vaura.eval.report import (
+        ReportConfig, bootstrap_note, build_tables, footnoted, read_metrics, to_markdown,
+    )
     from vaura.io import atomic_write_csv, atomic_write_text
+    from vaura.tracking import describe_pipeline
     from vaura.variants import ablation_config
 
     ctx, (cfg,) = load(args, "report", report=ReportConfig)
@@ -43,21 +49,25 @@ def run(args: argparse.Namespace) -> int:
     tables, gamma = build_tables(metrics, ablation.baseline, cfg)
     out = ctx.root / ctx.paths.reports
     preamble = [bootstrap_note(metrics, cfg.test_set)]
-    written = []
+    written, texts = [], []
     for name, table in tables.items():
-        text = to_markdown(table, TITLES[name], preamble)
-        atomic_write_text(out / f"{name}.md", text)
+        texts.append(to_markdown(table, TITLES[name], preamble))
+        atomic_write_text(out / f"{name}.md", texts[-1])
         atomic_write_csv(out / f"{name}.csv", table.frame())
         written += [out / f"{name}.md", out / f"{name}.csv"]
-        print(text)
+        print(texts[-1])
     curve = tables["cfg"].numbers()
     curve = curve[curve["γ"].str.match(r"^[-0-9.e]+")].copy()
     curve.insert(0, "cfg_scale", curve.pop("γ").str.split(" ").str[0].astype(float))
     atomic_write_csv(out / "cfg_curve.csv", curve)
     written.append(out / "cfg_curve.csv")
-    with ctx.tracked(ctx.params, tags={"vaura.report.cfg_scale": f"{gamma:g}"}) as run_log:
+    logged = {"report": dataclasses.asdict(cfg),
+              "ablation": {"baseline": ablation.baseline, "variants": ",".join(ablation.variants)}}
+    with ctx.tracked(logged, tags={"vaura.report.cfg_scale": f"{gamma:g}"}) as run_log:
         if run_log:
             run_log.log_metric("report.cfg_scale", gamma)
             for path in written:
                 run_log.log_artifact(str(path), artifact_path="reports")
+            # the tables where a user looks first: the pipeline run's description and its table view
+            describe_pipeline("\n".join(texts), {name: footnoted(t.frame())[0] for name, t in tables.items()}, written)
     return 0

@@ -57,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
     }
     gen_kwargs = {k: v for k, v in dataclasses.asdict(gen).items() if k in ("temperature", "top_k", "top_p")}
     gen_kwargs["compile"] = compiled
-    with ctx.tracked({"sweep": to_dict(cfg), "generation": to_dict(gen)}) as mlflow:
+    # the run's params are what this stage used: the sweep section and the sampling settings, not the
+    # generation.cfg_scale it never reads (each γ of sweep.cfg_scales is sampled)
+    logged = {"sweep": to_dict(cfg), "generation": {k: v for k, v in gen_kwargs.items() if k != "compile"}}
+    with ctx.tracked(logged) as mlflow:
         index = run_sweep(model, codec, test_sets, cfg, gen_kwargs, ctx.out("sweep"), device=device)
         if mlflow:
             mlflow.log_metric("clips_indexed", len(index))
+            mlflow.log_artifact(str(ctx.out("sweep") / "index.csv"))
     print(f"vaura sweep: {len(index)} clips indexed in {ctx.out('sweep') / 'index.csv'}")
     return 0

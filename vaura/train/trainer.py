@@ -45,7 +45,6 @@ from vaura.train.data import SeededWindows, TrainStream, epoch_batches, make_loa
 from vaura.train.distributed import DistEnv, all_mean, any_rank, setup_distributed, teardown
 from vaura.train.lr import build_scheduler, follow_params
 from vaura.train.samples import SampleLogger, load_codec
-from vaura.variants import variant_tags
 from vaura.weights import weights_sha256
 
 log = logging.getLogger("vaura.train")
@@ -272,8 +271,8 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
     resolved = {"train": to_dict(cfg), "model": to_dict(model_cfg), "model_dims": dims, "world_size": env.world_size,
                 "device": str(env.device), "bf16": isinstance(amp, torch.autocast)}
     run_ctx = (
-        tracking.stage_run("train", setup.params, tags={"vaura.world_size": str(env.world_size),
-                                                        **variant_tags(setup.variant)},
+        tracking.stage_run("train", setup.params, tags={"vaura.world_size": str(env.world_size)},
+                           variant=setup.variant,
                            params_file=setup.params_file, config=setup.tracking, data_files=[cache_dir / "index.csv"],
                            resume_run_id=state.mlflow_run_id or None)
         if tracked else contextlib.nullcontext()
