@@ -1,4 +1,4 @@
-"""Prefect flows over the DVC pipeline: ``vaura-pipeline``, ``train-vaura`` and ``ablation``.
+"""Prefect flows over the DVC pipeline: ``vaura-pipeline``, ``train-vaura``, ``ablation`` (+ ``ablation-variant``).
 
 The flows are thin: every unit of work is a DVC command (``dvc repro``, ``dvc exp run --temp -S ...``) run as
 a subprocess in its own process group, so DVC stays the single source of truth for what is up to date, and a
@@ -6,6 +6,8 @@ cancelled or timed-out task kills the whole tree (dvc → vaura → torchrun →
 ``vaura-pipeline`` and ``ablation`` run in this checkout, like ``dvc repro``: their results are in
 ``dvc.lock``, so ``dvc push`` right after them pushes what they produced. ``train-vaura`` runs an isolated
 experiment (``dvc exp push <git remote> <name>`` shares it, ``dvc exp apply <name>`` takes it into the checkout).
+``ablation`` with ``fan_out`` instead submits each variant as an ``ablation-variant`` flow run to the work pool,
+each in its own clone at one git commit, exchanging data through the DVC remote only (see ``fan_out_ablation``).
 All stages a flow run starts share one MLflow parent run (``VAURA_PIPELINE_ID``, read by
 ``vaura.tracking``); the flow links those runs as Prefect artifacts.
 """
@@ -538,7 +540,7 @@ def stage_paths(project: Path) -> dict[str, tuple[list[str], list[str]]]:
 
     with Repo(str(project)) as repo:
         return {s.name: ([d.def_path for d in s.deps if not isinstance(d, ParamsDependency)],
-                               [o.def_path for o in s.outs]) for s in repo.index.stages}
+                         [o.def_path for o in s.outs]) for s in repo.index.stages}
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -571,14 +573,6 @@ def variant_stages(stages: list[str], variant: str) -> list[str]:
     return [s for s in stages if s.endswith("@" + variant)]
 
 
-def _fail_message(variant: str, run: Any) -> str:
-    state = getattr(run, "state", None)
-    name = state.name if state is not None else "not started"
-    msg = (state.message or "").strip() if state is not None else ""
-    return f"variant {variant}: flow run {getattr(run, 'name', '?')} ({getattr(run, 'id', '?')}) {name}" + \
-        (f": {msg}" if msg else "")
-
-
 @task(name="variant-run", task_run_name="variant {variant}", retries=0)
 def submit_variant(variant: str, deployment: str, parameters: dict[str, Any], run_name: str,
                    timeout_s: float) -> Any:
@@ -587,6 +581,39 @@ def submit_variant(variant: str, deployment: str, parameters: dict[str, Any], ru
 
     return run_deployment(deployment, parameters=parameters, flow_run_name=run_name, timeout=timeout_s,
                           poll_interval=5, idempotency_key=run_name)
+
+
+def fan_out_source(project: Path, git_remote: str, commit: str) -> tuple[str, str, str]:
+    """``(tracking URI, git remote URL, commit)`` a fan-out runs with, or why it cannot run from ``project``.
+
+    Every worker must reach the tracking server and the git remote; the commit defaults to the project's HEAD,
+    refused while tracked files differ from it (the units would silently run something else than the checkout).
+    """
+    tracking_uri = _tracking_uri(project)
+    if not tracking_uri.startswith(("http://", "https://")):
+        raise StageFailed(f"fan_out: tracking URI {tracking_uri} is not a server every worker reaches "
+                          "(set MLFLOW_TRACKING_URI; `vaura stack up` serves one)")
+    repo_url = git_remote or git(["remote", "get-url", "origin"], project)
+    if not commit:
+        dirty = git(["status", "--porcelain", "--untracked-files=no"], project)
+        if dirty:
+            raise StageFailed(f"fan_out runs a commit, and {project} has uncommitted changes ({dirty.splitlines()[0]}"
+                              " ...): commit and push them, or pass commit=")
+        commit = git(["rev-parse", "HEAD"], project)
+    return tracking_uri, repo_url, commit
+
+
+def unfinished(runs: dict[str, Any]) -> list[str]:
+    """One line per variant whose flow run did not complete: its name, id, final state and message."""
+    lines = []
+    for variant, run in runs.items():
+        if isinstance(run, BaseException):
+            lines.append(f"variant {variant}: not submitted: {run}")
+        elif run.state is None or not run.state.is_completed():
+            state = run.state.name if run.state is not None else "not started"
+            msg = (run.state.message or "").strip() if run.state is not None else ""
+            lines.append(f"variant {variant}: flow run {run.name} ({run.id}) {state}" + (f": {msg}" if msg else ""))
+    return lines
 
 
 def fan_out_ablation(project: Path, pid: str, deployment: str, git_remote: str, commit: str, force: bool,
@@ -602,17 +629,7 @@ def fan_out_ablation(project: Path, pid: str, deployment: str, git_remote: str, 
     report is committed to ``<pid>``. A failed unit fails this flow run after the others finished, naming it.
     """
     log = get_run_logger().info
-    tracking_uri = _tracking_uri(project)
-    if not tracking_uri.startswith(("http://", "https://")):
-        raise StageFailed(f"fan_out: tracking URI {tracking_uri} is not a server every worker reaches "
-                          "(set MLFLOW_TRACKING_URI; `vaura stack up` serves one)")
-    repo_url = git_remote or git(["remote", "get-url", "origin"], project)
-    if not commit:
-        dirty = git(["status", "--porcelain", "--untracked-files=no"], project)
-        if dirty:
-            raise StageFailed(f"fan_out runs a commit, and {project} has uncommitted changes ({dirty.splitlines()[0]}"
-                              " ...): commit and push them, or pass commit=")
-        commit = git(["rev-parse", "HEAD"], project)
+    tracking_uri, repo_url, commit = fan_out_source(project, git_remote, commit)
     remote = dvc_remote_url(project)
     clone = clone_at(repo_url, commit, unit_dir(pid), log)
     use_remote(clone, remote)
@@ -636,8 +653,7 @@ def fan_out_ablation(project: Path, pid: str, deployment: str, git_remote: str, 
             "tracking_uri": tracking_uri, "result_ref": f"{RESULT_REFS}/{pid}/{v}", "force": force,
             "stage_timeout_s": stage_timeout_s}, f"{pid}-{v}", variant_timeout_s) for v in variants}
         runs = {v: f.result(raise_on_failure=False) for v, f in futures.items()}
-        failed = [_fail_message(v, r) if not isinstance(r, BaseException) else f"variant {v}: {r}"
-                  for v, r in runs.items() if isinstance(r, BaseException) or not r.state.is_completed()]
+        failed = unfinished(runs)
         if failed:
             raise StageFailed(f"{pid}: {len(failed)} of {len(variants)} variant(s) did not complete (the others' "
                               f"results are in {RESULT_REFS}/{pid}/<variant>):\n" + "\n".join(failed))
@@ -654,8 +670,7 @@ def fan_out_ablation(project: Path, pid: str, deployment: str, git_remote: str, 
         f"### Ablation `{pid}`\nCode {commit}; results in branch `{pid}` ({head}) of {repo_url}:\n\n"
         f"`git fetch origin {pid} && git checkout {pid} && dvc pull`\n", key=f"{pid}-result",
         description="where the fanned-out ablation's results are")
-
-    shutil.rmtree(clone, ignore_errors=True)
+    shutil.rmtree(clone, ignore_errors=True)  # everything is in the remotes; a failed run keeps its clone
     return shared + done + ["report"]
 
 
@@ -702,6 +717,5 @@ def ablation_variant(variant: str, repo_url: str, commit: str, pipeline_id: str,
         dvc_transfer("push", mine, clone, log)
         pushed = commit_and_push(clone, ["dvc.lock"], f"{pipeline_id}: variant {variant}", result_ref)
     log(f"variant {variant}: outputs pushed to {dvc_remote}, dvc.lock to {result_ref} ({pushed})")
-
-    shutil.rmtree(clone, ignore_errors=True)
+    shutil.rmtree(clone, ignore_errors=True)  # everything is in the remotes; a failed unit keeps its clone
     return pushed

@@ -19,6 +19,86 @@ from vaura.stack import MEMBER_ENV, StackSettings, client_env, down, free_port, 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def flows():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vaura_flows", REPO / "flows" / "vaura_flows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_units_pull_exactly_the_shared_outputs_their_stages_read(flows) -> None:
+    """On this repo's dvc.yaml: the parent's shared stages, each variant unit's pulls, the report's pulls."""
+    graph = flows.stage_paths(REPO)
+    stages = flows.stages_upto(flows.pipeline_stages(REPO), "report")
+    variants = list(yaml.safe_load((REPO / "params.yaml").read_text())["ablation"]["variants"])
+    per_variant = {v: flows.variant_stages(stages, v) for v in variants}
+    assert per_variant["prepend"] == ["filter@prepend", "train@prepend", "sweep@prepend", "evaluate@prepend"]
+    everything = [x for v in variants for x in per_variant[v]]
+    shared = [s for s in stages if s in flows.upstream(graph, everything) and "@" not in s]
+    assert shared == ["acquire", "preprocess", "score", "codec", "avclip", "cache"]
+    others = [s for s in graph if s not in per_variant["prepend"]]
+    assert flows.needed_outs(graph, per_variant["prepend"], others) == [
+        "data/cache", "data/clips", "data/codec", "data/raw", "data/scores"]  # never another variant's outputs
+    assert flows.needed_outs(graph, ["report"], everything) == [f"data/eval/{v}/metrics.json" for v in sorted(variants)]
+
+
+def test_the_parent_names_each_variant_that_did_not_complete(flows) -> None:
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Completed, Failed, Running
+
+    runs = {v: FlowRun(flow_id=uuid4(), name=f"abl-{v}", state=state) for v, state in (
+        ("baseline", Completed()), ("prepend", Failed(message="evaluate@prepend failed")), ("slow", Running()))}
+    runs["lost"] = RuntimeError("deployment 'ablation-variant/fanout' not found")
+    lines = flows.unfinished(runs)
+    assert lines == [f"variant prepend: flow run abl-prepend ({runs['prepend'].id}) Failed: evaluate@prepend failed",
+                     f"variant slow: flow run abl-slow ({runs['slow'].id}) Running",
+                     "variant lost: not submitted: deployment 'ablation-variant/fanout' not found"]
+
+
+def test_fan_out_refuses_what_the_workers_could_not_reproduce(flows, tmp_path: Path, monkeypatch) -> None:
+    env = clean_env()
+    run(["git", "init", "-q", str(tmp_path)], tmp_path, env)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    for argv in (["git", "add", "params.yaml"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"],
+                 ["git", "remote", "add", "origin", "/srv/vaura.git"]):
+        run(argv, tmp_path, env)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(flows.StageFailed, match="not a server every worker reaches"):
+        flows.fan_out_source(tmp_path, "", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    head = run(["git", "rev-parse", "HEAD"], tmp_path, env).strip()
+    assert flows.fan_out_source(tmp_path, "", "") == ("http://127.0.0.1:5999", "/srv/vaura.git", head)
+    (tmp_path / "params.yaml").write_text("seed: 2\n")
+    with pytest.raises(flows.StageFailed, match="uncommitted changes .M params.yaml"):
+        flows.fan_out_source(tmp_path, "", "")
+    assert flows.fan_out_source(tmp_path, "", head)[2] == head  # an explicit commit runs as given
+
+
+def test_variant_lock_entries_come_from_their_refs_and_nothing_else(flows, tmp_path: Path) -> None:
+    env = clean_env()
+    remote, clone = tmp_path / "remote.git", tmp_path / "clone"
+    run(["git", "init", "-q", "--bare", str(remote)], tmp_path, env)
+    run(["git", "clone", "-q", str(remote), str(clone)], tmp_path, env)
+    lock = {"schema": "2.0", "stages": {"cache": {"cmd": "vaura cache"}}}
+    (clone / "dvc.lock").write_text(yaml.safe_dump(lock))
+    flows.commit_and_push(clone, ["dvc.lock"], "shared", "refs/heads/main")
+    theirs = {"schema": "2.0", "stages": {"cache": {"cmd": "changed elsewhere"}, "train@a": {"cmd": "train a"},
+                                          "train@b": {"cmd": "stale b"}}}
+    (clone / "dvc.lock").write_text(yaml.safe_dump(theirs))
+    flows.commit_and_push(clone, ["dvc.lock"], "variant a", "refs/vaura/p/a")
+    run(["git", "reset", "-q", "--hard", "HEAD~1"], clone, env)
+    flows.merge_variant_locks(clone, {"a": "refs/vaura/p/a"}, {"a": ["train@a"]})
+    merged = yaml.safe_load((clone / "dvc.lock").read_text())
+    assert merged["stages"] == {"cache": {"cmd": "vaura cache"}, "train@a": {"cmd": "train a"}}
+    with pytest.raises(flows.StageFailed, match="refs/vaura/p/a: dvc.lock has no entry for sweep@a"):
+        flows.merge_variant_locks(clone, {"a": "refs/vaura/p/a"}, {"a": ["sweep@a"]})
+
+
 def _worker(name: str, folder: Path, remote: Path, env: dict[str, str]) -> subprocess.Popen:
     """A process worker of the pool's `variants` queue, started in its own clone with its own scratch folders."""
     run(["git", "clone", "-q", str(remote), str(folder / "vaura")], folder.parent, env)
