@@ -221,7 +221,7 @@ def test_val_windows_use_the_fixed_start_and_seeded_train_windows_repeat(index_c
 def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_db: Path) -> None:
     """A scores table over copies of ``clips``, a tiny offline DAC and Motionformer stand-in, and params.yaml.
 
-    The clips are copied, not re-rendered: each run must read the same files (the same bytes, the same mtimes).
+    The clips are copied, not re-rendered: both runs read the very same files.
     """
     from vaura.codec.codec import _new_dac, offline_checkpoint
     from vaura.tables import write_table
