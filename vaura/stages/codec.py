@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     with ctx.tracked({"codec": to_dict(cfg), "seed": ctx.seed, "paths": to_dict(ctx.paths)}) as mlflow:
         log_train = log_example = None
         if mlflow:
-            from vaura.tracking import log_audio, log_spectrogram
+            from vaura.tracking_media import log_audio, log_spectrogram
 
             def log_train(step: int, entry: dict) -> None:
                 mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
