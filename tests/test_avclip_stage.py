@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +173,23 @@ def test_stage_logs_training_curve_and_metrics_to_mlflow(micro_project, tmp_path
     assert logged["avclip/retrieval/within_clip_top1"] == pytest.approx(metrics["retrieval"]["within_clip_top1"])
     assert logged["avclip/probe/event_ap"] == pytest.approx(metrics["probe"]["event_ap"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "avclip/train_loss")] == [0]  # every 10 steps
+    assert logged["avclip/stage_seconds"] >= 0 and "stage_seconds" not in metrics  # wall times: MLflow only
     assert run.data.params["avclip.steps"] == "4" and run.data.params["visual.dim"] == "16"
     assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_training_in_two_folders_writes_the_same_output_bytes(micro_project, tmp_path):
+    """data/avclip feeds the cache through DVC: the same params and data give the same visual.pt and metrics.json
+    bytes in any folder (no wall times, no absolute paths), so nothing downstream re-runs for nothing."""
+    outs = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        shutil.copytree(micro_project / "data" / "raw", root / "data" / "raw")
+        (root / "data" / "clips").symlink_to(root / "data" / "raw", target_is_directory=True)
+        shutil.copy(micro_project / "params.yaml", root / "params.yaml")
+        assert main(["avclip", "--params", str(root / "params.yaml"), "--no-track", "--no-progress"]) == 0
+        outs.append({p.name: p.read_bytes() for p in sorted((root / "data" / "avclip").iterdir())})
+    assert set(outs[0]) == {"visual.pt", "metrics.json", "rejected.csv"} and outs[0] == outs[1]
 
 
 def test_ship_then_reuse_shipped_stand_in_with_provenance_checks(micro_project, tmp_path, stage_error):

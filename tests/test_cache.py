@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from curate_helpers import FakeCodec, FakeVisual, write_clip
+from vaura import media
 from vaura.cache import CacheError, CachedClips, ClipSpec, build_cache, plan_from_splits, shard_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,9 +219,9 @@ def test_val_windows_use_the_fixed_start_and_seeded_train_windows_repeat(index_c
 # --- the stage, through the real codec / visual loaders -------------------------------------------------------
 
 def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_db: Path) -> None:
-    """Split lists over copies of ``clips``, a tiny offline DAC and Motionformer stand-in, and params.yaml.
+    """A scores table over copies of ``clips``, a tiny offline DAC and Motionformer stand-in, and params.yaml.
 
-    The clips are copied, not re-rendered: H.264/AAC encoding is not byte-deterministic across runs.
+    The clips are copied, not re-rendered: both runs read the very same files.
     """
     from vaura.codec.codec import _new_dac, offline_checkpoint
     from vaura.tables import write_table
@@ -230,12 +231,12 @@ def write_stage_inputs(root: Path, clips: list[Path], shard_size: int, tracking_
     data = root / "data"
     (data / "clips").mkdir(parents=True)
     rows = []
-    for src in clips:
+    for k, src in enumerate(clips):
         shutil.copy2(src, data / "clips" / src.name)
-        rows.append({"clip": src.stem, "path": str(data / "clips" / src.name)})
-    write_table(data / "splits" / "train.csv", pd.DataFrame(rows[:-2]))
-    write_table(data / "splits" / "val.csv", pd.DataFrame(rows[-2:-1]).assign(start_sec=0.0))
-    write_table(data / "splits" / "test.csv", pd.DataFrame(rows[-1:]).assign(start_sec=0.0))
+        split = "train" if k < len(clips) - 2 else "val" if k == len(clips) - 2 else "test"
+        rows.append({"clip": src.stem, "path": str(data / "clips" / src.name), "split": split, "score": 0.5,
+                     "duration_s": media.probe(src).duration_s})
+    write_table(data / "scores" / "scores.csv", pd.DataFrame(rows))  # the cache stage reads every scored clip
     torch.manual_seed(0)
     kwargs = dict(encoder_dim=4, encoder_rates=[2, 4, 8], decoder_dim=8, decoder_rates=[8, 4, 2], n_codebooks=2,
                   codebook_size=16, codebook_dim=4, sample_rate=8000)

@@ -192,6 +192,9 @@ def test_score_stage_writes_scores_and_the_ground_truth_auc(tmp_path, monkeypatc
     metrics = json.loads((tmp_path / "data" / "scores" / "metrics.json").read_text())
     assert metrics["auc"] == 1.0 and metrics["auc_by_kind"] == {"shifted": 1.0}
     assert (metrics["n_scored"], metrics["n_rejected"], metrics["n_relevant"]) == (4, 0, 2)
+    first = {p.name: p.read_bytes() for p in (tmp_path / "data" / "scores").iterdir()}
+    assert main(["score", "--params", "params.yaml", "--no-progress"]) == 0  # a re-run writes the same bytes
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data" / "scores").iterdir()} == first
 
 
 def test_motion_onset_separates_the_synthetic_benchmarks_irrelevant_clips(tmp_path):

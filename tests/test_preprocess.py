@@ -115,10 +115,11 @@ def test_inputs_untouched_rerun_skips_and_strict(run_once: tuple) -> None:
     src, out, _, before = run_once
     assert _digest(src) == before
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
-    manifest = (out / "manifest.csv").read_text()
+    manifest, metrics = (out / "manifest.csv").read_text(), (out / "metrics.json").read_bytes()
     assert main(["preprocess", "--input", str(src), "--output", str(out), "--workers", "1"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == stamps  # nothing re-encoded
     assert (out / "manifest.csv").read_text() == manifest
+    assert (out / "metrics.json").read_bytes() == metrics  # no wall time in what DVC hashes
     assert main(["preprocess", "--input", str(src), "--output", str(out), "--workers", "1", "--strict"]) == 1
     assert _digest(src) == before
 

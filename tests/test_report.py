@@ -35,7 +35,7 @@ def _variant_doc(name: str, overrides: dict, f1_test: dict[float, float], f1_val
     groups += [_group("val", f"g{g:g}", g, f, half_width) for g, f in f1_val.items()]
     info = {"name": name, "overrides": overrides, "filter.threshold": threshold, "filter.apply_to": list(apply_to),
             "model.conditioning": conditioning, "train_clips": 100 if "train" in apply_to else 160,
-            "train": {"steps": 900, "minutes": 6.0, "world_size": 1, "device": "cpu", "stopped_early": False}}
+            "train": {"steps": 900, "world_size": 1, "device": "cpu", "stopped_early": False}}
     from vaura.eval.bootstrap import BootstrapConfig
 
     return json.loads(json.dumps(metrics_json(groups, info, BootstrapConfig(n=500, fad_n=100, seed=7))))
@@ -54,6 +54,7 @@ def _ablation(tmp: Path) -> dict[str, dict]:
         path = tmp / "data" / "eval" / name / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc))
+        path.with_name("timing.json").write_text(json.dumps({"train_minutes": 6.0}))
     return docs
 
 
@@ -94,6 +95,18 @@ def test_gamma_is_never_chosen_on_the_test_set(tmp_path) -> None:
     docs = _ablation(tmp_path)
     with pytest.raises(ReportError, match="must not be chosen on the test set"):
         build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=None, select_set="test"))
+
+
+def test_training_cost_comes_from_the_timing_file_beside_the_metrics(tmp_path) -> None:
+    """The wall time is kept out of metrics.json (identical runs, identical metrics) and still reaches Table II."""
+    _ablation(tmp_path)
+    docs = read_metrics(tmp_path / "data" / "eval", ["baseline", "prepend", "unfiltered"])
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=None, select_set="val"))
+    assert list(tables["threshold"].frame()["training cost"]) == ["0.100 CPU-h, 900 steps"] * 2
+    (tmp_path / "data" / "eval" / "baseline" / "timing.json").unlink()
+    docs = read_metrics(tmp_path / "data" / "eval", ["baseline", "prepend", "unfiltered"])
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=None, select_set="val"))
+    assert list(tables["threshold"].frame()["training cost"]) == ["0.100 CPU-h, 900 steps", "n/a: no train metrics"]
 
 
 def test_missing_or_foreign_metrics_file_is_a_clear_error(tmp_path) -> None:
@@ -214,6 +227,10 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
     pd.DataFrame({"clip": ["a", "b", "b"], "time_s": [1.0, 1.0, 2.0], "class": ["x", "x", "x"]}).to_csv(
         data / "raw" / "events.csv", index=False)
     pd.DataFrame({"clip": [f"t{i}" for i in range(5)]}).to_csv(data / "splits" / "prepend" / "train.csv", index=False)
+    (data / "train" / "prepend").mkdir(parents=True)
+    (data / "train" / "prepend" / "metrics.json").write_text(json.dumps({"steps": 900, "world_size": 1, "device": "cpu",
+                                                                           "stopped_early": False}))
+    (data / "train" / "prepend" / "timing.json").write_text(json.dumps({"minutes": 6.5}))
     rows = []
     for clip in ("a", "b"):
         for k in range(2):
@@ -239,6 +256,9 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
     doc = json.loads((data / "eval" / "prepend" / "metrics.json").read_text())
     assert doc["variant"]["name"] == "prepend" and doc["variant"]["model.conditioning"] == "prepend"
     assert doc["variant"]["overrides"] == {"model.conditioning": "prepend"} and doc["variant"]["train_clips"] == 5
+    # the training run's facts in metrics.json, its wall time only in timing.json: identical runs, identical metrics
+    assert doc["variant"]["train"] == {"steps": 900, "world_size": 1, "device": "cpu", "stopped_early": False}
+    assert json.loads((data / "eval" / "prepend" / "timing.json").read_text()) == {"train_minutes": 6.5}
     assert doc["bootstrap"]["n"] == 50 and doc["bootstrap"]["level"] == 0.95
     onset = doc["test"]["g3"]["onset_sync"]
     assert onset["f1"] == pytest.approx(1.0) and onset["f1_low"] == onset["f1_high"] == pytest.approx(1.0)

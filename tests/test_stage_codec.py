@@ -103,6 +103,17 @@ def test_shipped_weights_are_reused_and_give_the_same_gate(shipped, tmp_path):
         assert again[key] == pytest.approx(trained[key])
 
 
+def test_training_in_two_folders_writes_the_same_output_bytes(shipped, tmp_path):
+    """data/codec feeds cache, train and sweep through DVC: the same params and data give the same codec.pt and
+    metrics.json bytes in any folder (no wall times, no absolute paths), so nothing downstream re-runs for nothing."""
+    outs = []
+    for name in ("a", "b"):
+        params = _copy_project(shipped, tmp_path / name)
+        assert _run(params, "--train", "--no-track") == 0
+        outs.append({p.name: p.read_bytes() for p in sorted((params.parent / "data" / "codec").iterdir())})
+    assert set(outs[0]) == {"codec.pt", "metrics.json"} and outs[0] == outs[1]
+
+
 def test_training_device_is_not_provenance(shipped, tmp_path):
     """Weights trained on a GPU ship to CPU users: changing codec.train.device (or the time cap) keeps them valid."""
     params = _copy_project(shipped, tmp_path / "p")
@@ -204,6 +215,7 @@ def test_stage_logs_the_gate_to_mlflow(shipped, tmp_path):
     assert logged["f1_reconstructed"] == pytest.approx(metrics["f1_reconstructed"])
     assert logged["f1_original"] == pytest.approx(metrics["f1_original"])
     assert logged["gate_pass"] == float(metrics["gate_pass"])
+    assert logged["stage_wall_s"] > 0 and "stage_wall_s" not in metrics  # wall times: MLflow, not the DVC output
     assert runs[0].data.tags["codec.source"] == "shipped"
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert "metrics.json" in artifacts

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
-from vaura import tracking
+from vaura import tracking, tracking_media
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +151,10 @@ def test_audio_spectrogram_json_and_muxed_video_artifacts(store):
     frames = np.random.default_rng(0).integers(0, 255, (50, 64, 64, 3), dtype=np.uint8)
     write_video(video, frames, 25.0)
     with tracking.stage_run("train", params) as run:
-        tracking.log_audio(audio[None], sr, "samples/a.wav")
-        tracking.log_spectrogram(audio, sr, "samples/a.png", title="a")
+        tracking_media.log_audio(audio[None], sr, "samples/a.wav")
+        tracking_media.log_spectrogram(audio, sr, "samples/a.png", title="a")
         tracking.log_json({"x": [1, 2]}, "extra/x.json")
-        tracking.log_muxed_video(video, audio, sr, "samples/a.mp4", start_sec=0.8)
+        tracking_media.log_muxed_video(video, audio, sr, "samples/a.mp4", start_sec=0.8)
     rid = run.info.run_id
     wav, got_sr = sf.read(io.BytesIO(_artifact(client, rid, "samples/a.wav")), dtype="float32")
     assert got_sr == sr and len(wav) == len(audio) and np.abs(wav - audio).max() < 1e-3
@@ -163,7 +163,7 @@ def test_audio_spectrogram_json_and_muxed_video_artifacts(store):
     info = probe(client.download_artifacts(rid, "samples/a.mp4"))
     assert info.has_video and info.has_audio and info.duration_s == pytest.approx(0.64, abs=0.1)
     with pytest.raises(ValueError, match="mono"):
-        tracking.log_audio(np.zeros((2, 10)), sr, "bad.wav")
+        tracking_media.log_audio(np.zeros((2, 10)), sr, "bad.wav")
 
 
 def test_pipeline_id_follows_commit_and_params(tmp_path, monkeypatch):

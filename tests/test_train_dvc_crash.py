@@ -3,7 +3,8 @@
 `dvc repro` is SIGKILLed (its whole process tree, as a power cut or the OOM killer would) during `train`; the
 next `dvc repro` must continue from the last checkpoint (DVC must not delete it first), reproduce an
 uninterrupted run's per-step losses, and close the killed MLflow run instead of leaving it RUNNING. The stage is
-the real one from the repository's dvc.yaml (its outs and their `persist` flags), on the micro training cache.
+the real one from the repository's dvc.yaml (one per ablation variant: its command, outs and their `persist`
+flags), on the micro training cache with a single variant, the baseline, whose split lists name every cached clip.
 """
 import json
 import os
@@ -18,8 +19,11 @@ import yaml
 
 from pipeline_helpers import DVC, REPO, clean_env, run
 from train_helpers import assert_same_training, read_losses, resume_jobs, wait_for_file
+from vaura.tables import read_table, write_table
+from vaura.variants import output_dir
 
 TOTAL = 12
+VARIANT = "baseline"
 pytestmark = pytest.mark.slow
 
 
@@ -31,14 +35,24 @@ def _train_only_project(root: Path) -> None:
     def local(entry):
         return json.loads(json.dumps(entry).replace("${paths.data}", "data"))
 
-    stage["deps"] = [d for d in map(local, stage["deps"]) if (root / d).exists()]
-    stage["params"] = [p for p in stage["params"] if p.split(".")[0] in params]
-    stage["outs"] = local(stage["outs"])
-    stage["metrics"] = local(stage["metrics"])
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}, sort_keys=False))
+    do = local(stage["do"])
+    do["deps"] = [d for d in do["deps"] if (root / d.replace("${key}", VARIANT)).exists()]
+    do["params"] = [p for p in do["params"] if p.split(".")[0] in params]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {**stage, "do": do}}}, sort_keys=False))
     env = clean_env()
     for argv in (DVC + ["init", "-q", "--no-scm"], DVC + ["config", "core.analytics", "false"]):
         run(argv, root, env)
+
+
+def _one_variant(data: Path, params_path: Path) -> None:
+    """Only the baseline variant, its split lists naming every cached clip (what its `filter` would keep)."""
+    params = yaml.safe_load(params_path.read_text())
+    params["ablation"] = {"baseline": VARIANT, "variants": {VARIANT: {}}}
+    params_path.write_text(yaml.safe_dump(params))
+    splits = data / "splits" / VARIANT
+    index = read_table(data / "cache" / "index.csv", {"clip", "split", "path"})
+    for split in ("train", "val"):
+        write_table(splits / f"{split}.csv", index.loc[index["split"] == split, ["clip", "path"]])
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +61,15 @@ def crashed(tmp_path_factory):
     _, dirs, uri = resume_jobs(tmp, TOTAL)
     env = clean_env({"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
     root = dirs["killed"][0].parent
+    for data, params_path in dirs.values():
+        _one_variant(data, params_path)
     _train_only_project(root)
-    ref = subprocess.Popen([sys.executable, "-m", "vaura.cli", "train", "--params", str(dirs["ref"][1])],
+    ref = subprocess.Popen([sys.executable, "-m", "vaura.cli", "train", "--params", str(dirs["ref"][1]), "--variant", VARIANT],
                            cwd=dirs["ref"][0].parent,
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     repro = subprocess.Popen(DVC + ["repro"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
-    last = dirs["killed"][0] / "train" / "last.pt"
+    last = output_dir(dirs["killed"][0], "train", VARIANT) / "last.pt"
     wait_for_file(repro, last, 300, "dvc repro")
     os.killpg(repro.pid, signal.SIGKILL)
     killed_rc = repro.wait()
@@ -72,7 +88,7 @@ def test_repro_was_really_killed_mid_training(crashed):
 
 
 def test_rerun_resumes_and_matches_uninterrupted_losses(crashed):
-    assert_same_training(crashed["ref"], crashed["killed"], TOTAL)
+    assert_same_training(crashed["ref"], crashed["killed"], TOTAL, VARIANT)
     assert "didn't change" in crashed["third"] or "up to date" in crashed["third"]
 
 
@@ -93,12 +109,12 @@ def test_killed_mlflow_run_is_continued_and_finished(crashed):
 def test_changed_params_start_fresh_instead_of_continuing_the_old_checkpoint(crashed):
     """last.pt survives `dvc repro` only to be resumed by the same run: new params train from step 0."""
     root = crashed["root"]
-    before = read_losses(crashed["killed"])
+    before = read_losses(crashed["killed"], VARIANT)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["seed"] += 1
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(DVC + ["repro"], root, crashed["env"], timeout=300)
-    after = read_losses(crashed["killed"])
+    after = read_losses(crashed["killed"], VARIANT)
     assert sorted(after) == list(range(1, TOTAL + 1)) and after != before  # retrained, not "already at step 12"
-    ckpt = torch.load(crashed["killed"] / "train" / "last.pt", weights_only=True)
+    ckpt = torch.load(output_dir(crashed["killed"], "train", VARIANT) / "last.pt", weights_only=True)
     assert ckpt["train_config"]["seed"] == params["train"]["seed"] and ckpt["mlflow_run_id"] != crashed["killed_run"]

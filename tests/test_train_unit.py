@@ -64,7 +64,9 @@ def test_budget_stop_saves_a_resumable_checkpoint_and_mismatches_are_refused(cac
     # an explicit resume (auto would start afresh: the params changed, see the run fingerprint)
     done = train(load_setup(params), resume=str(data / "train" / "last.pt"))
     assert done["steps"] == 6 and not done["stopped_early"]
-    assert json.loads((data / "train" / "metrics.json").read_text())["steps"] == 6
+    written = json.loads((data / "train" / "metrics.json").read_text())
+    assert written["steps"] == 6 and "minutes" not in written  # what evaluate depends on holds no wall time
+    assert json.loads((data / "train" / "timing.json").read_text())["minutes"] == pytest.approx(done["minutes"])
     lrs = [json.loads(line)["lr"] for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
     # the current params' cosine (6 steps, warm-up 2): step 6 uses multiplier 0.1 + 0.45 (1 + cos(0.75 pi))
     assert lrs[-1] == pytest.approx(3e-3 * (0.1 + 0.45 * (1 + np.cos(0.75 * np.pi))))

@@ -143,24 +143,28 @@ def resume_jobs(tmp: Path, total_steps: int) -> tuple[dict, dict[str, tuple[Path
     return env, jobs, uri
 
 
-def read_losses(data_dir: Path) -> dict[int, float]:
-    """Per-step training loss from ``train_log.jsonl``."""
+def read_losses(data_dir: Path, variant: str | None = None) -> dict[int, float]:
+    """Per-step training loss from ``train_log.jsonl`` (of ablation variant ``variant``'s run when given)."""
     import json
 
-    lines = (data_dir / "train" / "train_log.jsonl").read_text().splitlines()
+    from vaura.variants import output_dir
+
+    lines = (output_dir(data_dir, "train", variant) / "train_log.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
-def assert_same_training(ref_dir: Path, got_dir: Path, total_steps: int) -> tuple[dict, dict]:
+def assert_same_training(ref_dir: Path, got_dir: Path, total_steps: int, variant: str | None = None) -> tuple[dict, dict]:
     """Per-step losses (rel 1e-6) and final weights of ``got_dir``'s run equal ``ref_dir``'s; returns both last.pt."""
     import pytest
 
-    ref, got = read_losses(ref_dir), read_losses(got_dir)
+    from vaura.variants import output_dir
+
+    ref, got = read_losses(ref_dir, variant), read_losses(got_dir, variant)
     assert sorted(ref) == sorted(got) == list(range(1, total_steps + 1))
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=0), step
-    a = torch.load(ref_dir / "train" / "last.pt", weights_only=True)
-    b = torch.load(got_dir / "train" / "last.pt", weights_only=True)
+    a = torch.load(output_dir(ref_dir, "train", variant) / "last.pt", weights_only=True)
+    b = torch.load(output_dir(got_dir, "train", variant) / "last.pt", weights_only=True)
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-6, atol=0)
     return a, b

@@ -7,7 +7,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 
@@ -126,6 +126,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_output_metrics(path: str | Path, metrics: Mapping[str, Any], timings: Iterable[str]) -> None:
+    """A stage's ``metrics.json`` inside a DVC output, without the wall-clock ``timings`` keys.
+
+    DVC hashes the output: wall times in it would make identical runs (a re-run, a second clone) differ, and every
+    stage that depends on it re-run. Timings go to MLflow and the stage's output line instead.
+    """
+    timings = set(timings)
+    atomic_write_json(path, {k: v for k, v in metrics.items() if k not in timings})
 
 
 def atomic_write_csv(path: str | Path, df: pd.DataFrame) -> None:

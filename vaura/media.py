@@ -32,7 +32,13 @@ _H264_CRF = "18"  # near-transparent quality: the clips are model inputs, artefa
 # depends on it, so the same frames would encode to different bytes on another machine or after a library
 # changed this process's affinity. Identical params and seeds must give identical data under DVC; stages
 # parallelise over clips (worker processes) instead.
-_H264_OPTIONS = {"crf": _H264_CRF, "preset": "veryfast", "threads": "1"}
+# No B-frames: with x264's macroblock-tree rate control propagating through B-frames, small frames (seen at
+# 48x48 to 80x80, the micro profile's size) encoded to a different, equally valid stream about one time in 20
+# depending on what freed memory in the process held (identical input planes; filling the heap with random
+# bytes between frames reproduces it), so that path reads memory x264 has not initialised. Turning off either
+# B-frames or mbtree makes the stream depend on the frames only (tests/test_reproducible.py); without B-frames
+# files grow ~18% at the same CRF, without mbtree ~90%.
+_H264_OPTIONS = {"crf": _H264_CRF, "preset": "veryfast", "threads": "1", "x264-params": "bframes=0"}
 # The same for libswscale: with automatic threads it cuts a frame into one slice per CPU, and a resize filter
 # rounds differently at slice edges, so resized frames (and all that follows) would depend on the machine.
 _SWS_THREADS = 1

@@ -379,9 +379,8 @@ def log_groups(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from vaura.tracking import (
-        log_audio, log_json, log_muxed_video, log_spectrogram, run_name, stage_run, tracking_config,
-    )
+    from vaura.tracking import log_json, run_name, stage_run, tracking_config
+    from vaura.tracking_media import log_audio, log_muxed_video, log_spectrogram
 
     where = tracking_config(params, params_file)
     run_ids, parent = [], ""

@@ -2,7 +2,8 @@
 CFG γ (Table IV), plus every variant side by side.
 
 Input: one ``metrics.json`` per ablation variant (``<data>/eval/<variant>/metrics.json``, written by
-``vaura evaluate --variant``; see :func:`vaura.eval.evaluate.metrics_json`) — the report stage's DVC deps, and
+``vaura evaluate --variant``; see :func:`vaura.eval.evaluate.metrics_json`) and the training wall time beside it
+(``timing.json``, kept apart so identical runs give identical metrics) — the report stage's DVC deps, and
 nothing else: what else sits in an MLflow store cannot change a table. Which variant lands in which table
 follows from its overrides (``ablation.variants``): only ``filter`` keys → Table II; only
 ``model.conditioning`` → Table III; the baseline is in both and alone in Table IV. Each cell is the value with
@@ -70,7 +71,8 @@ class Cell:
 
 
 def read_metrics(eval_dir: str | Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``variant → metrics.json`` for every variant (a missing or foreign file is a :class:`ReportError`)."""
+    """``variant → metrics.json`` for every variant, with its ``timing.json`` as ``variant.train.minutes`` (a
+    missing or foreign metrics file is a :class:`ReportError`)."""
     out = {}
     for name in names:
         path = Path(eval_dir) / name / "metrics.json"
@@ -83,6 +85,13 @@ def read_metrics(eval_dir: str | Path, names: Sequence[str]) -> dict[str, dict[s
         got = (data.get("variant") or {}).get("name")
         if got != name:
             raise ReportError(f"{path}: written for variant {got!r}, expected {name!r}")
+        timing = path.with_name("timing.json")
+        if timing.is_file():
+            try:
+                minutes = json.loads(timing.read_text()).get("train_minutes")
+            except json.JSONDecodeError as exc:
+                raise ReportError(f"{timing}: not JSON ({exc})") from exc
+            data["variant"].setdefault("train", {})["minutes"] = minutes
         out[name] = data
     return out
 

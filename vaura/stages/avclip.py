@@ -34,6 +34,9 @@ from vaura.stages import Context, add_common, load
 if TYPE_CHECKING:
     from vaura.visual.config import AVClipConfig, VisualConfig
 
+# Wall times (seconds): facts about the machine, logged to MLflow, kept out of the DVC output (metrics.json)
+TIMINGS = ("decode_seconds", "train_seconds", "stage_seconds")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser, device="where to train and measure the encoder (default: params visual.device)")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if mlflow:
             flat = {f"avclip/{g}/{k}": float(v) for g in ("retrieval", "probe", "probe_random_init")
                     if isinstance(metrics.get(g), dict) for k, v in metrics[g].items()}
-            mlflow.log_metrics(flat)
+            mlflow.log_metrics(flat | {f"avclip/{k}": float(metrics[k]) for k in TIMINGS if k in metrics})
             mlflow.set_tag("avclip.source", metrics["source"])
             mlflow.log_artifact(str(ctx.data / "avclip" / "metrics.json"))
     r = metrics["retrieval"]
@@ -88,7 +91,7 @@ def run_stage(
     import torch
 
     from vaura.data.manifest import read_manifest
-    from vaura.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+    from vaura.io import atomic_torch_save, atomic_write_csv, write_output_metrics
     from vaura.visual.encoder import VisualEncoder, size_from_config, standin_path, standin_payload
     from vaura.visual.motionformer import MotionFormer
     from vaura.visual.probes import probe_metrics, retrieval_metrics
@@ -113,7 +116,10 @@ def run_stage(
 
     if train_now:
         model, facts = train_avclip(train, vcfg, cfg, seed=seed, progress=progress, log=log)
-        facts |= {"train_clips": len(train.clips), "data_seed": seed, "data_manifest": str(manifest_path)}
+        # the manifest as params name it (paths.data), not this checkout's absolute path: visual.pt is the same
+        # file in every clone
+        facts |= {"train_clips": len(train.clips), "data_seed": seed,
+                  "data_manifest": f"{ctx.paths.data}/clips/manifest.csv"}
     else:
         model, facts = load_shipped(ctx.path(cfg.shipped), vcfg, cfg)
     mel_norm = (facts["mel_mean"], facts["mel_std"])
@@ -141,13 +147,13 @@ def run_stage(
     towers = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = standin_payload(model.visual, {"avclip": dict(training_knobs(cfg)), "seed": seed, "towers": towers,
                                              "train_facts": facts})
-    # the training time is a fact about the machine (metrics.json has it): not in the pipeline's weights file, so
-    # the same params and data give the same visual.pt bytes everywhere
+    # the training time is a fact about the machine (MLflow has it): not in the pipeline's weights file nor in
+    # metrics.json, so the same params and data give the same visual.pt and metrics.json bytes everywhere
     reproducible = {**payload, "train_facts": {k: v for k, v in facts.items() if k != "train_seconds"}}
     atomic_torch_save(standin_path(ctx.root, ctx.paths.data), reproducible)
     if ship:
         atomic_torch_save(ctx.path(cfg.shipped), payload)
-    atomic_write_json(out / "metrics.json", metrics)
+    write_output_metrics(out / "metrics.json", metrics, timings=TIMINGS)
     rejected = pd.DataFrame(rej_tr + rej_va, columns=["clip", "reason"])
     atomic_write_csv(out / "rejected.csv", rejected)
     return metrics

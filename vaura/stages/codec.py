@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     with ctx.tracked({"codec": to_dict(cfg), "seed": ctx.seed, "paths": to_dict(ctx.paths)}) as mlflow:
         log_train = log_example = None
         if mlflow:
-            from vaura.tracking import log_audio, log_spectrogram
+            from vaura.tracking_media import log_audio, log_spectrogram
 
             def log_train(step: int, entry: dict) -> None:
                 mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
@@ -100,7 +100,7 @@ def run_stage(
         RETRAIN_HINT, CodecDataError, data_fingerprint, provenance, provenance_mismatches, quality_gate,
         read_clip_audio, read_inputs, train_offline_codec,
     )
-    from vaura.io import atomic_torch_save, atomic_write_json
+    from vaura.io import atomic_torch_save, write_output_metrics
     from vaura.weights import WeightsError
 
     t0 = time.monotonic()
@@ -159,8 +159,8 @@ def run_stage(
         if blob.get("history"):
             metrics.update({f"train_final_{k}": v for k, v in blob["history"][-1].items() if k != "step"})
         codec_path = offline_codec_path(ctx.root, ctx.paths.data)
-        # the training wall time is a fact about the machine, not the weights: in metrics.json only, so the same
-        # params and data give the same codec.pt bytes (and DVC hashes) everywhere
+        # the training wall time is a fact about the machine, not the weights: in MLflow only, so the same params
+        # and data give the same codec.pt and metrics.json bytes (and DVC hashes) everywhere
         atomic_torch_save(codec_path, {k: v for k, v in blob.items() if k != "train_wall_s"})
         codec = codec_from_offline_checkpoint(blob, cfg.n_quantizers, source=str(codec_path))
         metrics["n_train_clips"] = len(inputs.train)
@@ -170,7 +170,7 @@ def run_stage(
     clips = list(zip(inputs.val["clip"].astype(str), val_audio))
     metrics.update(quality_gate(codec, clips, inputs.events, cfg.gate, progress=progress, on_clip=on_gate_clip))
     metrics["stage_wall_s"] = time.monotonic() - t0
-    atomic_write_json(ctx.data / "codec" / "metrics.json", metrics)
+    write_output_metrics(ctx.data / "codec" / "metrics.json", metrics, timings=["train_wall_s", "stage_wall_s"])
     return metrics
 
 

@@ -8,7 +8,8 @@ whose weights are absent is reported as skipped with the reason, never dropped a
 
 With `--variant NAME` (an `ablation.variants` entry) the variant's overrides apply, the sweep is
 <data>/sweep/NAME/ and the metrics go to <data>/eval/NAME/metrics.json, with the variant's name, overrides,
-train-clip count and training cost (the `report` stage reads these files, and only these).
+train-clip count and training run (steps, processes, device); its wall time goes to <data>/eval/NAME/timing.json
+so that identical runs give identical metrics (the `report` stage reads these files, and only these).
 
 Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap) and one
 MLflow run per (test set, group) nested under the pipeline's parent run and named
@@ -41,7 +42,7 @@ def train_clip_count(splits: Path) -> int | None:
 def variant_info(params: Mapping[str, Any], variant: str | None, train_clips: int | None,
                  train_metrics: Path) -> dict[str, Any]:
     """What metrics.json says about the variant: name, overrides, the parameters the tables group by, and the
-    training run's steps / minutes / processes / device (from the train stage's metrics.json, when present)."""
+    training run's steps / processes / device (from the train stage's metrics.json, when present)."""
     from vaura.variants import overrides
 
     flat = flatten(params)
@@ -51,7 +52,7 @@ def variant_info(params: Mapping[str, Any], variant: str | None, train_clips: in
         "overrides": overrides(params, variant) if variant is not None else {},
         **{k: flat.get(k) for k in ("filter.threshold", "filter.apply_to", "model.conditioning")},
         "train_clips": train_clips,
-        "train": {k: trained.get(k) for k in ("steps", "minutes", "world_size", "device", "stopped_early")},
+        "train": {k: trained.get(k) for k in ("steps", "world_size", "device", "stopped_early")},
     }
 
 
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     train_clips = train_clip_count(ctx.out("splits"))
     info = variant_info(ctx.params, ctx.variant, train_clips, ctx.out("train") / "metrics.json")
     atomic_write_json(ctx.out("eval") / "metrics.json", metrics_json(groups, info, cfg.bootstrap))
+    timing = ctx.out("train") / "timing.json"
+    minutes = json.loads(timing.read_text()).get("minutes") if timing.is_file() else None
+    atomic_write_json(ctx.out("eval") / "timing.json", {"train_minutes": minutes})
     for g in groups:
         line = ", ".join(f"{k}={v:.3g}" for k, v in flat_metrics(g).items())
         print(f"{g.test_set}/{g.name}: {line}")

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     ctx, (gen, codec_cfg, visual_cfg) = load(args, "generate", generation=GenerationConfig, codec=CodecConfig,
                                              visual=VisualConfig)
+    check_output_file(args.out, args.video)  # before any work: never overwrite the input, never fail at the end
     if args.cfg_scale is not None:
         gen = dataclasses.replace(gen, cfg_scale=args.cfg_scale)
     if args.decode is not None:
@@ -59,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     device = ctx.device_or("auto")
     compiled = use_compiled_decode(gen.decode, device)
     checkpoint = args.checkpoint or output_dir(ctx.data, "train", ablation_config(ctx.params).baseline) / "best.pt"
-    check_output_file(args.out, args.video)  # before any work: never overwrite the input, never fail at the end
     if _is_official(checkpoint):
         ckpt = load_official_checkpoint(checkpoint)
         model = official_decoder(ckpt)

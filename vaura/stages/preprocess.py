@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.data.preprocess import PreprocessConfig, preprocess_folder
-    from vaura.io import atomic_write_json
+    from vaura.io import write_output_metrics
 
     if args.params is None:
         if args.input is None or args.output is None:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         manifest, rejected = preprocess_folder(input_dir, output_dir, cfg)
         metrics = {"n_clips": len(manifest), "n_rejected": len(rejected), "wall_s": round(time.perf_counter() - t0, 2),
                    "total_duration_s": float(manifest["duration_s"].sum()) if len(manifest) else 0.0}
-        atomic_write_json(output_dir / "metrics.json", metrics)
+        write_output_metrics(output_dir / "metrics.json", metrics, timings=["wall_s"])
         if mlflow:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(output_dir / "rejected.csv"))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from vaura.curation.scoring import ScoreConfig, build_scorer, relevance_auc, score_clips
 from vaura.tables import TableError, write_table
-from vaura.io import atomic_write_csv, atomic_write_json
+from vaura.io import atomic_write_csv, write_output_metrics
 from vaura.stages import add_common, load
 
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 metrics.update(relevance_auc(scores, pd.read_csv(truth, dtype={"clip": str})))
             except (KeyError, pd.errors.ParserError) as exc:
                 raise TableError(f"{truth}: not a relevance table clip,relevant,kind ({exc})") from exc
-        atomic_write_json(out / "metrics.json", metrics)
+        write_output_metrics(out / "metrics.json", metrics, timings=["wall_s"])
         if mlflow:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.log_metrics({f"auc_{k}": v for k, v in metrics.get("auc_by_kind", {}).items()})

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from vaura import tracking
+from vaura import tracking_media
 from vaura.cache import CachedClips
 from vaura.model.config import GenerationConfig
 from vaura.train.config import TrainConfig
@@ -62,7 +62,7 @@ class SampleLogger:
             audio = self.codec.decode(c.to(next(self.codec.parameters()).device)).float().cpu()
             for i, clip in enumerate(self.clips):
                 wav = audio[i, 0]
-                tracking.log_audio(wav, sr, f"{folder}/{clip}.wav")
-                tracking.log_spectrogram(wav, sr, f"{folder}/{clip}.png", title=f"{clip} {kind} step {step}")
+                tracking_media.log_audio(wav, sr, f"{folder}/{clip}.wav")
+                tracking_media.log_spectrogram(wav, sr, f"{folder}/{clip}.png", title=f"{clip} {kind} step {step}")
                 if self.videos[i].is_file():
-                    tracking.log_muxed_video(self.videos[i], wav, sr, f"{folder}/{clip}.mp4", self.starts[i])
+                    tracking_media.log_muxed_video(self.videos[i], wav, sr, f"{folder}/{clip}.mp4", self.starts[i])

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from vaura import tracking
 from vaura.cache import read_meta
 from vaura.config import to_dict
-from vaura.io import atomic_write_json, atomic_write_text
+from vaura.io import atomic_write_json, atomic_write_text, write_output_metrics
 from vaura.model import VAURA
 from vaura.curation.filtering import split_clips
 from vaura.model.decoder import cfg_drop_mask
@@ -354,7 +354,9 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
         }
         if env.is_main:
             steplog.close()
-            atomic_write_json(out_dir / "metrics.json", result)
+            # evaluate reads metrics.json (a DVC dependency): the wall time goes to timing.json beside it
+            write_output_metrics(out_dir / "metrics.json", result, timings=["minutes"])
+            atomic_write_json(out_dir / "timing.json", {"minutes": result["minutes"]})
         if tracked:
             mlflow.log_metrics({"final/steps": state.step, "final/minutes": result["minutes"]})
             for name in ("last.pt", "best.pt"):
