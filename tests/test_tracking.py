@@ -116,8 +116,8 @@ def test_presigned_signatures_and_passwords_are_redacted_in_every_sink(store):
     assert yaml.safe_load(sinks["params.yaml"])["acquire"]["endpoint_url"] == "http://host:9000"
 
 
-def test_acquire_refuses_credentials_in_params_before_dvc_records_them(tmp_path, capsys):
-    """dvc.lock stores params values verbatim: the stage stops (no output, so no lock entry) and says where they go."""
+def test_every_stage_refuses_credentials_in_params_before_dvc_records_them(tmp_path, capsys):
+    """dvc.lock stores params values verbatim: every stage stops (no output, so no lock entry) and says where they go."""
     from vaura.cli import main
 
     params = tmp_path / "p.yaml"
@@ -130,6 +130,14 @@ def test_acquire_refuses_credentials_in_params_before_dvc_records_them(tmp_path,
     err = capsys.readouterr().err
     assert "params.acquire.uri: carries a credential" in err and "environment" in err
     assert not [s for s in SECRETS if s in err] and not (tmp_path / "data").exists()
+    # every stage: `dvc repro train` alone (acquire up to date) must not record a credential either
+    for stage, line, key in (("train", "codec: {weights: 'https://h/w.pth?X-Amz-Signature=sig123'}", "codec.weights"),
+                             ("evaluate", "tracking: {uri: 'http://ml:hunter2@host:5000'}", "tracking.uri")):
+        params.write_text(f"seed: 1\npaths: {{data: data, reports: reports}}\n{line}\n")
+        assert main([stage, "--params", str(params), "--no-track"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"vaura {stage}: params.{key}: carries a credential") and "sig123" not in err
+        assert "hunter2" not in err
 
 
 def test_failed_stage_marks_run_failed_and_reraises(store):

@@ -5,7 +5,8 @@
   runs a network (default: the stage's params value; resolved by :func:`vaura.devices.resolve_device`).
   ``vaura`` adds ``--debug`` to every command (:mod:`vaura.cli`).
 - Params (:func:`load`): the file is parsed once (:func:`read_params`), the sections a stage asks for come back
-  typed, with a :class:`Context` (root, data folder, seed, tracking on/off, device override).
+  typed, with a :class:`Context` (root, data folder, seed, tracking on/off, device override). A file that holds
+  a credential is refused by every stage: DVC copies params values into ``dvc.lock`` verbatim.
 - Errors (:func:`run_guarded`): a project error, a YAML error, an OS error or a ``ValueError`` raised by vaura's
   own checks ends the stage with exit 1 and ONE line ``vaura <stage>: <file or key>: <reason>``; the traceback
   only with ``--debug`` or ``VAURA_DEBUG=1``. Anything else is a bug and keeps its traceback.
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterator, Mapping
 import yaml
 
 from vaura.config import ConfigError, PathsConfig, load_section, load_yaml
+from vaura.redact import find_secret
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the vaura/ folder: ValueErrors raised here are vaura's checks
 ERROR_DIR_ENV = "VAURA_ERROR_DIR"  # set by `vaura train` for its torchrun workers: one file per failed rank
@@ -129,7 +131,13 @@ def load(args: argparse.Namespace, stage: str, **sections: type) -> tuple[Contex
 
     params_file = Path(args.params)
     variant = getattr(args, "variant", None)
-    params = resolve(read_params(params_file), variant)
+    raw = read_params(params_file)
+    secret = find_secret(raw)
+    if secret:  # every stage: DVC records its params values verbatim in dvc.lock, where nothing can redact them
+        raise ConfigError(f"{secret}: carries a credential, which DVC would record in dvc.lock; put credentials "
+                          "in the environment (AWS_* variables, MLFLOW_TRACKING_USERNAME/PASSWORD) and signed URLs "
+                          "in the URL-list file")
+    params = resolve(raw, variant)
     paths: PathsConfig = load_section(PathsConfig, "paths", params)
     typed = tuple(load_section(cls, name, params) for name, cls in sections.items())
     root = Path(args.root) if getattr(args, "root", None) is not None else params_file.parent

@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from vaura.config import ConfigError, load_section, to_dict
-from vaura.redact import find_secret
+from vaura.config import load_section, to_dict
 from vaura.stages import add_common, load
 
 
@@ -47,10 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from vaura.data.synthetic import SyntheticConfig
 
     ctx, (cfg,) = load(args, "acquire", acquire=AcquireConfig)
-    secret = find_secret(ctx.params)
-    if secret:
-        raise ConfigError(f"{secret}: carries a credential, which DVC would record in dvc.lock; put credentials "
-                          "in the environment (AWS_* variables) and signed URLs in the URL-list file")
     if args.source is not None:
         cfg.source = args.source
     if args.uri is not None:
