@@ -161,7 +161,8 @@ def test_cancelling_ablation_kills_the_running_variant_and_starts_no_other(tmp_p
 
     (tmp_path / "fake_dvc.py").write_text(FAKE_DVC)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # the fake `dvc stage list` names the stages
-    (tmp_path / "params.yaml").write_text("tracking:\n  uri: sqlite:///mlruns.db\n  experiment: vaura\n")
+    (tmp_path / "params.yaml").write_text("tracking:\n  uri: sqlite:///mlruns.db\n  experiment: vaura\n"
+                                         "  system_metrics: false\n  system_metrics_interval_s: 10.0\n")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, "-c", ABLATION_DRIVER, str(REPO / "flows" / "vaura_flows.py"),
@@ -359,7 +360,8 @@ def test_train_flow_logs_each_stage_line_and_its_final_state_once(flows, probe_p
     monkeypatch.setattr(flows, "PROJECT_DIR", probe_project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    state = flows.train_vaura(overrides={"probe.value": 7}, name="logs-probe", return_state=True)
+    state = flows.train_vaura(overrides={"probe.value": 7}, target="train@low", name="logs-probe",
+                              return_state=True)
     assert state.is_completed()
     APILogWorker.drain_all(timeout=30)
     with get_client(sync_client=True) as client:

@@ -37,7 +37,11 @@ def test_compose_stack_has_the_servers_and_matches_the_deployments() -> None:
     assert "--workers 1" in compose["services"]["mlflow"]["command"]
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     entry = {d["entrypoint"].split(":")[1] for d in deployments}
-    assert entry == {"vaura_pipeline", "train_vaura", "ablation"}
+    assert entry == {"vaura_pipeline", "train_vaura", "ablation", "ablation_variant"}
+    # A fan-out unit runs on any machine: its flow code comes from the git remote, not from this folder.
+    (variant,) = [d for d in deployments if d["entrypoint"].endswith(":ablation_variant")]
+    assert variant["pull"] == [{"prefect.deployments.steps.git_clone": {"repository": "{{ $VAURA_GIT_REMOTE }}"}}]
+    assert variant["work_pool"]["work_queue_name"] == "variants"
     for d in deployments:
         path, func = d["entrypoint"].split(":")
         assert f"def {func}(" in (REPO / path).read_text()

@@ -235,6 +235,13 @@ def _configure_dvc_remote(s: StackSettings, env: dict[str, str]) -> str:
     return f"{DVC_REMOTE} -> {url} (bucket in .dvc/config.local)"
 
 
+def _git_origin(project: Path) -> str:
+    """The URL of the project's git remote ``origin``, or "" when it has none."""
+    out = subprocess.run(["git", "remote", "get-url", "origin"], cwd=project, capture_output=True, text=True,
+                         timeout=60)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def _create_bucket(s: StackSettings) -> None:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
@@ -305,10 +312,13 @@ def up(s: StackSettings, log: Callable[[str], None] = print) -> dict:
              "prefect work-pool create", max(10.0, deadline - time.monotonic()))
         services.append(_start("prefect-worker", [
             prefect, "worker", "start", "--pool", s.work_pool, "--type", "process", "--install-policy", "never",
-            "--name", f"vaura-{s.prefect_port}",
+            "--name", f"vaura-{s.prefect_port}", "--work-queue", "default",
         ], s, env, s.prefect_url + "/health"))
         save()
         if s.deploy:
+            origin = _git_origin(s.project_dir)
+            if origin:  # where the workers of fanned-out ablation units take the flow code from (prefect.yaml)
+                env["VAURA_GIT_REMOTE"] = origin
             _run([prefect, "--no-prompt", "deploy", "--all"], s, env, "prefect deploy --all",
                  max(10.0, deadline - time.monotonic()))
             log(f"deployments    from {s.project_dir / 'prefect.yaml'} on pool {s.work_pool}")

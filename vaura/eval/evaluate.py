@@ -219,7 +219,8 @@ def evaluate_sweep(
     read_video: Callable[..., np.ndarray] | None = None,
 ) -> list[Group]:
     """Score every group of every test set of the sweep at ``sweep_dir`` (its ``index.csv``, which names each
-    clip's source video and window: evaluation reads nothing but the sweep, the event table and the weights)."""
+    clip's source video and window: evaluation reads nothing but the sweep, those videos, the event table and
+    the weights)."""
     if read_audio is None or read_video is None:
         from vaura import media
 
