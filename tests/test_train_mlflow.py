@@ -59,6 +59,9 @@ def test_params_tags_and_metrics(trained):
     assert val[8] == pytest.approx((cbs[0][8] + cbs[1][8]) / 2)
     logged = [json.loads(line)["loss"] for line in (data / "train" / "train_log.jsonl").read_text().splitlines()]
     assert [m.value for m in client.get_metric_history(rid, "train/loss")] == pytest.approx(logged)
+    # last.pt resumes into this run; best.pt (a DVC dependency of sweep) carries no per-run id
+    assert torch.load(data / "train" / "last.pt", weights_only=True)["mlflow_run_id"] == rid
+    assert torch.load(data / "train" / "best.pt", weights_only=True)["mlflow_run_id"] == ""
     assert any(k.startswith("system/") for k in run.data.metrics)
 
 

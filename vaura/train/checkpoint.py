@@ -147,10 +147,13 @@ def resume_target(resume: str, out_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def save_state(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, Any]) -> None:
+def save_state(path: Path, state: TrainState, env: DistEnv, identity: Mapping[str, Any], *,
+               with_run: bool = True) -> None:
     """Write ``state`` with every rank's RNGs (a collective: all ranks call it, rank 0 writes).
 
     ``identity`` (``model_config``, ``model_dims``, ``train_config``) is what :func:`resume` checks against.
+    ``with_run=False`` leaves out the MLflow run id (new in every run): for best.pt, which the sweep stage depends
+    on through DVC, so identical runs give identical bytes; last.pt keeps it to resume into the same run.
     """
     rngs = gather_objects(state.rng.state_dict(), env)
     if env.is_main:
@@ -158,7 +161,7 @@ def save_state(path: Path, state: TrainState, env: DistEnv, identity: Mapping[st
             "step": state.step, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(), "rng": rngs, "data": state.data.state_dict(),
             "best_val": state.best_val, "world_size": env.world_size, **identity,
-            "mlflow_run_id": state.mlflow_run_id,
+            "mlflow_run_id": state.mlflow_run_id if with_run else "",
         })
 
 

@@ -335,7 +335,7 @@ def _train(setup: TrainSetup, env: DistEnv, resume: str, checksum_dir: str | Pat
                 if tracked:
                     mlflow.log_metrics({**metrics, "val/best_loss": state.best_val}, step=step)
                 if improved:
-                    save_state(out_dir / "best.pt", state, env, identity)
+                    save_state(out_dir / "best.pt", state, env, identity, with_run=False)
             if samples is not None and step % cfg.log_audio_every == 0:
                 samples(raw_model, step)
             if step % cfg.ckpt_every == 0 or final:
