@@ -523,7 +523,8 @@ def dvc_remote_url(project: Path) -> str:
 
 def use_remote(clone: Path, url: str) -> None:
     """Make ``url`` the clone's default DVC remote (in ``.dvc/config.local``: the clone's own setting)."""
-    run_in_group(_dvc() + ["remote", "add", "--local", "--default", "--force", "fanout", url], clone, log=lambda m: None)
+    run_in_group(_dvc() + ["remote", "add", "--local", "--default", "--force", "fanout", url], clone,
+                 log=lambda m: None)
 
 
 def dvc_transfer(verb: str, targets: list[str], clone: Path, log: Callable[[str], None],

@@ -67,7 +67,8 @@ def test_fan_out_refuses_what_the_workers_could_not_reproduce(flows, tmp_path: P
     env = clean_env()
     run(["git", "init", "-q", str(tmp_path)], tmp_path, env)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
-    for argv in (["git", "add", "params.yaml"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"],
+    for argv in (["git", "add", "params.yaml"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"],
                  ["git", "remote", "add", "origin", "/srv/vaura.git"]):
         run(argv, tmp_path, env)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -198,7 +199,8 @@ def test_two_workers_run_the_variants_at_once_and_a_third_clone_pulls_the_ablati
         mlc = MlflowClient(settings.mlflow_url)
         exp = mlc.get_experiment_by_name("vaura")
         runs = mlc.search_runs([exp.experiment_id], f"tags.`vaura.pipeline_id` = '{pid}'")
-        trained = sorted(r.data.tags.get("vaura.variant", "") for r in runs if r.data.tags.get("vaura.stage") == "train")
+        trained = sorted(r.data.tags.get("vaura.variant", "") for r in runs
+                         if r.data.tags.get("vaura.stage") == "train")
         assert trained == ["baseline", "prepend"], [r.data.tags for r in runs]
         parents = {r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags.get("vaura.role") == "stage"}
         assert len(parents) == 1
@@ -300,8 +302,9 @@ def test_a_failing_variant_fails_the_ablation_by_name_and_leaves_the_other_intac
                      "system_metrics": False, "system_metrics_interval_s": 10.0}}, sort_keys=False))
     (proj / ".gitignore").write_text("/mlruns.db\n/mlartifacts/\n")
     env = clean_env()
-    for argv in (["git", "init", "-q"], ["git", "config", "user.email", "ci@vaura"], ["git", "config", "user.name", "ci"],
-                 DVC + ["init", "-q"], DVC + ["config", "core.analytics", "false"], ["git", "add", "-A"],
+    for argv in (["git", "init", "-q"], ["git", "config", "user.email", "ci@vaura"],
+                 ["git", "config", "user.name", "ci"], DVC + ["init", "-q"],
+                 DVC + ["config", "core.analytics", "false"], ["git", "add", "-A"],
                  ["git", "commit", "-qm", "probe ablation"]):
         run(argv, proj, env)
     with cluster(tmp_path, proj, ("w1", "w2"), monkeypatch) as c:
