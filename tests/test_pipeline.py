@@ -222,7 +222,9 @@ def test_mlflow_ui_shows_the_ablation_in_a_real_browser(micro_repo: Path, tmp_pa
     pipeline = client.get_run(newest.data.tags["mlflow.parentRunId"]).info.run_name
     evaluated = {r.info.run_name for r in client.search_runs(
         [exp_id], f"tags.`mlflow.parentRunId` = '{newest.data.tags['mlflow.parentRunId']}'")}
-    names = sorted(n for n in evaluated if re.fullmatch(r"evaluate( · \S+)? · γ [-0-9.e]+ · test", n))
+    variant = newest.data.tags.get("vaura.variant")  # every variant of the ablation evaluates under this parent
+    names = sorted(n for n in evaluated
+                   if re.fullmatch(rf"evaluate · {re.escape(variant)} · γ [-0-9.e]+ · test", n))
     assert sorted(n.split(" · ")[-2] for n in names) == sorted(f"γ {g}" for g in gammas)
     clicked, clicked_gamma = names[-1], names[-1].split(" · ")[-2].removeprefix("γ ")
     port = free_port()
