@@ -387,3 +387,37 @@ def test_vaura_ui_links_the_runs_table_and_its_shared_view(store, capsys):
     view = client.get_experiment(link.group(1)).tags[f"mlflow.sharedViewState.{query['viewStateShareKey']}"]
     assert "params.`gamma`" in json.loads(view)["selectedColumns"]
     assert "--host 127.0.0.1 --port 5123" in out
+
+
+class _LosesTheRace:
+    """A client whose every tag write loses a sqlite INSERT race: a rival stage writes ``rival_value`` first
+    (or nothing, when None), then this write fails the way MLflow's sqlite store does."""
+
+    def __init__(self, client, rival_value):
+        self._client, self._rival_value = client, rival_value
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def set_experiment_tag(self, experiment_id, key, value):
+        from mlflow.exceptions import MlflowException
+
+        if self._rival_value is not None:
+            self._client.set_experiment_tag(experiment_id, key, value if key.startswith("mlflow.shared")
+                                            else self._rival_value)
+        raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key")
+
+
+def test_stages_started_side_by_side_tolerate_losing_the_experiment_tag_race(store):
+    """Two stages opening a new experiment at once both set its tags; the loser's INSERT fails on sqlite's
+    unique key (seen in CI). It must carry on with the winner's tags, and still fail when nobody wrote them."""
+    tmp, params, client = store
+    cfg = tracking.tracking_config(params)
+    exp_id = tracking._experiment_id(_LosesTheRace(client, rival_value="the winner's"), cfg, params["tracking"]["uri"])
+    tags = client.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "the winner's" and tags["mlflow.note.content"] == "the winner's"
+    assert json.loads(tags[f"mlflow.sharedViewState.{tracking.VIEW_KEY}"])["selectedColumns"]
+
+    cfg_fresh = tracking.tracking_config({"tracking": {**params["tracking"], "experiment": "nobody-wrote"}})
+    with pytest.raises(Exception, match="UNIQUE constraint"):
+        tracking._experiment_id(_LosesTheRace(client, rival_value=None), cfg_fresh, params["tracking"]["uri"])

@@ -172,11 +172,25 @@ def _experiment_id(client: Any, cfg: TrackingConfig, uri: str) -> str:
     # A classic training experiment with a description; set once, so an edit made in the UI is kept.
     for key, value in ((KIND_TAG, "custom_model_development"), (NOTE_TAG, EXPERIMENT_NOTE)):
         if key not in exp.tags:
-            client.set_experiment_tag(exp.experiment_id, key, value)
+            _set_experiment_tag(client, exp.experiment_id, key, value, once=True)
     view = json.dumps({"selectedColumns": ABLATION_COLUMNS})
     if exp.tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:  # ours: the UI cannot edit a shared view
-        client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
+        _set_experiment_tag(client, exp.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view, once=False)
     return exp.experiment_id
+
+
+def _set_experiment_tag(client: Any, experiment_id: str, key: str, value: str, once: bool) -> None:
+    """Set a tag that stages started side by side may all be setting: the loser of a sqlite INSERT race
+    (``UNIQUE constraint failed``) re-reads, and is done when the winner wrote the tag (any value for a
+    set-once tag, the same value otherwise)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        tags = client.get_experiment(experiment_id).tags
+        if key not in tags or (not once and tags[key] != value):
+            raise
 
 
 def runs_link(base_url: str, experiment_id: str) -> str:
