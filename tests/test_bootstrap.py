@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vaura.eval.bootstrap import BootstrapConfig, bootstrap, interval, resample_indices
-from vaura.eval.onset_sync import onset_sync
+from vaura.eval.onset_sync import f1_difference, onset_sync
 
 
 def _mean_interval(values: np.ndarray, clips: list[str], cfg: BootstrapConfig) -> tuple[float, float]:
@@ -69,7 +69,45 @@ def test_onset_f1_interval_brackets_the_value_and_is_degenerate_when_every_item_
     clips = ["a", "a", "b", "b", "c", "c"]
     res = onset_sync([hit] * 6, sr, truths, clips=clips, boot=BootstrapConfig(n=100, seed=2))
     assert res.values["f1"] == pytest.approx(1.0) and res.intervals["f1"] == pytest.approx((1.0, 1.0))
+    assert res.items == {"tp": [2] * 6, "fp": [0] * 6, "fn": [0] * 6}  # per item, in item order
     silent = np.zeros_like(hit)
     mixed = onset_sync([hit, silent] * 3, sr, truths, clips=clips, boot=BootstrapConfig(n=300, seed=2))
     lo, hi = mixed.intervals["recall"]
     assert mixed.values["recall"] == pytest.approx(0.5) and lo < 0.5 < hi
+    assert mixed.items == {"tp": [2, 0] * 3, "fp": [0] * 6, "fn": [0, 2] * 3}
+
+
+def _counts(tp, fp, fn) -> dict[str, np.ndarray]:
+    return {"tp": np.asarray(tp, float), "fp": np.asarray(fp, float), "fn": np.asarray(fn, float)}
+
+
+def test_paired_f1_difference_known_answers() -> None:
+    """Identical sides differ by exactly 0; a side that misses one of two events on every item has F1 2/3
+    in every resample, so the difference is exactly 1/3 with a zero-width interval."""
+    clips = ["a", "a", "b", "b", "c", "c"]
+    cfg = BootstrapConfig(n=200, seed=1)
+    perfect = _counts([2] * 6, [0] * 6, [0] * 6)
+    assert f1_difference(perfect, perfect, clips, cfg) == pytest.approx((0.0, 0.0, 0.0))
+    half = _counts([1] * 6, [0] * 6, [1] * 6)
+    assert f1_difference(perfect, half, clips, cfg) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert f1_difference(half, perfect, clips, cfg) == pytest.approx((-1 / 3, -1 / 3, -1 / 3))
+    with pytest.raises(ValueError, match="6 clips for 6 and 4 items"):
+        f1_difference(perfect, _counts([1] * 4, [0] * 4, [1] * 4), clips, cfg)
+
+
+def test_pairing_removes_the_clip_spread_both_sides_share() -> None:
+    """Easy and hard clips alternate (F1 varies a lot by clip); side b is side a with one hit fewer and one
+    extra onset on every item. Separately the two F1 intervals overlap; the paired difference excludes 0."""
+    clips = [f"c{k:02d}" for k in range(12) for _ in range(2)]
+    events = np.array([2.0 + k for k in range(12) for _ in range(2)])
+    share = np.array([(0.1, 0.9)[k % 2] for k in range(12) for _ in range(2)])
+    tp = np.round(events * share)
+    a = _counts(tp, np.ones_like(tp), events - tp)
+    b = _counts(np.maximum(tp - 1, 0), np.full_like(tp, 2.0), events - np.maximum(tp - 1, 0))
+    cfg = BootstrapConfig(n=1000, seed=3)
+    zero = _counts(np.zeros_like(tp), np.zeros_like(tp), np.zeros_like(tp))
+    _, a_lo, a_hi = f1_difference(a, zero, clips, cfg)   # F1 of a alone (the zero side has F1 0 everywhere)
+    _, b_lo, b_hi = f1_difference(b, zero, clips, cfg)
+    assert a_lo < b_hi  # the separate intervals overlap: the unpaired test cannot tell them apart
+    diff, lo, hi = f1_difference(a, b, clips, cfg)
+    assert 0 < lo <= diff <= hi

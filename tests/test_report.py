@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from vaura.eval.evaluate import Group, flat_metrics, group_tags, metrics_json
-from vaura.eval.report import ReportConfig, ReportError, build_tables, read_metrics, to_markdown
+from vaura.eval.report import ReportConfig, ReportError, build_tables, read_items, read_metrics, to_markdown
 from vaura.eval.results import MetricResult
 
 SKIP_KLD = MetricResult.skipped("kld", "PaSST weights not found at weights/passt.pt: download it", backbone="passt")
@@ -41,8 +41,21 @@ def _variant_doc(name: str, overrides: dict, f1_test: dict[float, float], f1_val
     return json.loads(json.dumps(metrics_json(groups, info, BootstrapConfig(n=500, fad_n=100, seed=7))))
 
 
+def _items(hits: dict[str, tuple[int, int]], clips: tuple[str, ...] = ("a", "b", "c", "d")) -> pd.DataFrame:
+    """onsets.csv of one variant: every test item (clip × 2 samples) has 4 true events; ``hits[group]`` =
+    (tp, fp) of every item of that group."""
+    return pd.DataFrame([{"test_set": "test", "group": group, "clip": clip, "sample": k, "tp": tp, "fp": fp,
+                          "fn": 4 - tp} for group, (tp, fp) in hits.items() for clip in clips for k in (1, 0)])
+
+
+# baseline: every event hit at γ=3, none at γ=0; prepend: the same items as the baseline; unfiltered: one hit
+# fewer and one extra onset per item (F1 0.75 against the baseline's 1.0).
+ITEMS = {"baseline": _items({"g0": (0, 3), "g3": (4, 0)}), "prepend": _items({"g0": (0, 3), "g3": (4, 0)}),
+         "unfiltered": _items({"g0": (0, 3), "g3": (3, 1)})}
+
+
 def _ablation(tmp: Path) -> dict[str, dict]:
-    """Three variants whose val and test disagree on the best γ (val: 3, test: 1)."""
+    """Three variants whose val and test disagree on the best γ (val: 3, test: 1), each with its onsets.csv."""
     docs = {
         "baseline": _variant_doc("baseline", {}, {0.0: 0.15, 1.0: 0.80, 3.0: 0.70}, {0.0: 0.2, 1.0: 0.5, 3.0: 0.6}),
         "prepend": _variant_doc("prepend", {"model.conditioning": "prepend"}, {0.0: 0.1, 1.0: 0.5, 3.0: 0.45},
@@ -55,6 +68,7 @@ def _ablation(tmp: Path) -> dict[str, dict]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc))
         path.with_name("timing.json").write_text(json.dumps({"train_minutes": 6.0}))
+        ITEMS[name].to_csv(path.with_name("onsets.csv"), index=False)
     return docs
 
 
@@ -89,6 +103,45 @@ def test_conclusions_follow_the_intervals(tmp_path) -> None:
                                               conditioning="prepend"))
     tables, _ = build_tables(flipped, "baseline", ReportConfig(test_set="test", cfg_scale=3.0))
     assert "onset F1: REVERSED" in "\n".join(tables["conditioning"].conclusions or [])
+
+
+def test_paired_comparisons_resample_the_same_test_items_for_both_sides(tmp_path) -> None:
+    """The separate intervals of baseline and unfiltered overlap (NOT SHOWN), but unfiltered is worse on every
+    item, so the paired difference is exactly 1 − 0.75 in every resample: HOLDS."""
+    docs = _ablation(tmp_path)
+    items = read_items(tmp_path / "data" / "eval", list(docs))
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), items)
+    thr = "\n".join(tables["threshold"].conclusions or [])
+    assert "better than unfiltered on onset F1: NOT SHOWN" in thr
+    assert ("filtered (baseline) better than unfiltered on onset F1, paired (the same 4 test clips × 2 samples): "
+            "baseline − unfiltered = +0.250 [+0.250, +0.250]: HOLDS") in thr
+    cond = "\n".join(tables["conditioning"].conclusions or [])
+    assert "baseline − prepend = +0.000 [+0.000, +0.000]: NOT SHOWN (the interval of the difference contains 0)" in cond
+    cfg = "\n".join(tables["cfg"].conclusions or [])
+    assert "γ=3 − γ=0 = +1.000 [+1.000, +1.000]: HOLDS" in cfg
+
+    flipped = dict(items, prepend=_items({"g3": (4, 4)}))  # twice the onsets: F1 2/3
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), flipped)
+    assert "baseline − prepend = +0.333 [+0.333, +0.333]: HOLDS" in "\n".join(tables["conditioning"].conclusions)
+    better = dict(items, prepend=_items({"g3": (4, 0)}), baseline=_items({"g0": (0, 3), "g3": (2, 0)}))
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), better)
+    assert "baseline − prepend = -0.333 [-0.333, -0.333]: REVERSED" in "\n".join(tables["conditioning"].conclusions)
+
+
+def test_paired_comparison_says_why_it_cannot_be_made(tmp_path) -> None:
+    docs = _ablation(tmp_path)
+    other_clips = dict(ITEMS, unfiltered=_items({"g3": (3, 1)}, clips=("a", "b", "c", "e")))
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), other_clips)
+    assert "paired: not testable (the two sides scored different test items" in "\n".join(tables["threshold"].conclusions)
+    (tmp_path / "data" / "eval" / "unfiltered" / "onsets.csv").unlink()
+    items = read_items(tmp_path / "data" / "eval", list(docs))
+    assert items["unfiltered"] is None
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), items)
+    assert ("paired: not testable (no per-item onset counts: onsets.csv of unfiltered)"
+            in "\n".join(tables["threshold"].conclusions))
+    (tmp_path / "data" / "eval" / "prepend" / "onsets.csv").write_text("clip,tp\na,1\n")
+    with pytest.raises(ReportError, match=r"prepend/onsets.csv: columns \['fn', 'fp', 'group', 'sample', 'test_set'\]"):
+        read_items(tmp_path / "data" / "eval", ["prepend"])
 
 
 def test_gamma_is_never_chosen_on_the_test_set(tmp_path) -> None:
@@ -145,6 +198,7 @@ def test_report_stage_reads_only_its_metrics_files(tmp_path, monkeypatch) -> Non
     first = {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()}
     assert {"threshold.md", "conditioning.md", "cfg.md", "variants.md", "cfg_curve.csv"} <= set(first)
     assert "[0.680, 0.720]" in first["threshold.md"].decode()
+    assert "baseline − unfiltered = +0.250 [+0.250, +0.250]: HOLDS" in first["threshold.md"].decode()  # onsets.csv
     params = yaml.safe_load(pfile.read_text())
     monkeypatch.setenv("VAURA_PIPELINE_ID", "foreign")
     log_groups(params, [_group("test", "g3", 3.0, 0.99)], train_clips=1, variant="baseline")
@@ -264,6 +318,12 @@ def test_evaluate_stage_writes_metrics_and_mlflow_artifacts(tmp_path, monkeypatc
     assert onset["f1"] == pytest.approx(1.0) and onset["f1_low"] == onset["f1_high"] == pytest.approx(1.0)
     assert doc["test"]["g3"]["fad"]["fad_low"] <= doc["test"]["g3"]["fad"]["fad"] <= doc["test"]["g3"]["fad"]["fad_high"]
     assert doc["test"]["g3"]["sync"]["status"] == "skipped" and "w/s.pt" in doc["test"]["g3"]["sync"]["reason"]
+    # per-item onset counts: clip a has one event, b two; every sample of the sweep and the real audio is a row
+    items = pd.read_csv(data / "eval" / "prepend" / "onsets.csv")
+    g3_items = items[items["group"] == "g3"].sort_values(["clip", "sample"])
+    assert list(zip(g3_items["clip"], g3_items["sample"], g3_items["tp"], g3_items["fp"], g3_items["fn"])) == [
+        ("a", 0, 1, 0, 0), ("a", 1, 1, 0, 0), ("b", 0, 2, 0, 0), ("b", 1, 2, 0, 0)]
+    assert sorted(items[items["group"] == "reference"]["clip"]) == ["a", "b"] and set(items["test_set"]) == {"test"}
     assert doc["test"]["g3"]["ib"]["status"] == "skipped" and "w/ib.pth" in doc["test"]["g3"]["ib"]["reason"]
     mlflow.set_tracking_uri(params["tracking"]["uri"])
     runs = mlflow.search_runs(experiment_names=[params["tracking"]["experiment"]],

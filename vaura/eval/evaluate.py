@@ -101,6 +101,8 @@ class Group:
     metrics: dict[str, MetricResult] = field(default_factory=dict)
     examples: list[tuple[str, float, np.ndarray]] = field(default_factory=list)  # (clip, start_sec, audio)
     videos: dict[str, str] = field(default_factory=dict)  # clip → source video (absolute)
+    # onset counts per generated item (clip, sample, tp, fp, fn): what a paired comparison of two variants needs
+    items: pd.DataFrame | None = None
 
 
 @dataclass
@@ -270,6 +272,10 @@ def evaluate_sweep(
                 ib_frames=lambda names=names: frames_for("ib", names),
                 cfg=cfg, models=models, root=root, clips=names, reference_clips=list(start),
             )
+            onset = group.metrics["onset_sync"]
+            if onset.items:
+                samples = [0] * len(names) if g_rows is None else [int(k) for k in g_rows["sample"]]
+                group.items = pd.DataFrame({"clip": names, "sample": samples, **onset.items})
             first = {c: a for c, a in reversed(list(zip(names, audios)))}  # each clip's first sample
             group.examples = [(c, start[c], first[c]) for c in listen if c in first]
             group.videos = {c: video[c] for c, _, _ in group.examples}
@@ -317,6 +323,18 @@ def metrics_json(groups: Sequence[Group], variant: Mapping[str, Any],
             **{name: res.to_dict() for name, res in g.metrics.items()},
         }
     return out
+
+
+ITEM_COLUMNS = ["test_set", "group", "clip", "sample", "tp", "fp", "fn"]
+
+
+def onset_items(groups: Sequence[Group]) -> pd.DataFrame:
+    """Every group's per-item onset counts in one table (``onsets.csv`` beside ``metrics.json``): the report's
+    paired comparisons resample the same clips for two variants from it."""
+    parts = [g.items.assign(test_set=g.test_set, group=g.name) for g in groups if g.items is not None]
+    if not parts:
+        return pd.DataFrame(columns=ITEM_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[ITEM_COLUMNS]
 
 
 def group_label(group: Group) -> str:

@@ -7,7 +7,7 @@ batch — mean |offset| of the matched pairs in ms, event precision / recall / F
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -61,8 +61,30 @@ def onset_sync(
     values = _pooled(tp, fp, fn, offsets, np.arange(len(matches)))
     result = MetricResult.ok("onset_sync", {**values, "n_clips": len(generated)},
                              backbone=f"spectral-flux onsets, ±{tol * 1000:.0f} ms")
+    result.items = {k: v.astype(np.int64).tolist() for k, v in (("tp", tp), ("fp", fp), ("fn", fn))}
     if clips is not None and boot is not None:
         result.intervals = bootstrap(
             lambda idx: {k: v for k, v in _pooled(tp, fp, fn, offsets, idx).items() if k in INTERVAL_KEYS},
             clips, boot)
     return result
+
+
+def f1_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], clips: Sequence[str],
+                  boot: BootstrapConfig) -> tuple[float, float, float]:
+    """Pooled onset F1 of ``a`` minus that of ``b`` and its paired bootstrap interval: ``(diff, low, high)``.
+
+    ``a`` and ``b`` hold per-item counts (``tp``, ``fp``, ``fn``) of the same items — item ``i`` of both is a
+    sample of clip ``clips[i]`` — so every resample draws the same clips for both and the clip-to-clip spread,
+    which the two variants share, cancels from the difference. Non-overlapping separate intervals are a
+    stricter (and less powerful) test of the same question.
+    """
+    counts = [tuple(np.asarray(side[k], dtype=np.float64) for k in ("tp", "fp", "fn")) for side in (a, b)]
+    if not len(clips) == len(counts[0][0]) == len(counts[1][0]):
+        raise ValueError(f"f1_difference: {len(clips)} clips for {len(counts[0][0])} and {len(counts[1][0])} items")
+    none: list[np.ndarray] = [np.zeros(0)] * len(clips)
+
+    def diff(idx: np.ndarray) -> float:
+        return _pooled(*counts[0], none, idx)["f1"] - _pooled(*counts[1], none, idx)["f1"]
+
+    low, high = bootstrap(lambda idx: {"diff": diff(idx)}, clips, boot)["diff"]
+    return diff(np.arange(len(clips))), low, high

@@ -8,6 +8,10 @@ nothing else: what else sits in an MLflow store cannot change a table. Which var
 follows from its overrides (``ablation.variants``): only ``filter`` keys → Table II; only
 ``model.conditioning`` → Table III; the baseline is in both and alone in Table IV. Each cell is the value with
 its bootstrap interval (``evaluate.bootstrap``); a metric that did not run says why.
+
+Each comparison under a table is tested twice: by non-overlapping intervals of the two values (strict), and by
+the paired bootstrap interval of the onset-F1 difference on the same test clips × samples (``onsets.csv`` beside
+each ``metrics.json``), which removes the clip-to-clip spread both sides share.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from vaura.config import bounded
-from vaura.eval.evaluate import METRIC_KEYS
+from vaura.eval.bootstrap import BootstrapConfig
+from vaura.eval.evaluate import ITEM_COLUMNS, METRIC_KEYS
+from vaura.eval.onset_sync import f1_difference
 
 # table column → (metric name in metrics.json, value key, number format, higher is better)
 METRIC_COLUMNS: dict[str, tuple[str, str, str, bool]] = {
@@ -93,6 +99,26 @@ def read_metrics(eval_dir: str | Path, names: Sequence[str]) -> dict[str, dict[s
                 raise ReportError(f"{timing}: not JSON ({exc})") from exc
             data["variant"].setdefault("train", {})["minutes"] = minutes
         out[name] = data
+    return out
+
+
+def read_items(eval_dir: str | Path, names: Sequence[str]) -> dict[str, pd.DataFrame | None]:
+    """``variant → onsets.csv`` (per-item onset counts; None where a variant has none: its comparisons are then
+    unpaired only). A file without the expected columns is a :class:`ReportError`."""
+    out: dict[str, pd.DataFrame | None] = {}
+    for name in names:
+        path = Path(eval_dir) / name / "onsets.csv"
+        if not path.is_file():
+            out[name] = None
+            continue
+        try:
+            df = pd.read_csv(path, dtype={"test_set": str, "group": str, "clip": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{path}: not a CSV table ({exc})") from exc
+        missing = set(ITEM_COLUMNS) - set(df.columns)
+        if missing:
+            raise ReportError(f"{path}: columns {sorted(missing)} missing (expected {', '.join(ITEM_COLUMNS)})")
+        out[name] = df
     return out
 
 
@@ -213,12 +239,60 @@ def compare(what: str, a_label: str, a: Cell, b_label: str, b: Cell, higher_is_b
     return f"- {what}: {verdict}: {vs}."
 
 
-def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: ReportConfig
-                 ) -> tuple[dict[str, Table], float]:
-    """``{"threshold": II, "conditioning": III, "cfg": IV, "variants": all}`` and the γ of Tables II/III."""
+@dataclass
+class Side:
+    """One side of a paired comparison: a label and the per-item onset counts of one group (None: none)."""
+
+    label: str
+    items: pd.DataFrame | None
+    test_set: str
+    group: str
+
+    def rows(self) -> pd.DataFrame | None:
+        if self.items is None:
+            return None
+        df = self.items[(self.items["test_set"] == self.test_set) & (self.items["group"] == self.group)]
+        return df.sort_values(["clip", "sample"], kind="stable").reset_index(drop=True)
+
+
+def paired(what: str, a: Side, b: Side, boot: Mapping[str, Any] | None) -> str:
+    """One conclusion line from the paired bootstrap of ``a``'s pooled onset F1 minus ``b``'s on the same test
+    clips × samples (:func:`vaura.eval.onset_sync.f1_difference`): does the difference's interval exclude 0?"""
+    head = f"- {what} on {PRIMARY}, paired"
+    ra, rb = a.rows(), b.rows()
+    if ra is None or rb is None:
+        return f"{head}: not testable (no per-item onset counts: onsets.csv of {a.label if ra is None else b.label})."
+    if not boot:
+        return f"{head}: not testable (the metrics files record no bootstrap settings)."
+    if ra.empty or not ra[["clip", "sample"]].equals(rb[["clip", "sample"]]):
+        return (f"{head}: not testable (the two sides scored different test items: {len(ra)} vs {len(rb)} "
+                f"clip × sample pairs, or other clips).")
+    conf = BootstrapConfig(n=int(boot["n"]), seed=int(boot["seed"]), level=float(boot["level"]))
+    diff, low, high = f1_difference(ra, rb, list(ra["clip"]), conf)
+    if low > 0:
+        verdict = "HOLDS (the interval of the difference excludes 0)"
+    elif high < 0:
+        verdict = "REVERSED (the interval of the difference excludes 0, the other way round)"
+    else:
+        verdict = "NOT SHOWN (the interval of the difference contains 0)"
+    n_clips = ra["clip"].nunique()
+    return (f"{head} (the same {n_clips} test clips × {len(ra) // max(n_clips, 1)} samples): {a.label} − {b.label} "
+            f"= {diff:+.3f} [{low:+.3f}, {high:+.3f}]: {verdict}.")
+
+
+def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: ReportConfig,
+                 items: Mapping[str, pd.DataFrame | None] | None = None) -> tuple[dict[str, Table], float]:
+    """``{"threshold": II, "conditioning": III, "cfg": IV, "variants": all}`` and the γ of Tables II/III.
+
+    With ``items`` (:func:`read_items`), each comparison also gets its paired line (:func:`paired`)."""
     if baseline not in metrics:
         raise ReportError(f"no metrics for the baseline variant {baseline!r}")
     base = metrics[baseline]
+    boot = base.get("bootstrap")
+
+    def side(name: str, group: str, label: str | None = None) -> Side:
+        return Side(label or name, (items or {}).get(name), cfg.test_set, group)
+
     gamma, gamma_note = choose_cfg_scale(base, cfg)
     g = gamma_group(gamma)
     ts = cfg.test_set
@@ -238,6 +312,8 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
                 lines.append(compare(f"filtered ({baseline}) better than {n} on {col}", baseline,
                                      cell(base, ts, g, col), n, cell(metrics[n], ts, g, col),
                                      METRIC_COLUMNS[col][3]))
+            if items is not None:
+                lines.append(paired(f"filtered ({baseline}) better than {n}", side(baseline, g), side(n, g), boot))
     tables["threshold"] = Table(["variant", "threshold", "train clips", "training cost"], rows, gamma_note, lines)
 
     cond = [n for n in metrics if n == baseline
@@ -252,6 +328,9 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
                                      f"{info[n].get('model.conditioning')} on {col}", baseline,
                                      cell(base, ts, g, col), n, cell(metrics[n], ts, g, col),
                                      METRIC_COLUMNS[col][3]))
+            if items is not None:
+                lines.append(paired(f"{info[baseline].get('model.conditioning')} better than "
+                                    f"{info[n].get('model.conditioning')}", side(baseline, g), side(n, g), boot))
     tables["conditioning"] = Table(["variant", "conditioning"], rows, gamma_note, lines)
 
     groups = base.get(ts) or {}
@@ -268,6 +347,9 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
             lines.append(compare(f"conditioned (γ={gamma:g}) better than the null condition (γ=0) on {col}",
                                  f"γ={gamma:g}", cell(base, ts, g, col), "γ=0", cell(base, ts, "g0", col),
                                  METRIC_COLUMNS[col][3]))
+        if items is not None:
+            lines.append(paired(f"conditioned (γ={gamma:g}) better than the null condition (γ=0)",
+                                side(baseline, g, f"γ={gamma:g}"), side(baseline, "g0", "γ=0"), boot))
     tables["cfg"] = Table(["γ"], rows, f"Variant `{baseline}`, every γ of the sweep. Tables II/III use {gamma_note}",
                           lines)
 

@@ -46,6 +46,9 @@ class MetricResult:
     backbone: str = ""
     # value key → (low, high) bootstrap interval (vaura.eval.bootstrap); written as <key>_low / <key>_high
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # per-item counts behind a pooled value (onset-sync: tp/fp/fn of each generated clip), in item order; kept
+    # out of metrics.json and written as a table, so that two variants can be compared item by item
+    items: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def ok(cls, name: str, values: dict[str, float], backbone: str = "") -> "MetricResult":

@@ -11,7 +11,9 @@ With `--variant NAME` (an `ablation.variants` entry) the variant's overrides app
 train-clip count and training run (steps, processes, device); its wall time goes to <data>/eval/NAME/timing.json
 so that identical runs give identical metrics (the `report` stage reads these files, and only these).
 
-Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap) and one
+Writes <data>/eval/metrics.json (DVC metrics; values with bootstrap intervals, evaluate.bootstrap), the onset
+counts of every generated item in <data>/eval/onsets.csv (test_set, group, clip, sample, tp, fp, fn: the report's
+paired comparisons of two variants on the same clips), and one
 MLflow run per (test set, group) nested under the pipeline's parent run and named
 `evaluate · <variant> · γ <scale> · <test set>`, with a few informative clips' audio (wav), spectrogram (png)
 and the video muxed with the generated audio (mp4) as artifacts.
@@ -58,12 +60,12 @@ def variant_info(params: Mapping[str, Any], variant: str | None, train_clips: in
 
 def run(args: argparse.Namespace) -> int:
     from vaura.eval.evaluate import (
-        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, read_events,
+        EvaluateConfig, Models, evaluate_sweep, flat_metrics, log_groups, metrics_json, onset_items, read_events,
     )
     from vaura.eval.ib import load_ib_model
     from vaura.eval.kld import load_kld_model
     from vaura.eval.sync import load_sync_predictor
-    from vaura.io import atomic_write_json
+    from vaura.io import atomic_write_csv, atomic_write_json
     from vaura.tracking import variant_name
 
     ctx, (cfg,) = load(args, "evaluate", evaluate=EvaluateConfig)
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     train_clips = train_clip_count(ctx.out("splits"))
     info = variant_info(ctx.params, ctx.variant, train_clips, ctx.out("train") / "metrics.json")
     atomic_write_json(ctx.out("eval") / "metrics.json", metrics_json(groups, info, cfg.bootstrap))
+    atomic_write_csv(ctx.out("eval") / "onsets.csv", onset_items(groups))
     timing = ctx.out("train") / "timing.json"
     minutes = json.loads(timing.read_text()).get("minutes") if timing.is_file() else None
     atomic_write_json(ctx.out("eval") / "timing.json", {"train_minutes": minutes})

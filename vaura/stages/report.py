@@ -1,7 +1,7 @@
 """Write the paper's ablation tables from the variants' metrics files (the `report` DVC stage).
 
-Reads <data>/eval/<variant>/metrics.json of every `ablation.variants` entry (its DVC deps; nothing from MLflow)
-and writes to <reports>/ (paths.reports):
+Reads <data>/eval/<variant>/metrics.json and onsets.csv of every `ablation.variants` entry (its DVC deps;
+nothing from MLflow) and writes to <reports>/ (paths.reports):
 
   threshold.md / .csv      Table II: relevance threshold (baseline + variants that override only `filter`)
   conditioning.md / .csv   Table III: conditioning (baseline + variants that override only `model.conditioning`)
@@ -12,9 +12,10 @@ and writes to <reports>/ (paths.reports):
 Every value is shown with its 95 % bootstrap interval over test clips × samples (evaluate.bootstrap); each
 table says which γ it uses: `report.cfg_scale`, or when that is null the baseline's best onset F1 on the
 validation set `report.select_set` (never the test set). Under Tables II-IV the report states whether the
-expected ordering holds by non-overlapping intervals. MLflow receives the tables too: artifacts of a `report`
-run, and on the pipeline's parent run its description (the markdown tables) and MLflow tables
-`tables/<name>.json`.
+expected ordering holds by non-overlapping intervals, and by the paired bootstrap interval of the onset-F1
+difference on the same test clips × samples (<data>/eval/<variant>/onsets.csv). MLflow receives the tables
+too: artifacts of a `report` run, and on the pipeline's parent run its description (the markdown tables) and
+MLflow tables `tables/<name>.json`.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaura.eval.report import (
-        ReportConfig, bootstrap_note, build_tables, footnoted, read_metrics, to_markdown,
+        ReportConfig, bootstrap_note, build_tables, footnoted, read_items, read_metrics, to_markdown,
     )
     from vaura.io import atomic_write_csv, atomic_write_text
     from vaura.tracking import describe_pipeline
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     ctx, (cfg,) = load(args, "report", report=ReportConfig)
     ablation = ablation_config(ctx.params)
     metrics = read_metrics(ctx.data / "eval", list(ablation.variants))
-    tables, gamma = build_tables(metrics, ablation.baseline, cfg)
+    items = read_items(ctx.data / "eval", list(ablation.variants))
+    tables, gamma = build_tables(metrics, ablation.baseline, cfg, items)
     out = ctx.root / ctx.paths.reports
     preamble = [bootstrap_note(metrics, cfg.test_set)]
     written, texts = [], []
