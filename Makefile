@@ -37,5 +37,9 @@ stack-down: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
+# Unused imports, undefined names, redefinitions (pyflakes, installed with the dev extra).
+lint: $(STAMP)
+	$(BIN)/python -m pyflakes vaura flows tests benchmarks
+
 clean-venv:
 	rm -rf $(VENV)

@@ -273,7 +273,6 @@ class Suite:
 
         self.r["draw_equals_multinomial"] = bool(torch.equal(
             draw(probs, self.gen(3)), torch.multinomial(probs, 1, generator=self.gen(3))[:, 0]))
-        del fp32
 
     def batched(self) -> None:
         b, model = self.s.batch, self.decoder()
@@ -379,7 +378,6 @@ class Suite:
                "mfu": None if peak is None else round(flops / step_s / peak, 4),
                "compiled": fast and self.cuda, "fused_adamw": fast and self.cuda,
                "loss": "ignore_index" if fast else "boolean_mask"}
-        del model, optimizer
         return out
 
     def cache(self) -> None:

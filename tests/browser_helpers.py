@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -28,11 +29,8 @@ def browser_or_skip() -> tuple[str, str]:
     reason = ""
     if chromium is None or driver is None:
         reason = "no Chromium + chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"
-    else:
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            reason = "selenium is not installed (pip install -e '.[dev]')"
+    elif importlib.util.find_spec("selenium") is None:
+        reason = "selenium is not installed (pip install -e '.[dev]')"
     if reason:
         if os.environ.get("VAURA_REQUIRE_BROWSER"):
             pytest.fail(f"VAURA_REQUIRE_BROWSER is set but {reason}")

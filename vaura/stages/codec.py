@@ -42,6 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _mlflow_callbacks(mlflow: Any) -> tuple[Callable[[int, dict], None], Callable[..., None]]:
+    """The training curve and the first EXAMPLES gate clips (WAV + spectrogram pairs: hear what the codec does
+    to impacts) into the stage's run."""
+    from vaura.tracking_media import log_audio, log_spectrogram
+
+    def log_train(step: int, entry: dict) -> None:
+        mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+
+    heard: list[str] = []
+
+    def log_example(clip: str, original, reconstructed, sr: int) -> None:
+        if len(heard) >= EXAMPLES:
+            return
+        heard.append(clip)
+        for name, audio in (("original", original), ("reconstructed", reconstructed)):
+            log_audio(audio, sr, f"examples/{clip}/{name}.wav")
+            log_spectrogram(audio, sr, f"examples/{clip}/{name}.png", title=f"{clip} {name}")
+
+    return log_train, log_example
+
+
 def run(args: argparse.Namespace) -> int:
     from vaura.codec.config import CodecConfig
 
@@ -49,24 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if ctx.device is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=ctx.device))
     with ctx.tracked({"codec": to_dict(cfg), "seed": ctx.seed, "paths": to_dict(ctx.paths)}) as mlflow:
-        log_train = log_example = None
-        if mlflow:
-            from vaura.tracking_media import log_audio, log_spectrogram
-
-            def log_train(step: int, entry: dict) -> None:
-                mlflow.log_metrics({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
-
-            heard: list[str] = []
-
-            def log_example(clip: str, original, reconstructed, sr: int) -> None:
-                """The first EXAMPLES gate clips as WAV + spectrogram pairs: hear what the codec does to impacts."""
-                if len(heard) >= EXAMPLES:
-                    return
-                heard.append(clip)
-                for name, audio in (("original", original), ("reconstructed", reconstructed)):
-                    log_audio(audio, sr, f"examples/{clip}/{name}.wav")
-                    log_spectrogram(audio, sr, f"examples/{clip}/{name}.png", title=f"{clip} {name}")
-
+        log_train, log_example = _mlflow_callbacks(mlflow) if mlflow else (None, None)
         metrics = run_stage(ctx, cfg, force_train=args.train, ship=args.ship, progress=not args.no_progress,
                             on_train_log=log_train, on_gate_clip=log_example)
         if mlflow:
