@@ -42,8 +42,8 @@ def test_units_pull_exactly_the_shared_outputs_their_stages_read(flows) -> None:
     others = [s for s in graph if s not in per_variant["prepend"]]
     assert flows.needed_outs(graph, per_variant["prepend"], others) == [
         "data/cache", "data/clips", "data/codec", "data/raw", "data/scores"]  # never another variant's outputs
-    assert flows.needed_outs(graph, ["report"], everything) == [f"data/eval/{v}/{f}.json" for v in sorted(variants)
-                                                                for f in ("metrics", "timing")]
+    assert flows.needed_outs(graph, ["report"], everything) == [f"data/eval/{v}/{f}" for v in sorted(variants)
+                                                                for f in ("metrics.json", "onsets.csv", "timing.json")]
 
 
 def test_the_parent_names_each_variant_that_did_not_complete(flows) -> None:
