@@ -133,6 +133,10 @@ def test_paired_comparison_says_why_it_cannot_be_made(tmp_path) -> None:
     other_clips = dict(ITEMS, unfiltered=_items({"g3": (3, 1)}, clips=("a", "b", "c", "e")))
     tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), other_clips)
     assert "paired: not testable (the two sides scored different test items" in "\n".join(tables["threshold"].conclusions)
+    no_truth = dict(ITEMS, unfiltered=ITEMS["unfiltered"].iloc[:0])  # real data: onset-sync skipped, no rows
+    tables, _ = build_tables(docs, "baseline", ReportConfig(test_set="test", cfg_scale=3.0), no_truth)
+    assert ("paired: not testable (onsets.csv of unfiltered has no items of group g3 on 'test': onset-sync needs "
+            "the benchmark's true events)" in "\n".join(tables["threshold"].conclusions))
     (tmp_path / "data" / "eval" / "unfiltered" / "onsets.csv").unlink()
     items = read_items(tmp_path / "data" / "eval", list(docs))
     assert items["unfiltered"] is None

@@ -264,7 +264,10 @@ def paired(what: str, a: Side, b: Side, boot: Mapping[str, Any] | None) -> str:
         return f"{head}: not testable (no per-item onset counts: onsets.csv of {a.label if ra is None else b.label})."
     if not boot:
         return f"{head}: not testable (the metrics files record no bootstrap settings)."
-    if ra.empty or not ra[["clip", "sample"]].equals(rb[["clip", "sample"]]):
+    if ra.empty or rb.empty:
+        return (f"{head}: not testable (onsets.csv of {a.label if ra.empty else b.label} has no items of group "
+                f"{(a if ra.empty else b).group} on '{a.test_set}': onset-sync needs the benchmark's true events).")
+    if not ra[["clip", "sample"]].equals(rb[["clip", "sample"]]):
         return (f"{head}: not testable (the two sides scored different test items: {len(ra)} vs {len(rb)} "
                 f"clip × sample pairs, or other clips).")
     conf = BootstrapConfig(n=int(boot["n"]), seed=int(boot["seed"]), level=float(boot["level"]))
