@@ -12,25 +12,27 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from vaura.eval.bootstrap import BootstrapConfig, bootstrap
-from vaura.onsets import detect_onsets, match_events
+from vaura.onsets import EventMatch, detect_onsets, match_events
 from vaura.eval.results import MetricResult
 
 # Values that get a bootstrap interval (the counts pool over the resampled items, as the point values do).
 INTERVAL_KEYS = ("f1", "precision", "recall", "offset_ms", "missed", "extra")
 
 
+def _pool(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> EventMatch:
+    """The items at ``idx`` pooled into one match (repeats count repeatedly): its precision/recall/F1 are the
+    micro-averaged ones."""
+    return EventMatch(int(tp[idx].sum()), int(fp[idx].sum()), int(fn[idx].sum()), offsets)
+
+
 def _pooled(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, offsets: list[np.ndarray], idx: np.ndarray
             ) -> dict[str, float]:
     """Micro-averaged onset statistics of the items at ``idx`` (repeats count repeatedly)."""
-    t, f_p, f_n = float(tp[idx].sum()), float(fp[idx].sum()), float(fn[idx].sum())
-    off = np.concatenate([offsets[i] for i in idx]) if len(idx) else np.zeros(0)
-    precision = t / (t + f_p) if t + f_p else 0.0
-    recall = t / (t + f_n) if t + f_n else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    m = _pool(tp, fp, fn, np.concatenate([offsets[i] for i in idx]) if len(idx) else np.zeros(0), idx)
     return {
-        "offset_ms": float(np.mean(np.abs(off)) * 1000.0) if off.size else float("nan"),
-        "signed_offset_ms": float(np.mean(off) * 1000.0) if off.size else float("nan"),
-        "precision": precision, "recall": recall, "f1": f1, "matched": t, "missed": f_n, "extra": f_p,
+        "offset_ms": m.mean_abs_offset_ms,
+        "signed_offset_ms": float(np.mean(m.offsets_s) * 1000.0) if m.offsets_s.size else float("nan"),
+        "precision": m.precision, "recall": m.recall, "f1": m.f1, "matched": m.tp, "missed": m.fn, "extra": m.fp,
     }
 
 
@@ -81,10 +83,9 @@ def f1_difference(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[flo
     counts = [tuple(np.asarray(side[k], dtype=np.float64) for k in ("tp", "fp", "fn")) for side in (a, b)]
     if not len(clips) == len(counts[0][0]) == len(counts[1][0]):
         raise ValueError(f"f1_difference: {len(clips)} clips for {len(counts[0][0])} and {len(counts[1][0])} items")
-    none: list[np.ndarray] = [np.zeros(0)] * len(clips)
 
     def diff(idx: np.ndarray) -> float:
-        return _pooled(*counts[0], none, idx)["f1"] - _pooled(*counts[1], none, idx)["f1"]
+        return _pool(*counts[0], np.zeros(0), idx).f1 - _pool(*counts[1], np.zeros(0), idx).f1
 
     low, high = bootstrap(lambda idx: {"diff": diff(idx)}, clips, boot)["diff"]
     return diff(np.arange(len(clips))), low, high

@@ -48,7 +48,7 @@ class MetricResult:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     # per-item counts behind a pooled value (onset-sync: tp/fp/fn of each generated clip), in item order; kept
     # out of metrics.json and written as a table, so that two variants can be compared item by item
-    items: dict[str, list[float]] = field(default_factory=dict)
+    items: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def ok(cls, name: str, values: dict[str, float], backbone: str = "") -> "MetricResult":
