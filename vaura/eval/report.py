@@ -293,12 +293,19 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
     base = metrics[baseline]
     boot = base.get("bootstrap")
 
-    def side(name: str, group: str, label: str | None = None) -> Side:
-        return Side(label or name, (items or {}).get(name), cfg.test_set, group)
-
     gamma, gamma_note = choose_cfg_scale(base, cfg)
     g = gamma_group(gamma)
     ts = cfg.test_set
+
+    def judged(what: str, a: tuple[str, str, str], b: tuple[str, str, str]) -> list[str]:
+        """The conclusion lines of "``a`` better than ``b``": each side is (variant, group, label)."""
+        lines = [compare(f"{what} on {col}", a[2], cell(metrics[a[0]], ts, a[1], col), b[2],
+                         cell(metrics[b[0]], ts, b[1], col), METRIC_COLUMNS[col][3]) for col in (PRIMARY, SECONDARY)]
+        if items is not None:
+            lines.append(paired(what, *(Side(label, items.get(name), ts, group) for name, group, label in (a, b)),
+                                boot))
+        return lines
+
     info = {name: m.get("variant") or {} for name, m in metrics.items()}
     tables: dict[str, Table] = {}
 
@@ -308,32 +315,17 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
     rows = [({"variant": n, "threshold": _threshold_label(info[n]),
               "train clips": "n/a" if info[n].get("train_clips") is None else str(info[n]["train_clips"]),
               "training cost": _train_cost(info[n])}, _row(metrics[n], ts, g)) for n in thr]
-    lines = []
-    for n in thr:
-        if n != baseline:
-            for col in (PRIMARY, SECONDARY):
-                lines.append(compare(f"filtered ({baseline}) better than {n} on {col}", baseline,
-                                     cell(base, ts, g, col), n, cell(metrics[n], ts, g, col),
-                                     METRIC_COLUMNS[col][3]))
-            if items is not None:
-                lines.append(paired(f"filtered ({baseline}) better than {n}", side(baseline, g), side(n, g), boot))
+    lines = [line for n in thr if n != baseline
+             for line in judged(f"filtered ({baseline}) better than {n}", (baseline, g, baseline), (n, g, n))]
     tables["threshold"] = Table(["variant", "threshold", "train clips", "training cost"], rows, gamma_note, lines)
 
     cond = [n for n in metrics if n == baseline
             or _touches_only(info[n].get("overrides") or {}, ["model.conditioning"])]
     rows = [({"variant": n, "conditioning": str(info[n].get("model.conditioning"))}, _row(metrics[n], ts, g))
             for n in cond]
-    lines = []
-    for n in cond:
-        if n != baseline:
-            for col in (PRIMARY, SECONDARY):
-                lines.append(compare(f"{info[baseline].get('model.conditioning')} better than "
-                                     f"{info[n].get('model.conditioning')} on {col}", baseline,
-                                     cell(base, ts, g, col), n, cell(metrics[n], ts, g, col),
-                                     METRIC_COLUMNS[col][3]))
-            if items is not None:
-                lines.append(paired(f"{info[baseline].get('model.conditioning')} better than "
-                                    f"{info[n].get('model.conditioning')}", side(baseline, g), side(n, g), boot))
+    lines = [line for n in cond if n != baseline
+             for line in judged(f"{info[baseline].get('model.conditioning')} better than "
+                                f"{info[n].get('model.conditioning')}", (baseline, g, baseline), (n, g, n))]
     tables["conditioning"] = Table(["variant", "conditioning"], rows, gamma_note, lines)
 
     groups = base.get(ts) or {}
@@ -344,15 +336,8 @@ def build_tables(metrics: Mapping[str, Mapping[str, Any]], baseline: str, cfg: R
     for ref, label in (("recon", "codec reconstruction"), ("reference", "reference (real audio)")):
         if ref in groups:
             rows.append(({"γ": label}, _row(base, ts, ref)))
-    lines = []
-    if 0.0 in gammas:
-        for col in (PRIMARY, SECONDARY):
-            lines.append(compare(f"conditioned (γ={gamma:g}) better than the null condition (γ=0) on {col}",
-                                 f"γ={gamma:g}", cell(base, ts, g, col), "γ=0", cell(base, ts, "g0", col),
-                                 METRIC_COLUMNS[col][3]))
-        if items is not None:
-            lines.append(paired(f"conditioned (γ={gamma:g}) better than the null condition (γ=0)",
-                                side(baseline, g, f"γ={gamma:g}"), side(baseline, "g0", "γ=0"), boot))
+    lines = judged(f"conditioned (γ={gamma:g}) better than the null condition (γ=0)", (baseline, g, f"γ={gamma:g}"),
+                   (baseline, "g0", "γ=0")) if 0.0 in gammas else []
     tables["cfg"] = Table(["γ"], rows, f"Variant `{baseline}`, every γ of the sweep. Tables II/III use {gamma_note}",
                           lines)
 
